@@ -1,0 +1,1 @@
+//! EndpointSlice and Endpoints controllers.

@@ -1,0 +1,1 @@
+//! envtest-style local control plane.

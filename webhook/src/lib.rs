@@ -1,0 +1,1 @@
+//! Admission webhook: port validation and clusterIP/nodePort allocation.
