@@ -118,6 +118,17 @@ impl FieldError {
         }
     }
 
+    /// `Not found: <v>`
+    pub fn not_found(field: impl Into<String>, value: BadValue) -> Self {
+        FieldError { kind: ErrorType::NotFound, field: field.into(), value: Some(value), detail: String::new() }
+    }
+
+    /// The same error with a detail appended (upstream shows details for every type).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
+        self
+    }
+
     /// `Forbidden: <detail>`
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
         FieldError {
@@ -141,30 +152,21 @@ impl FieldError {
         }
     }
 
-    /// The part after `<field>: `, which is also the `StatusCause.message`.
+    /// The part after `<field>: `, which is also the `StatusCause.message`: the type's words,
+    /// the value for the types that show one, then `: <detail>` whenever there is a detail.
     pub fn body(&self) -> String {
-        let value = self
-            .value
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_else(|| "null".to_owned());
-        let with_detail = |head: String| {
-            if self.detail.is_empty() {
-                head
-            } else {
-                format!("{head}: {}", self.detail)
-            }
+        let value = || self.value.as_ref().map(ToString::to_string).unwrap_or_else(|| "null".to_owned());
+        let head = match self.kind {
+            ErrorType::Required => "Required value".to_owned(),
+            ErrorType::Forbidden => "Forbidden".to_owned(),
+            ErrorType::TooLong => "Too long".to_owned(),
+            ErrorType::Internal => "Internal error".to_owned(),
+            ErrorType::Invalid => format!("Invalid value: {}", value()),
+            ErrorType::Duplicate => format!("Duplicate value: {}", value()),
+            ErrorType::NotSupported => format!("Unsupported value: {}", value()),
+            ErrorType::NotFound => format!("Not found: {}", value()),
         };
-        match self.kind {
-            ErrorType::Required => with_detail("Required value".to_owned()),
-            ErrorType::Invalid => with_detail(format!("Invalid value: {value}")),
-            ErrorType::Duplicate => format!("Duplicate value: {value}"),
-            ErrorType::NotSupported => with_detail(format!("Unsupported value: {value}")),
-            ErrorType::Forbidden => format!("Forbidden: {}", self.detail),
-            ErrorType::NotFound => format!("Not found: {value}"),
-            ErrorType::TooLong => with_detail(format!("Too long: {value}")),
-            ErrorType::Internal => format!("Internal error: {}", self.detail),
-        }
+        if self.detail.is_empty() { head } else { format!("{head}: {}", self.detail) }
     }
 }
 
