@@ -120,7 +120,12 @@ impl FieldError {
 
     /// `Not found: <v>`
     pub fn not_found(field: impl Into<String>, value: BadValue) -> Self {
-        FieldError { kind: ErrorType::NotFound, field: field.into(), value: Some(value), detail: String::new() }
+        FieldError {
+            kind: ErrorType::NotFound,
+            field: field.into(),
+            value: Some(value),
+            detail: String::new(),
+        }
     }
 
     /// The same error with a detail appended (upstream shows details for every type).
@@ -155,7 +160,12 @@ impl FieldError {
     /// The part after `<field>: `, which is also the `StatusCause.message`: the type's words,
     /// the value for the types that show one, then `: <detail>` whenever there is a detail.
     pub fn body(&self) -> String {
-        let value = || self.value.as_ref().map(ToString::to_string).unwrap_or_else(|| "null".to_owned());
+        let value = || {
+            self.value
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "null".to_owned())
+        };
         let head = match self.kind {
             ErrorType::Required => "Required value".to_owned(),
             ErrorType::Forbidden => "Forbidden".to_owned(),
@@ -166,7 +176,11 @@ impl FieldError {
             ErrorType::NotSupported => format!("Unsupported value: {}", value()),
             ErrorType::NotFound => format!("Not found: {}", value()),
         };
-        if self.detail.is_empty() { head } else { format!("{head}: {}", self.detail) }
+        if self.detail.is_empty() {
+            head
+        } else {
+            format!("{head}: {}", self.detail)
+        }
     }
 }
 
@@ -289,7 +303,7 @@ mod tests {
     fn aggregates_like_new_invalid() {
         let a = FieldError::required("spec.ports[1].name", "");
         assert_eq!(
-            invalid_message("Service", "s", &[a.clone()]),
+            invalid_message("Service", "s", std::slice::from_ref(&a)),
             r#"Service "s" is invalid: spec.ports[1].name: Required value"#
         );
         let b = FieldError::invalid(
