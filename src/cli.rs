@@ -32,6 +32,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Start a local control plane (etcd + kube-apiserver), run Portico on it and apply a sample.
     Dev(crate::dev::DevArgs),
+    /// Run the controllers against a cluster (KUBECONFIG or in-cluster configuration).
+    Run(crate::run::RunArgs),
     /// Print the version.
     Version,
 }
@@ -40,6 +42,7 @@ impl Command {
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Dev(args) => crate::dev::run(args).await,
+            Command::Run(args) => crate::run::run(args).await,
             Command::Version => {
                 println!("portico {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

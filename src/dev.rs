@@ -2,12 +2,15 @@
 
 use anyhow::Context;
 use clap::Args;
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Endpoints, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, PostParams};
+use portico_controllers::runtime::{self, Metrics};
 use portico_testenv::fixtures::{self, TestPod};
 use portico_testenv::{ControlPlane, ControlPlaneConfig};
+use tokio_util::sync::CancellationToken;
 
 /// Flags of `portico dev`.
 #[derive(Debug, Args)]
@@ -20,13 +23,15 @@ pub struct DevArgs {
     pub service_node_port_range: String,
     /// Namespace for the sample.
     #[arg(long, default_value = "portico-demo")]
-    pub namespace: String,
+    pub sample_namespace: String,
     /// Skip applying the sample.
     #[arg(long)]
     pub no_sample: bool,
     /// Apply the sample, print the outcome and exit instead of running until Ctrl-C.
     #[arg(long)]
     pub once: bool,
+    #[command(flatten)]
+    pub run: crate::run::RunArgs,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -49,18 +54,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("kubeconfig: {}", cp.kubeconfig_path().display());
     println!("  export KUBECONFIG={}", cp.kubeconfig_path().display());
 
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::register(&registry)?;
+    let shutdown = CancellationToken::new();
+    let cfg = args.run.runtime_config()?;
+    let controllers = tokio::spawn(runtime::run(client.clone(), cfg, metrics, shutdown.clone()));
+    println!("portico controllers running: {}", args.run.controllers.join(","));
+
     if !args.no_sample {
-        apply_sample(&client, &args.namespace)
-            .await
-            .context("applying the sample")?;
-        report(&client, &args.namespace).await?;
+        let ns = &args.sample_namespace;
+        apply_sample(&client, ns).await.context("applying the sample")?;
+        wait_for_slices(&client, ns).await?;
+        report(&client, ns).await?;
     }
-    if args.once {
-        return Ok(());
+    if !args.once {
+        println!("running; Ctrl-C stops Portico and the control plane");
+        crate::signals::terminated().await;
+        println!("stopping");
     }
-    println!("running; Ctrl-C stops Portico and the control plane");
-    tokio::signal::ctrl_c().await?;
-    println!("stopping");
+    shutdown.cancel();
+    controllers.await??;
     Ok(())
 }
 
@@ -116,6 +129,35 @@ async fn apply_sample(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+const SAMPLE_SERVICES: [&str; 3] = ["web", "web-nodeport", "web-headless"];
+
+/// Waits until every sample Service has its slices (the controllers work asynchronously).
+async fn wait_for_slices(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
+    let slices = Api::<EndpointSlice>::namespaced(client.clone(), ns);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let list = slices.list(&Default::default()).await?;
+        let ready = SAMPLE_SERVICES.iter().all(|svc| {
+            list.items.iter().any(|s| {
+                s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name"))
+                    .map(String::as_str)
+                    == Some(*svc)
+                    && s.endpoints.len() == 3
+            })
+        });
+        if ready {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the sample's EndpointSlices did not appear within 30s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 async fn report(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
     let services = Api::<Service>::namespaced(client.clone(), ns);
     for svc in services.list(&Default::default()).await? {
@@ -136,6 +178,67 @@ async fn report(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
             } else {
                 format!(" nodePorts {}", node_ports.join(","))
             }
+        );
+    }
+    for slice in Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await?
+    {
+        let labels = slice.metadata.labels.clone().unwrap_or_default();
+        let eps: Vec<String> = slice
+            .endpoints
+            .iter()
+            .map(|e| {
+                let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false);
+                let state = if ready { "" } else { " (not ready)" };
+                format!(
+                    "{}{state} in {}",
+                    e.addresses.join("/"),
+                    e.zone.as_deref().unwrap_or("?")
+                )
+            })
+            .collect();
+        let ports: Vec<String> = slice
+            .ports
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}={}",
+                    p.name.as_deref().unwrap_or(""),
+                    p.port.unwrap_or_default()
+                )
+            })
+            .collect();
+        println!(
+            "  endpointslice {} for {} (managed-by {}): ports [{}], endpoints [{}]",
+            slice.metadata.name.unwrap_or_default(),
+            labels
+                .get("kubernetes.io/service-name")
+                .map_or("?", String::as_str),
+            labels
+                .get("endpointslice.kubernetes.io/managed-by")
+                .map_or("?", String::as_str),
+            ports.join(", "),
+            eps.join(", ")
+        );
+    }
+    for ep in Api::<Endpoints>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await?
+    {
+        let subsets = ep.subsets.unwrap_or_default();
+        let ready: usize = subsets
+            .iter()
+            .map(|s| s.addresses.as_ref().map_or(0, Vec::len))
+            .sum();
+        let not_ready: usize = subsets
+            .iter()
+            .map(|s| s.not_ready_addresses.as_ref().map_or(0, Vec::len))
+            .sum();
+        println!(
+            "  endpoints {}: {ready} ready, {not_ready} not-ready address(es)",
+            ep.metadata.name.unwrap_or_default()
         );
     }
     Ok(())

@@ -2,6 +2,8 @@
 
 mod cli;
 mod dev;
+mod run;
+mod signals;
 
 use clap::Parser;
 

@@ -24,6 +24,7 @@ pub mod fields;
 mod ip;
 pub mod keys;
 mod pod;
+pub mod runtime;
 mod service;
 mod trigger_time;
 pub mod triggers;

@@ -1,0 +1,160 @@
+//! What the controllers keep of watched objects: Pods, Services and Nodes trimmed to the fields
+//! the reconcile reads ([`crate::fields`]), so a large cluster costs little memory.
+//! EndpointSlices and Endpoints are kept whole but for `managedFields`: updates are full PUTs
+//! built from the cached object, and a trimmed field would be erased on the server.
+
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Node, Pod, PodSpec, PodStatus, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::keys::{ANNOTATION_TOPOLOGY_AWARE_HINTS, ANNOTATION_TOPOLOGY_MODE, LABEL_TOPOLOGY_ZONE};
+
+fn trim_meta(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.generate_name = None;
+}
+
+/// Keeps identity, labels, deletion state and the endpoint-relevant parts of spec and status.
+pub fn trim_pod(pod: &mut Pod) {
+    trim_meta(&mut pod.metadata);
+    pod.metadata.annotations = None;
+    if let Some(spec) = pod.spec.take() {
+        let keep_ports = |c: Container| Container {
+            name: c.name,
+            ports: c.ports.map(|ports| {
+                ports
+                    .into_iter()
+                    .map(|p| ContainerPort {
+                        name: p.name,
+                        container_port: p.container_port,
+                        protocol: p.protocol,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            restart_policy: c.restart_policy,
+            ..Default::default()
+        };
+        pod.spec = Some(PodSpec {
+            node_name: spec.node_name,
+            hostname: spec.hostname,
+            subdomain: spec.subdomain,
+            containers: spec.containers.into_iter().map(keep_ports).collect(),
+            init_containers: spec
+                .init_containers
+                .map(|cs| cs.into_iter().map(keep_ports).collect()),
+            ..Default::default()
+        });
+    }
+    if let Some(status) = pod.status.take() {
+        pod.status = Some(PodStatus {
+            phase: status.phase,
+            pod_ip: status.pod_ip,
+            pod_ips: status.pod_ips,
+            conditions: status
+                .conditions
+                .map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect()),
+            ..Default::default()
+        });
+    }
+}
+
+/// Keeps the Service but for status, managed fields and annotations other than topology.
+pub fn trim_service(svc: &mut Service) {
+    trim_meta(&mut svc.metadata);
+    if let Some(annotations) = svc.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| k == ANNOTATION_TOPOLOGY_MODE || k == ANNOTATION_TOPOLOGY_AWARE_HINTS);
+    }
+    svc.status = None;
+}
+
+/// Keeps the Node's name, resourceVersion and zone label.
+pub fn trim_node(node: &mut Node) {
+    let zone = node
+        .metadata
+        .labels
+        .as_mut()
+        .and_then(|l| l.remove(LABEL_TOPOLOGY_ZONE));
+    node.metadata = ObjectMeta {
+        name: node.metadata.name.take(),
+        resource_version: node.metadata.resource_version.take(),
+        labels: zone.map(|z| [(LABEL_TOPOLOGY_ZONE.to_owned(), z)].into()),
+        ..Default::default()
+    };
+    node.spec = None;
+    node.status = None;
+}
+
+/// Drops only `managedFields`, which the apiserver maintains itself.
+pub fn drop_managed_fields<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trimmed_pods_reconcile_like_full_ones() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-0", "namespace": "ns", "uid": "u1", "labels": {"app": "web"},
+                "annotations": {"big": "x".repeat(4096)}, "resourceVersion": "7"},
+            "spec": {"nodeName": "n1", "hostname": "h", "subdomain": "s",
+                "containers": [{"name": "app", "image": "img", "env": [{"name": "A", "value": "b"}],
+                    "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP", "hostPort": 80}]}],
+                "initContainers": [{"name": "side", "restartPolicy": "Always",
+                    "ports": [{"name": "m", "containerPort": 9090}]}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}],
+                "hostIP": "192.168.0.1",
+                "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}]}
+        }))
+        .unwrap();
+        let mut trimmed = pod.clone();
+        trim_pod(&mut trimmed);
+        assert!(trimmed.metadata.annotations.is_none());
+        let spec = trimmed.spec.as_ref().unwrap();
+        assert_eq!(spec.containers[0].ports.as_ref().unwrap()[0].container_port, 8080);
+        assert_eq!(spec.containers[0].ports.as_ref().unwrap()[0].host_port, None);
+        assert!(spec.containers[0].env.is_none());
+        assert_eq!(
+            spec.init_containers.as_ref().unwrap()[0]
+                .restart_policy
+                .as_deref(),
+            Some("Always")
+        );
+        let status = trimmed.status.as_ref().unwrap();
+        assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
+        assert!(status.host_ip.is_none());
+
+        // The reconcile reads only kept fields, so it gives the same slices for both.
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "ns", "uid": "s1"},
+            "spec": {"selector": {"app": "web"}, "clusterIP": "10.96.0.1", "ipFamilies": ["IPv4"],
+                "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+                          {"name": "m", "port": 90, "targetPort": "m", "protocol": "TCP"}]}
+        }))
+        .unwrap();
+        let nodes = crate::endpointslice::NodeZoneMap::default();
+        let cfg = crate::endpointslice::Config::default();
+        let mut nodes = nodes;
+        nodes.insert("n1", Some("z1"));
+        let full = crate::endpointslice::reconcile(&svc, &[&pod], &nodes, &[], &cfg, None).unwrap();
+        let lean = crate::endpointslice::reconcile(&svc, &[&trimmed], &nodes, &[], &cfg, None).unwrap();
+        assert_eq!(full, lean);
+        assert_eq!(full.create.len(), 1);
+    }
+
+    #[test]
+    fn trimmed_nodes_keep_only_the_zone() {
+        let mut node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "z1", "other": "x"}},
+            "status": {"capacity": {"cpu": "4"}}
+        }))
+        .unwrap();
+        trim_node(&mut node);
+        assert_eq!(crate::endpointslice::node_zone(&node), Some("z1"));
+        assert_eq!(node.metadata.labels.as_ref().unwrap().len(), 1);
+        assert!(node.status.is_none());
+    }
+}

@@ -1,0 +1,318 @@
+//! Watch events → caches → Service keys.
+//!
+//! The dispatcher owns the cache writers: it looks the previous version of an object up in the
+//! cache, applies the event, and only then decides which Services to queue. That gives pod
+//! updates upstream's old/new comparison without a second copy of every pod.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, stream::BoxStream};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::reflector::{ObjectRef, store::Writer};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, watcher::watcher};
+use tokio_util::sync::CancellationToken;
+
+use super::{Context, Which, cache, lock};
+use crate::ServiceKey;
+use crate::endpointslice::service_key_for_slice;
+use crate::keys::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME};
+use crate::triggers::{services_for_pod, services_for_pod_update};
+
+/// Upstream's `endpointSliceChangeMinSyncDelay`: slice events are mostly echoes of our own
+/// writes, so they are never acted on sooner than this.
+const SLICE_EVENT_MIN_DELAY: Duration = Duration::from_secs(1);
+
+pub(crate) struct Writers {
+    pub(crate) services: Writer<Service>,
+    pub(crate) pods: Writer<Pod>,
+    pub(crate) nodes: Option<Writer<Node>>,
+    pub(crate) slices: Option<Writer<EndpointSlice>>,
+    pub(crate) endpoints: Option<Writer<Endpoints>>,
+}
+
+// Boxed: the variants differ a lot in size and events are moved through the merged stream.
+enum Ev {
+    Service(Box<Event<Service>>),
+    Pod(Box<Event<Pod>>),
+    Node(Box<Event<Node>>),
+    Slice(Box<Event<EndpointSlice>>),
+    Endpoints(Box<Event<Endpoints>>),
+}
+
+fn watch<K>(
+    client: &kube::Client,
+    trim: fn(&mut K),
+    wrap: fn(Event<K>) -> Ev,
+    resource: &'static str,
+) -> BoxStream<'static, Ev>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    watch_api(Api::all(client.clone()), trim, wrap, resource)
+}
+
+fn watch_ns<K>(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    trim: fn(&mut K),
+    wrap: fn(Event<K>) -> Ev,
+    resource: &'static str,
+) -> BoxStream<'static, Ev>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let api = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    watch_api(api, trim, wrap, resource)
+}
+
+fn watch_api<K>(
+    api: Api<K>,
+    trim: fn(&mut K),
+    wrap: fn(Event<K>) -> Ev,
+    resource: &'static str,
+) -> BoxStream<'static, Ev>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    // any_semantic: the initial list may come from the apiserver's watch cache, not etcd.
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(trim)
+        .filter_map(move |r| async move {
+            match r {
+                Ok(ev) => Some(wrap(ev)),
+                Err(e) => {
+                    tracing::warn!(resource, error = %e, "watch failed, retrying with backoff");
+                    None
+                }
+            }
+        })
+        .boxed()
+}
+
+pub(crate) async fn run(ctx: Arc<Context>, mut w: Writers, shutdown: CancellationToken) {
+    let client = &ctx.client;
+    let ns = ctx.cfg.namespace.as_deref();
+    let mut streams: Vec<BoxStream<'static, Ev>> = vec![
+        watch_ns(
+            client,
+            ns,
+            cache::trim_service,
+            |e| Ev::Service(Box::new(e)),
+            "services",
+        ),
+        watch_ns(client, ns, cache::trim_pod, |e| Ev::Pod(Box::new(e)), "pods"),
+    ];
+    if w.nodes.is_some() {
+        streams.push(watch(
+            client,
+            cache::trim_node,
+            |e| Ev::Node(Box::new(e)),
+            "nodes",
+        ));
+    }
+    if w.slices.is_some() {
+        streams.push(watch_ns(
+            client,
+            ns,
+            cache::drop_managed_fields,
+            |e| Ev::Slice(Box::new(e)),
+            "endpointslices",
+        ));
+    }
+    if w.endpoints.is_some() {
+        streams.push(watch_ns(
+            client,
+            ns,
+            cache::drop_managed_fields,
+            |e| Ev::Endpoints(Box::new(e)),
+            "endpoints",
+        ));
+    }
+    let mut events = futures::stream::select_all(streams);
+    loop {
+        let ev = tokio::select! {
+            ev = events.next() => ev,
+            () = shutdown.cancelled() => return,
+        };
+        let Some(ev) = ev else { return };
+        match ev {
+            Ev::Service(e) => on_service(&ctx, &mut w.services, *e),
+            Ev::Pod(e) => on_pod(&ctx, &mut w.pods, *e),
+            Ev::Node(e) => {
+                restarted(&ctx, &e, "nodes");
+                if let Some(nw) = w.nodes.as_mut() {
+                    nw.apply_watcher_event(&e);
+                }
+            }
+            Ev::Slice(e) => {
+                if let Some(sw) = w.slices.as_mut() {
+                    on_slice(&ctx, sw, *e);
+                }
+            }
+            Ev::Endpoints(e) => {
+                if let Some(ew) = w.endpoints.as_mut() {
+                    on_endpoints(&ctx, ew, *e);
+                }
+            }
+        }
+    }
+}
+
+fn restarted<K>(ctx: &Context, e: &Event<K>, resource: &str) {
+    if matches!(e, Event::Init) {
+        ctx.metrics.watch_restarts.with_label_values(&[resource]).inc();
+    }
+}
+
+fn on_service(ctx: &Context, w: &mut Writer<Service>, e: Event<Service>) {
+    restarted(ctx, &e, "services");
+    if matches!(e, Event::InitDone) {
+        // A relist may have missed deletions: sync every Service known before or after it
+        // (cheap: unchanged Services cost no writes), so the vanished ones are cleaned up.
+        let before = ctx.caches.services.state();
+        w.apply_watcher_event(&e);
+        for svc in before {
+            if let Some(key) = ServiceKey::of_service(&svc) {
+                ctx.enqueue_both(&key, Duration::ZERO);
+            }
+        }
+        ctx.enqueue_all_services();
+        return;
+    }
+    w.apply_watcher_event(&e);
+    if let Event::Apply(s) | Event::Delete(s) = &e
+        && let Some(key) = ServiceKey::of_service(s)
+    {
+        ctx.enqueue_both(&key, Duration::ZERO);
+    }
+}
+
+fn on_pod(ctx: &Context, w: &mut Writer<Pod>, e: Event<Pod>) {
+    restarted(ctx, &e, "pods");
+    let services = ctx.caches.services.state();
+    let in_ns = |p: &Pod| {
+        let ns = p.metadata.namespace.clone();
+        services
+            .iter()
+            .filter(move |s| s.metadata.namespace == ns)
+            .map(|s| s.as_ref())
+    };
+    let keys = match &e {
+        Event::Apply(new) => {
+            let old = ObjectRef::from_obj(new);
+            let old = ctx.caches.pods.get(&old);
+            match old {
+                Some(old) => services_for_pod_update(&old, new, in_ns(new)),
+                None => services_for_pod(new, in_ns(new)),
+            }
+        }
+        Event::Delete(p) => services_for_pod(p, in_ns(p)),
+        Event::InitDone => {
+            w.apply_watcher_event(&e);
+            ctx.enqueue_all_services();
+            return;
+        }
+        Event::Init | Event::InitApply(_) => Default::default(),
+    };
+    w.apply_watcher_event(&e);
+    for key in keys {
+        ctx.enqueue_both(&key, ctx.cfg.batch_period);
+    }
+}
+
+fn label<'a>(s: &'a EndpointSlice, k: &str) -> Option<&'a String> {
+    s.metadata.labels.as_ref().and_then(|l| l.get(k))
+}
+
+fn on_slice(ctx: &Context, w: &mut Writer<EndpointSlice>, e: Event<EndpointSlice>) {
+    restarted(ctx, &e, "endpointslices");
+    let delay = SLICE_EVENT_MIN_DELAY.max(ctx.cfg.batch_period);
+    let cfg = &ctx.cfg.slices;
+    match &e {
+        Event::Apply(new) => {
+            let old = ctx.caches.slices.get(&ObjectRef::from_obj(new));
+            w.apply_watcher_event(&e);
+            let moved = old.as_ref().is_some_and(|o| {
+                label(o, LABEL_SERVICE_NAME) != label(new, LABEL_SERVICE_NAME)
+                    || label(o, LABEL_MANAGED_BY) != label(new, LABEL_MANAGED_BY)
+            });
+            if moved {
+                // Both the Service it left and the one it joined may need a sync.
+                if let Some(old) = old.as_ref().filter(|o| cfg.manages(o)) {
+                    if !cfg.manages(new) {
+                        lock(&ctx.slice_tracker).forget_slice(old);
+                    }
+                    if let Some(key) = service_key_for_slice(old) {
+                        ctx.enqueue(Which::Slices, key, delay);
+                    }
+                }
+                if cfg.manages(new)
+                    && let Some(key) = service_key_for_slice(new)
+                {
+                    ctx.enqueue(Which::Slices, key, delay);
+                }
+            } else if cfg.manages(new)
+                && lock(&ctx.slice_tracker).should_sync(new)
+                && let Some(key) = service_key_for_slice(new)
+            {
+                ctx.enqueue(Which::Slices, key, delay);
+            }
+        }
+        Event::Delete(s) => {
+            w.apply_watcher_event(&e);
+            if cfg.manages(s) {
+                let requeue = {
+                    let mut t = lock(&ctx.slice_tracker);
+                    // Untracked (e.g. after a restart) means nobody expected it: recreate.
+                    !t.has(s) || t.handle_deletion(s)
+                };
+                if requeue && let Some(key) = service_key_for_slice(s) {
+                    ctx.enqueue(Which::Slices, key, Duration::ZERO);
+                }
+            }
+        }
+        Event::InitDone => {
+            w.apply_watcher_event(&e);
+            ctx.enqueue_all_services();
+        }
+        Event::Init | Event::InitApply(_) => w.apply_watcher_event(&e),
+    }
+}
+
+fn on_endpoints(ctx: &Context, w: &mut Writer<Endpoints>, e: Event<Endpoints>) {
+    restarted(ctx, &e, "endpoints");
+    w.apply_watcher_event(&e);
+    match &e {
+        // As upstream, only deletions requeue: an edit by hand is reverted at the next sync.
+        Event::Delete(ep) => {
+            if let (Some(ns), Some(name)) = (ep.metadata.namespace.as_ref(), ep.metadata.name.as_ref()) {
+                ctx.enqueue(Which::Endpoints, ServiceKey::new(ns, name), Duration::ZERO);
+            }
+        }
+        Event::InitDone => ctx.enqueue_all_services(),
+        Event::Apply(_) | Event::Init | Event::InitApply(_) => {}
+    }
+}

@@ -1,0 +1,161 @@
+//! The controllers' Prometheus metrics, registered in the process's one registry.
+//!
+//! Names follow upstream where upstream has the series: the EndpointSlice controller's
+//! `endpoint_slice_controller_*` family and client-go's `workqueue_*{name}` (queue names
+//! `endpoint_slice` and `endpoint`). Portico's own series carry a `portico_` prefix.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, exponential_buckets,
+};
+
+/// All series of both controllers.
+#[derive(Clone)]
+pub struct Metrics {
+    pub(crate) endpoints_added_per_sync: prometheus::Histogram,
+    pub(crate) endpoints_removed_per_sync: prometheus::Histogram,
+    pub(crate) endpoints_desired: IntGauge,
+    pub(crate) num_endpoint_slices: IntGauge,
+    pub(crate) desired_endpoint_slices: IntGauge,
+    pub(crate) slice_changes: IntCounterVec,
+    pub(crate) slices_changed_per_sync: HistogramVec,
+    pub(crate) slice_syncs: IntCounterVec,
+    pub(crate) endpoints_changes: IntCounterVec,
+    pub(crate) endpoints_syncs: IntCounterVec,
+    pub(crate) queue_depth: IntGaugeVec,
+    pub(crate) queue_adds: IntCounterVec,
+    pub(crate) queue_retries: IntCounterVec,
+    pub(crate) work_duration: HistogramVec,
+    pub(crate) reconcile_errors: IntCounterVec,
+    pub(crate) watch_restarts: IntCounterVec,
+}
+
+/// Registering failed: a series of the same name is already in the registry.
+#[derive(Debug, thiserror::Error)]
+#[error("registering controller metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+impl Metrics {
+    /// Creates the series and registers them in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, MetricsError> {
+        let per_sync = |name: &str, help: &str| {
+            prometheus::Histogram::with_opts(
+                HistogramOpts::new(name, help)
+                    .subsystem("endpoint_slice_controller")
+                    .buckets(exponential_buckets(2.0, 2.0, 15).unwrap_or_default()),
+            )
+        };
+        let m = Metrics {
+            endpoints_added_per_sync: per_sync(
+                "endpoints_added_per_sync",
+                "Number of endpoints added on each Service sync",
+            )?,
+            endpoints_removed_per_sync: per_sync(
+                "endpoints_removed_per_sync",
+                "Number of endpoints removed on each Service sync",
+            )?,
+            endpoints_desired: IntGauge::with_opts(
+                Opts::new("endpoints_desired", "Number of endpoints desired")
+                    .subsystem("endpoint_slice_controller"),
+            )?,
+            num_endpoint_slices: IntGauge::with_opts(
+                Opts::new("num_endpoint_slices", "Number of EndpointSlices")
+                    .subsystem("endpoint_slice_controller"),
+            )?,
+            desired_endpoint_slices: IntGauge::with_opts(
+                Opts::new(
+                    "desired_endpoint_slices",
+                    "Number of EndpointSlices that would exist with perfect endpoint allocation",
+                )
+                .subsystem("endpoint_slice_controller"),
+            )?,
+            slice_changes: IntCounterVec::new(
+                Opts::new("changes", "Number of EndpointSlice changes")
+                    .subsystem("endpoint_slice_controller"),
+                &["operation"],
+            )?,
+            slices_changed_per_sync: HistogramVec::new(
+                HistogramOpts::new(
+                    "endpointslices_changed_per_sync",
+                    "Number of EndpointSlices changed on each Service sync",
+                )
+                .subsystem("endpoint_slice_controller"),
+                &["topology", "traffic_distribution"],
+            )?,
+            slice_syncs: IntCounterVec::new(
+                Opts::new("syncs", "Number of EndpointSlice syncs").subsystem("endpoint_slice_controller"),
+                &["result"],
+            )?,
+            endpoints_changes: IntCounterVec::new(
+                Opts::new(
+                    "portico_endpoints_controller_changes_total",
+                    "Number of Endpoints changes",
+                ),
+                &["operation"],
+            )?,
+            endpoints_syncs: IntCounterVec::new(
+                Opts::new(
+                    "portico_endpoints_controller_syncs_total",
+                    "Number of Endpoints syncs",
+                ),
+                &["result"],
+            )?,
+            queue_depth: IntGaugeVec::new(
+                Opts::new("workqueue_depth", "Current depth of workqueue"),
+                &["name"],
+            )?,
+            queue_adds: IntCounterVec::new(
+                Opts::new(
+                    "workqueue_adds_total",
+                    "Total number of adds handled by workqueue",
+                ),
+                &["name"],
+            )?,
+            queue_retries: IntCounterVec::new(
+                Opts::new(
+                    "workqueue_retries_total",
+                    "Total number of retries handled by workqueue",
+                ),
+                &["name"],
+            )?,
+            work_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "workqueue_work_duration_seconds",
+                    "How long in seconds processing an item from workqueue takes",
+                )
+                .buckets(exponential_buckets(1e-5, 4.0, 12).unwrap_or_default()),
+                &["name"],
+            )?,
+            reconcile_errors: IntCounterVec::new(
+                Opts::new(
+                    "portico_controller_reconcile_errors_total",
+                    "Failed syncs by controller and error kind",
+                ),
+                &["controller", "error"],
+            )?,
+            watch_restarts: IntCounterVec::new(
+                Opts::new(
+                    "portico_controller_watch_restarts_total",
+                    "Watch (re)lists by resource",
+                ),
+                &["resource"],
+            )?,
+        };
+        registry.register(Box::new(m.endpoints_added_per_sync.clone()))?;
+        registry.register(Box::new(m.endpoints_removed_per_sync.clone()))?;
+        registry.register(Box::new(m.endpoints_desired.clone()))?;
+        registry.register(Box::new(m.num_endpoint_slices.clone()))?;
+        registry.register(Box::new(m.desired_endpoint_slices.clone()))?;
+        registry.register(Box::new(m.slice_changes.clone()))?;
+        registry.register(Box::new(m.slices_changed_per_sync.clone()))?;
+        registry.register(Box::new(m.slice_syncs.clone()))?;
+        registry.register(Box::new(m.endpoints_changes.clone()))?;
+        registry.register(Box::new(m.endpoints_syncs.clone()))?;
+        registry.register(Box::new(m.queue_depth.clone()))?;
+        registry.register(Box::new(m.queue_adds.clone()))?;
+        registry.register(Box::new(m.queue_retries.clone()))?;
+        registry.register(Box::new(m.work_duration.clone()))?;
+        registry.register(Box::new(m.reconcile_errors.clone()))?;
+        registry.register(Box::new(m.watch_restarts.clone()))?;
+        Ok(m)
+    }
+}

@@ -1,0 +1,414 @@
+//! The I/O edge of the controllers: watches, caches, work queues, workers and API writes.
+//!
+//! One set of trimmed caches serves both controllers. A single dispatcher task applies every
+//! watch event to its cache and turns it into Service keys, so it can compare an object with
+//! its cached predecessor (a pod's old labels, a slice's old owner) before replacing it. Each
+//! controller has its own [`WorkQueue`] and workers, as upstream, so one controller's
+//! backoff never delays the other's syncs.
+
+mod cache;
+mod dispatch;
+mod endpoints_sync;
+mod metrics;
+pub mod queue;
+mod slices_sync;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use self::metrics::{Metrics, MetricsError};
+pub use self::queue::{Backoff, WorkQueue};
+use crate::endpoints::StaleEndpointsTracker;
+use crate::endpointslice::{self, GenerationTracker, SyncStats};
+use crate::error::ReconcileError;
+use crate::{ServiceKey, TriggerTimeTracker};
+
+/// Which controllers run, and how.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Run the EndpointSlice controller.
+    pub endpointslice: bool,
+    /// Run the legacy Endpoints controller.
+    pub endpoints: bool,
+    /// Workers per controller (`--concurrent-service-endpoint-syncs`).
+    pub workers: usize,
+    /// Delay from a pod change to the sync it triggers, so a burst costs one sync
+    /// (`--endpoint-updates-batch-period`).
+    pub batch_period: Duration,
+    /// The EndpointSlice reconcile's settings.
+    pub slices: endpointslice::Config,
+    /// Longest one sync may take before it is abandoned and retried (a stuck request must not
+    /// hold a Service forever).
+    pub sync_timeout: Duration,
+    /// Reporting instance for Events (e.g. the pod name).
+    pub instance: String,
+    /// Watch and manage one namespace only (`None`: all). Nodes are always watched cluster-wide.
+    pub namespace: Option<String>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            endpointslice: true,
+            endpoints: true,
+            workers: 5,
+            batch_period: Duration::ZERO,
+            slices: endpointslice::Config::default(),
+            sync_timeout: Duration::from_secs(60),
+            instance: "portico".into(),
+            namespace: None,
+        }
+    }
+}
+
+/// Why a sync failed; every variant is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The cache has not caught up with this controller's own last write.
+    #[error("{0} informer cache is out of date")]
+    Stale(&'static str),
+    /// The reconcile refused its input, or skipped pods whose Node is not cached yet.
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+    /// An API write failed (409 Conflict included).
+    #[error("{verb} {kind} {name}: {source}")]
+    Api {
+        /// create, update or delete
+        verb: &'static str,
+        /// EndpointSlice or Endpoints
+        kind: &'static str,
+        /// object name (or generateName)
+        name: String,
+        /// the client error
+        #[source]
+        source: kube::Error,
+    },
+    /// The sync did not finish within the sync timeout.
+    #[error("sync timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl SyncError {
+    /// A low-cardinality label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            SyncError::Stale(_) => "stale",
+            SyncError::Reconcile(ReconcileError::PodsSkipped(_)) => "pods_skipped",
+            SyncError::Reconcile(_) => "invalid",
+            SyncError::Api {
+                source: kube::Error::Api(s),
+                ..
+            } if s.code == 409 => "conflict",
+            SyncError::Api { .. } => "api",
+            SyncError::Timeout(_) => "timeout",
+        }
+    }
+
+    fn is_conflict(&self) -> bool {
+        matches!(self, SyncError::Api { source: kube::Error::Api(s), .. } if s.code == 409)
+    }
+}
+
+/// The controllers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Invalid settings.
+    #[error("invalid controller configuration: {0}")]
+    Config(#[from] ReconcileError),
+    /// The caches never synced before shutdown.
+    #[error("shut down before the caches synced")]
+    NotSynced,
+}
+
+/// The caches both controllers read.
+#[derive(Clone)]
+pub(crate) struct Caches {
+    pub(crate) services: Store<Service>,
+    pub(crate) pods: Store<Pod>,
+    pub(crate) nodes: Store<Node>,
+    pub(crate) slices: Store<EndpointSlice>,
+    pub(crate) endpoints: Store<Endpoints>,
+}
+
+/// Shared state of the running controllers.
+pub(crate) struct Context {
+    pub(crate) client: kube::Client,
+    pub(crate) cfg: RuntimeConfig,
+    pub(crate) caches: Caches,
+    pub(crate) metrics: Metrics,
+    pub(crate) slice_queue: WorkQueue<ServiceKey>,
+    pub(crate) endpoints_queue: WorkQueue<ServiceKey>,
+    pub(crate) slice_tracker: Mutex<GenerationTracker>,
+    pub(crate) slice_triggers: Mutex<TriggerTimeTracker>,
+    pub(crate) slice_stats: Mutex<HashMap<ServiceKey, SyncStats>>,
+    pub(crate) endpoints_stale: Mutex<StaleEndpointsTracker>,
+    pub(crate) endpoints_triggers: Mutex<TriggerTimeTracker>,
+    pub(crate) slice_recorder: Recorder,
+    pub(crate) endpoints_recorder: Recorder,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every critical
+/// section here is a single tracker call).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Queue names, as upstream's workqueue metrics label them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Which {
+    Slices,
+    Endpoints,
+}
+
+impl Which {
+    pub(crate) fn queue_name(self) -> &'static str {
+        match self {
+            Which::Slices => "endpoint_slice",
+            Which::Endpoints => "endpoint",
+        }
+    }
+}
+
+impl Context {
+    pub(crate) fn queue(&self, which: Which) -> &WorkQueue<ServiceKey> {
+        match which {
+            Which::Slices => &self.slice_queue,
+            Which::Endpoints => &self.endpoints_queue,
+        }
+    }
+
+    fn enabled(&self, which: Which) -> bool {
+        match which {
+            Which::Slices => self.cfg.endpointslice,
+            Which::Endpoints => self.cfg.endpoints,
+        }
+    }
+
+    /// Queues `key` for one controller after `delay`, keeping the queue metrics current.
+    pub(crate) fn enqueue(&self, which: Which, key: ServiceKey, delay: Duration) {
+        if !self.enabled(which) {
+            return;
+        }
+        let q = self.queue(which);
+        q.add_after(key, delay);
+        self.metrics
+            .queue_adds
+            .with_label_values(&[which.queue_name()])
+            .inc();
+        self.metrics
+            .queue_depth
+            .with_label_values(&[which.queue_name()])
+            .set(q.len() as i64);
+    }
+
+    /// Queues `key` for both controllers.
+    pub(crate) fn enqueue_both(&self, key: &ServiceKey, delay: Duration) {
+        self.enqueue(Which::Slices, key.clone(), delay);
+        self.enqueue(Which::Endpoints, key.clone(), delay);
+    }
+
+    /// Queues every cached Service for both controllers: after a (re)list, deletions that
+    /// happened while the watch was down produced no event of their own.
+    pub(crate) fn enqueue_all_services(&self) {
+        for svc in self.caches.services.state() {
+            if let Some(key) = ServiceKey::of_service(&svc) {
+                self.enqueue_both(&key, Duration::ZERO);
+            }
+        }
+    }
+}
+
+/// Runs the enabled controllers until `shutdown` is cancelled.
+pub async fn run(
+    client: kube::Client,
+    cfg: RuntimeConfig,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    cfg.slices.validate()?;
+    let (services, services_w) = reflector::store::<Service>();
+    let (pods, pods_w) = reflector::store::<Pod>();
+    let (nodes, nodes_w) = reflector::store::<Node>();
+    let (slices, slices_w) = reflector::store::<EndpointSlice>();
+    let (endpoints, endpoints_w) = reflector::store::<Endpoints>();
+    let caches = Caches {
+        services,
+        pods,
+        nodes,
+        slices,
+        endpoints,
+    };
+    let backoff = Backoff {
+        base: Duration::from_secs(1),
+        max: Duration::from_secs(1000),
+    };
+    let reporter = |controller: &str| Reporter {
+        controller: controller.into(),
+        instance: Some(cfg.instance.clone()),
+    };
+    let ctx = Arc::new(Context {
+        slice_recorder: Recorder::new(client.clone(), reporter("endpoint-slice-controller")),
+        endpoints_recorder: Recorder::new(client.clone(), reporter("endpoint-controller")),
+        client: client.clone(),
+        caches: caches.clone(),
+        metrics,
+        slice_queue: WorkQueue::new(backoff),
+        endpoints_queue: WorkQueue::new(Backoff {
+            base: Duration::from_millis(5),
+            ..backoff
+        }),
+        slice_tracker: Mutex::new(GenerationTracker::new()),
+        slice_triggers: Mutex::new(TriggerTimeTracker::new()),
+        slice_stats: Mutex::new(HashMap::new()),
+        endpoints_stale: Mutex::new(StaleEndpointsTracker::new()),
+        endpoints_triggers: Mutex::new(TriggerTimeTracker::new()),
+        cfg,
+    });
+
+    let writers = dispatch::Writers {
+        services: services_w,
+        pods: pods_w,
+        nodes: ctx.cfg.endpointslice.then_some(nodes_w),
+        slices: ctx.cfg.endpointslice.then_some(slices_w),
+        endpoints: ctx.cfg.endpoints.then_some(endpoints_w),
+    };
+    let dispatcher = tokio::spawn(dispatch::run(ctx.clone(), writers, shutdown.clone()));
+
+    let synced = async {
+        let c = &ctx.caches;
+        let _ = c.services.wait_until_ready().await;
+        let _ = c.pods.wait_until_ready().await;
+        if ctx.cfg.endpointslice {
+            let _ = c.nodes.wait_until_ready().await;
+            let _ = c.slices.wait_until_ready().await;
+        }
+        if ctx.cfg.endpoints {
+            let _ = c.endpoints.wait_until_ready().await;
+        }
+    };
+    tokio::select! {
+        () = synced => {}
+        () = shutdown.cancelled() => {
+            dispatcher.abort();
+            return Err(RunError::NotSynced);
+        }
+    }
+    tracing::info!(
+        services = ctx.caches.services.len(),
+        pods = ctx.caches.pods.len(),
+        "caches synced, starting workers"
+    );
+    ctx.enqueue_all_services();
+    if ctx.cfg.endpoints {
+        // Endpoints whose Service is gone (deleted while no controller ran) are removed by
+        // their sync; upstream's leftover check at start-up.
+        for ep in ctx.caches.endpoints.state() {
+            if crate::endpoints::is_leftover_candidate(&ep)
+                && let (Some(ns), Some(name)) = (ep.metadata.namespace.as_ref(), ep.metadata.name.as_ref())
+            {
+                ctx.enqueue(Which::Endpoints, ServiceKey::new(ns, name), Duration::ZERO);
+            }
+        }
+    }
+
+    let mut workers = Vec::new();
+    for which in [Which::Slices, Which::Endpoints] {
+        if !ctx.enabled(which) {
+            continue;
+        }
+        for _ in 0..ctx.cfg.workers.max(1) {
+            workers.push(tokio::spawn(worker(ctx.clone(), which)));
+        }
+    }
+    shutdown.cancelled().await;
+    ctx.slice_queue.shutdown();
+    ctx.endpoints_queue.shutdown();
+    for w in workers {
+        let _ = w.await;
+    }
+    dispatcher.abort();
+    Ok(())
+}
+
+async fn worker(ctx: Arc<Context>, which: Which) {
+    let queue = ctx.queue(which).clone();
+    let name = which.queue_name();
+    while let Some(key) = queue.get().await {
+        ctx.metrics
+            .queue_depth
+            .with_label_values(&[name])
+            .set(queue.len() as i64);
+        let span = tracing::info_span!("sync", controller = name, service = %key);
+        let timer = ctx.metrics.work_duration.with_label_values(&[name]).start_timer();
+        let result = match tokio::time::timeout(ctx.cfg.sync_timeout, sync(&ctx, which, &key))
+            .instrument(span.clone())
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(SyncError::Timeout(ctx.cfg.sync_timeout)),
+        };
+        timer.observe_duration();
+        let syncs = match which {
+            Which::Slices => &ctx.metrics.slice_syncs,
+            Which::Endpoints => &ctx.metrics.endpoints_syncs,
+        };
+        match result {
+            Ok(()) => {
+                syncs.with_label_values(&["success"]).inc();
+                queue.forget(&key);
+            }
+            Err(e) => {
+                let label = if matches!(e, SyncError::Stale(_)) {
+                    "stale"
+                } else {
+                    "error"
+                };
+                syncs.with_label_values(&[label]).inc();
+                ctx.metrics
+                    .reconcile_errors
+                    .with_label_values(&[name, e.metric_label()])
+                    .inc();
+                ctx.metrics.queue_retries.with_label_values(&[name]).inc();
+                let failures = queue.add_rate_limited(key.clone());
+                // Conflicts and stale caches are expected under churn and fix themselves.
+                let _enter = span.enter();
+                if e.is_conflict() || matches!(e, SyncError::Stale(_)) {
+                    tracing::debug!(error = %e, failures, "sync failed, retrying");
+                } else {
+                    tracing::warn!(error = %e, failures, "sync failed, retrying");
+                }
+            }
+        }
+        queue.done(&key);
+    }
+}
+
+async fn sync(ctx: &Context, which: Which, key: &ServiceKey) -> Result<(), SyncError> {
+    match which {
+        Which::Slices => slices_sync::sync(ctx, key).await,
+        Which::Endpoints => endpoints_sync::sync(ctx, key).await,
+    }
+}
+
+/// The Service in the cache, if any.
+pub(crate) fn cached_service(ctx: &Context, key: &ServiceKey) -> Option<Arc<Service>> {
+    ctx.caches
+        .services
+        .get(&reflector::ObjectRef::new(&key.name).within(&key.namespace))
+}
+
+/// The cached pods a Service selects.
+pub(crate) fn selected_pods(ctx: &Context, svc: &Service) -> Vec<Arc<Pod>> {
+    let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+    ctx.caches
+        .pods
+        .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns) && crate::selects(svc, p))
+}

@@ -1,0 +1,199 @@
+//! One sync of the EndpointSlice controller: cached state → plan → API writes.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Resource;
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::runtime::events::{Event, EventType};
+
+use super::{Context, SyncError, cached_service, lock, selected_pods};
+use crate::endpointslice::{SyncStats, reconcile, slices_for_service};
+use crate::keys::LABEL_SERVICE_NAME;
+use crate::{ServiceKey, is_service_handled};
+
+pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncError> {
+    let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let Some(svc) = cached_service(ctx, key) else {
+        return service_gone(ctx, &api, key).await;
+    };
+    if !is_service_handled(&svc) {
+        return Ok(());
+    }
+    let pods = selected_pods(ctx, &svc);
+    let pods: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
+    let cached = ctx.caches.slices.state_filter(|s| belongs_to(s, key));
+    let existing = slices_for_service(&svc, cached.iter().map(AsRef::as_ref), &ctx.cfg.slices);
+    if lock(&ctx.slice_tracker).is_stale(&svc, &existing) {
+        return Err(SyncError::Stale("EndpointSlice"));
+    }
+    let trigger = lock(&ctx.slice_triggers).compute(&svc, &pods);
+    let plan = reconcile(
+        &svc,
+        &pods,
+        &ctx.caches.nodes,
+        &existing,
+        &ctx.cfg.slices,
+        trigger.as_ref(),
+    )?;
+    record_stats(ctx, key, Some(&plan.metrics));
+    let m = &ctx.metrics;
+    m.endpoints_added_per_sync
+        .observe(plan.metrics.endpoints_added as f64);
+    m.endpoints_removed_per_sync
+        .observe(plan.metrics.endpoints_removed as f64);
+    let traffic = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.traffic_distribution.as_deref())
+        .unwrap_or("");
+    m.slices_changed_per_sync
+        .with_label_values(&["Disabled", traffic])
+        .observe(plan.writes() as f64);
+    if !plan.is_empty() {
+        tracing::debug!(
+            creates = plan.create.len(),
+            updates = plan.update.len(),
+            deletes = plan.delete.len(),
+            "writing EndpointSlices"
+        );
+    }
+
+    let result = apply(ctx, &api, &plan.create, &plan.update, &plan.delete).await;
+    if let Err(e) = &result
+        && !e.is_conflict()
+    {
+        let note = format!("Error updating Endpoint Slices for Service {key}: {e}");
+        warn_event(ctx, &svc, "FailedToUpdateEndpointSlices", note).await;
+    }
+    result?;
+    match plan.partial_error() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+fn belongs_to(s: &EndpointSlice, key: &ServiceKey) -> bool {
+    s.metadata.namespace.as_deref() == Some(key.namespace.as_str())
+        && s.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)) == Some(&key.name)
+}
+
+/// Upstream leaves slices of a deleted Service to the garbage collector (they are owned by the
+/// Service). Portico also runs where no garbage collector does, so it deletes its own.
+async fn service_gone(ctx: &Context, api: &Api<EndpointSlice>, key: &ServiceKey) -> Result<(), SyncError> {
+    lock(&ctx.slice_tracker).delete_service(key);
+    lock(&ctx.slice_triggers).delete_service(key);
+    record_stats(ctx, key, None);
+    let ours = ctx
+        .caches
+        .slices
+        .state_filter(|s| belongs_to(s, key) && ctx.cfg.slices.manages(s));
+    let ours: Vec<EndpointSlice> = ours.iter().map(|s| s.as_ref().clone()).collect();
+    apply(ctx, api, &[], &[], &ours).await
+}
+
+async fn apply(
+    ctx: &Context,
+    api: &Api<EndpointSlice>,
+    create: &[EndpointSlice],
+    update: &[EndpointSlice],
+    delete: &[EndpointSlice],
+) -> Result<(), SyncError> {
+    let changes = &ctx.metrics.slice_changes;
+    for slice in create {
+        match api.create(&PostParams::default(), slice).await {
+            Ok(created) => {
+                lock(&ctx.slice_tracker).record_write(&created);
+                changes.with_label_values(&["create"]).inc();
+            }
+            // Creating in a namespace being deleted fails until it is gone; nothing to do.
+            Err(kube::Error::Api(s)) if namespace_terminating(&s) => return Ok(()),
+            Err(source) => return Err(api_error("create", slice, source)),
+        }
+    }
+    for slice in update {
+        let name = slice.metadata.name.clone().unwrap_or_default();
+        match api.replace(&name, &PostParams::default(), slice).await {
+            Ok(updated) => {
+                lock(&ctx.slice_tracker).record_write(&updated);
+                changes.with_label_values(&["update"]).inc();
+            }
+            Err(source) => return Err(api_error("update", slice, source)),
+        }
+    }
+    for slice in delete {
+        let name = slice.metadata.name.clone().unwrap_or_default();
+        // Preconditions: delete only the version the plan was made from.
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: slice.metadata.uid.clone(),
+                resource_version: slice.metadata.resource_version.clone(),
+            }),
+            ..Default::default()
+        };
+        match api.delete(&name, &dp).await {
+            Ok(_) => changes.with_label_values(&["delete"]).inc(),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => return Err(api_error("delete", slice, source)),
+        }
+        lock(&ctx.slice_tracker).expect_deletion(slice);
+    }
+    Ok(())
+}
+
+pub(crate) fn namespace_terminating(s: &kube::core::Status) -> bool {
+    s.code == 403
+        && (s.message.contains("because it is being terminated")
+            || s.details
+                .as_ref()
+                .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+}
+
+fn api_error(verb: &'static str, slice: &EndpointSlice, source: kube::Error) -> SyncError {
+    let m = &slice.metadata;
+    let name = m
+        .name
+        .clone()
+        .or_else(|| m.generate_name.clone())
+        .unwrap_or_default();
+    SyncError::Api {
+        verb,
+        kind: "EndpointSlice",
+        name,
+        source,
+    }
+}
+
+/// Keeps the cluster-wide gauges equal to the sum over Services of their last sync.
+fn record_stats(ctx: &Context, key: &ServiceKey, stats: Option<&SyncStats>) {
+    let old = {
+        let mut map = lock(&ctx.slice_stats);
+        match stats {
+            Some(s) => map.insert(key.clone(), s.clone()),
+            None => map.remove(key),
+        }
+    }
+    .unwrap_or_default();
+    let new = stats.cloned().unwrap_or_default();
+    let d = |n: usize, o: usize| n as i64 - o as i64;
+    let m = &ctx.metrics;
+    m.endpoints_desired
+        .add(d(new.desired_endpoints, old.desired_endpoints));
+    m.desired_endpoint_slices
+        .add(d(new.desired_slices, old.desired_slices));
+    m.num_endpoint_slices.add(d(new.actual_slices, old.actual_slices));
+}
+
+async fn warn_event(ctx: &Context, svc: &Arc<Service>, reason: &str, note: String) {
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Sync".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.slice_recorder.publish(&ev, &svc.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not publish event");
+    }
+}

@@ -1,0 +1,162 @@
+//! `portico run`: the controllers (and, once wired, the webhook) against a cluster.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use portico_controllers::endpointslice;
+use portico_controllers::runtime::{self, Metrics, RuntimeConfig};
+use tokio_util::sync::CancellationToken;
+
+/// Flags of `portico run`; names follow kube-controller-manager's where one exists.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Controllers to run: `endpointslice`, `endpoint` (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "endpointslice,endpoint",
+        env = "PORTICO_CONTROLLERS"
+    )]
+    pub controllers: Vec<String>,
+    /// Workers per controller.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=50),
+          env = "PORTICO_CONCURRENT_SERVICE_ENDPOINT_SYNCS")]
+    pub concurrent_service_endpoint_syncs: u16,
+    /// Most endpoints in one EndpointSlice.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000),
+          env = "PORTICO_MAX_ENDPOINTS_PER_SLICE")]
+    pub max_endpoints_per_slice: u16,
+    /// Delay from a pod change to its sync, so a burst of changes costs one sync (e.g. `500ms`).
+    #[arg(long, default_value = "0s", value_parser = parse_duration, env = "PORTICO_ENDPOINT_UPDATES_BATCH_PERIOD")]
+    pub endpoint_updates_batch_period: Duration,
+    /// Value of `endpointslice.kubernetes.io/managed-by` on the slices Portico writes.
+    #[arg(long, default_value = endpointslice::DEFAULT_MANAGED_BY, env = "PORTICO_MANAGED_BY")]
+    pub managed_by: String,
+    /// Take over another manager's slices in place (e.g. `endpointslice-controller.k8s.io`
+    /// when replacing kube-controller-manager's controller, which must be stopped first).
+    #[arg(long, env = "PORTICO_ADOPT_FROM")]
+    pub adopt_from: Option<String>,
+    /// Manage one namespace only (default: all).
+    #[arg(long, env = "PORTICO_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+impl RunArgs {
+    /// The controller runtime's settings; fails on an unknown controller name.
+    pub fn runtime_config(&self) -> anyhow::Result<RuntimeConfig> {
+        let mut cfg = RuntimeConfig {
+            endpointslice: false,
+            endpoints: false,
+            workers: usize::from(self.concurrent_service_endpoint_syncs),
+            batch_period: self.endpoint_updates_batch_period,
+            slices: endpointslice::Config {
+                max_endpoints_per_slice: usize::from(self.max_endpoints_per_slice),
+                managed_by: self.managed_by.clone(),
+                adopt_from: self.adopt_from.clone(),
+            },
+            instance: std::env::var("POD_NAME").unwrap_or_else(|_| "portico".into()),
+            namespace: self.namespace.clone(),
+            ..Default::default()
+        };
+        for c in &self.controllers {
+            match c.trim() {
+                "endpointslice" => cfg.endpointslice = true,
+                "endpoint" => cfg.endpoints = true,
+                "" => {}
+                other => anyhow::bail!(
+                    "--controllers: unknown controller {other:?} (known: endpointslice, endpoint)"
+                ),
+            }
+        }
+        cfg.slices.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(cfg)
+    }
+}
+
+/// Parses Go-style durations as kube-controller-manager's flags take them: `0`, `500ms`,
+/// `1s`, `1m30s`, `1.5h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let bad = || format!("invalid duration {s:?} (examples: 0, 500ms, 1s, 1m30s)");
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = args.runtime_config()?;
+    let client = kube::Client::try_default()
+        .await
+        .context("building a Kubernetes client (KUBECONFIG or in-cluster)")?;
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::register(&registry)?;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        crate::signals::terminated().await;
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+    runtime::run(client, cfg, metrics, shutdown).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("1x").is_err());
+    }
+
+    #[test]
+    fn unknown_controllers_are_refused_by_name() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let t = T::parse_from(["t", "--controllers", "endpointslice,nodeipam"]);
+        let err = t.run.runtime_config().unwrap_err().to_string();
+        assert!(err.contains("--controllers") && err.contains("nodeipam"), "{err}");
+        let t = T::parse_from(["t", "--controllers", "endpoint"]);
+        let cfg = t.run.runtime_config().unwrap();
+        assert!(cfg.endpoints && !cfg.endpointslice);
+    }
+}
