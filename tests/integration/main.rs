@@ -3,5 +3,6 @@
 //! test. Without the binaries every test returns early after the suite printed one line saying
 //! it skipped and why.
 
+mod controllers;
 mod harness;
 mod support;

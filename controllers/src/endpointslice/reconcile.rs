@@ -402,10 +402,10 @@ fn finalize(
         if delete[i].address_type == at.as_str() && owned_by(&delete[i], &ctx.id.uid) {
             let old = delete.remove(i);
             let mut recycled = create.pop().unwrap_or_default();
-            // A fresh object under the old name: the old labels and annotations go. The old
-            // resourceVersion makes the PUT conditional on our view of the slice being current.
+            // A fresh object under the old name: the old labels and annotations go, the
+            // generateName stays (as upstream writes it). The old resourceVersion makes the PUT
+            // conditional on our view of the slice being current.
             recycled.metadata.name = old.metadata.name;
-            recycled.metadata.generate_name = None;
             recycled.metadata.resource_version = old.metadata.resource_version;
             update.push(recycled);
         } else {

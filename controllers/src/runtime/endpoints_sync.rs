@@ -20,8 +20,10 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
     let Some(svc) = cached_service(ctx, key) else {
         lock(&ctx.endpoints_stale).delete(key);
         lock(&ctx.endpoints_triggers).delete_service(key);
-        // Leader-election locks are Endpoints without a Service; never delete those.
-        if cached.as_deref().is_some_and(is_leftover_candidate) {
+        // Leader-election locks are Endpoints without a Service; never delete those. When the
+        // cache has no object, delete anyway: it may just not have seen our own create yet,
+        // and Endpoints updates requeue nothing.
+        if cached.as_deref().is_none_or(is_leftover_candidate) {
             match api.delete(&key.name, &DeleteParams::default()).await {
                 Ok(_) => ctx.metrics.endpoints_changes.with_label_values(&["delete"]).inc(),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}

@@ -1,0 +1,560 @@
+//! The EndpointSlice and Endpoints controllers against a real apiserver: what it ends up
+//! holding after pods come, go and change, Services change, and the controller restarts.
+//!
+//! Each test runs its own controllers scoped to its own namespace, so tests sharing the
+//! apiserver never see each other's Services.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use portico_controllers::runtime::{self, Metrics, RuntimeConfig};
+use portico_testenv::fixtures::{self, TestPod};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{eventually, setup};
+
+const MANAGER: &str = "endpointslice-controller.portico";
+
+/// Controllers running in this test's runtime, scoped to one namespace.
+struct Controllers {
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), runtime::RunError>>,
+}
+
+impl Controllers {
+    fn start(client: &kube::Client, ns: &str, tweak: impl FnOnce(&mut RuntimeConfig)) -> Self {
+        let mut cfg = RuntimeConfig {
+            namespace: Some(ns.into()),
+            ..Default::default()
+        };
+        tweak(&mut cfg);
+        let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(runtime::run(client.clone(), cfg, metrics, shutdown.clone()));
+        Controllers { shutdown, handle }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+async fn nodes(client: &kube::Client, ns: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for zone in ["a", "b", "c"] {
+        let name = format!("{ns}-node-{zone}");
+        fixtures::node(client, &name, Some(&format!("zone-{zone}")))
+            .await
+            .expect("node");
+        names.push(name);
+    }
+    names
+}
+
+fn service(name: &str, app: &str, target: IntOrString) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([("team".to_owned(), "portico".to_owned())].into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some([("app".to_owned(), app.to_owned())].into()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(target),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn pod_ip(i: usize) -> String {
+    format!("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256)
+}
+
+/// Creates `n` Ready pods `app=<app>` numbered from `start`, spread over the nodes.
+async fn pods(client: &kube::Client, ns: &str, nodes: &[String], app: &str, start: usize, n: usize) {
+    futures::stream::iter(start..start + n)
+        .map(|i| {
+            let pod = TestPod::new(&format!("{app}-{i}"))
+                .label("app", app)
+                .node(&nodes[i % nodes.len()])
+                .port("http", 8080, "TCP")
+                .ip(&pod_ip(i))
+                .ready(true);
+            async move { pod.create(client, ns).await.map(|_| ()) }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await
+        .expect("create pods");
+}
+
+async fn set_ready(client: &kube::Client, ns: &str, app: &str, range: std::ops::Range<usize>, ready: bool) {
+    futures::stream::iter(range)
+        .map(|i| async move {
+            fixtures::set_status(client, ns, &format!("{app}-{i}"), "Running", &[pod_ip(i)], ready)
+                .await
+                .map(|_| ())
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await
+        .expect("set pod status");
+}
+
+async fn delete_pods(client: &kube::Client, ns: &str, app: &str, range: std::ops::Range<usize>) {
+    let api = Api::<Pod>::namespaced(client.clone(), ns);
+    futures::stream::iter(range)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                api.delete(&format!("{app}-{i}"), &DeleteParams::default().grace_period(0))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await
+        .expect("delete pods");
+}
+
+/// Our slices of one Service, as the apiserver holds them.
+async fn slices(client: &kube::Client, ns: &str, svc: &str) -> Vec<EndpointSlice> {
+    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={svc}"));
+    Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .expect("list slices")
+        .items
+}
+
+/// What a set of slices says: (ready IPs, not-ready IPs, sorted slice sizes), panicking on an
+/// IP listed twice: consumers must de-duplicate, but Portico should never make them.
+fn summarize(slices: &[EndpointSlice]) -> (BTreeSet<String>, BTreeSet<String>, Vec<usize>) {
+    let (mut ready, mut not_ready) = (BTreeSet::new(), BTreeSet::new());
+    let mut sizes = Vec::new();
+    for s in slices {
+        sizes.push(s.endpoints.len());
+        for e in &s.endpoints {
+            let r = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false);
+            for a in &e.addresses {
+                let fresh = if r {
+                    ready.insert(a.clone())
+                } else {
+                    not_ready.insert(a.clone())
+                };
+                assert!(fresh, "{a} listed twice across slices");
+            }
+        }
+    }
+    sizes.sort_unstable();
+    (ready, not_ready, sizes)
+}
+
+fn ips(range: std::ops::Range<usize>) -> BTreeSet<String> {
+    range.map(pod_ip).collect()
+}
+
+async fn endpoints(client: &kube::Client, ns: &str, svc: &str) -> Option<Endpoints> {
+    Api::<Endpoints>::namespaced(client.clone(), ns)
+        .get_opt(svc)
+        .await
+        .expect("get endpoints")
+}
+
+fn endpoint_ips(ep: &Endpoints) -> (BTreeSet<String>, BTreeSet<String>) {
+    let (mut ready, mut not_ready) = (BTreeSet::new(), BTreeSet::new());
+    for s in ep.subsets.iter().flatten() {
+        ready.extend(s.addresses.iter().flatten().map(|a| a.ip.clone()));
+        not_ready.extend(s.not_ready_addresses.iter().flatten().map(|a| a.ip.clone()));
+    }
+    (ready, not_ready)
+}
+
+#[tokio::test]
+async fn slices_and_endpoints_follow_pods() {
+    let ns = "ctl-follow";
+    let Some((_cp, client)) = setup(ns).await else {
+        return;
+    };
+    let nodes = nodes(&client, ns).await;
+    let ctl = Controllers::start(&client, ns, |_| {});
+    let services = Api::<Service>::namespaced(client.clone(), ns);
+
+    // A Service without pods gets one empty placeholder slice.
+    services
+        .create(
+            &PostParams::default(),
+            &service("empty", "nothing", IntOrString::Int(80)),
+        )
+        .await
+        .expect("service");
+    eventually(20, "placeholder slice", || async {
+        let s = slices(&client, ns, "empty").await;
+        (s.len() == 1 && s[0].endpoints.is_empty()).then_some(())
+    })
+    .await;
+
+    // Pods first, so the Service's first sync sees them all and packs 100/100/50 (pods that
+    // trickle in over several syncs may pack differently: upstream never rebalances).
+    pods(&client, ns, &nodes, "web", 0, 250).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let svc = services
+        .create(
+            &PostParams::default(),
+            &service("web", "web", IntOrString::String("http".into())),
+        )
+        .await
+        .expect("service");
+    let all = eventually(30, "250 endpoints in 3 slices", || async {
+        let s = slices(&client, ns, "web").await;
+        let (ready, not_ready, sizes) = summarize(&s);
+        (ready == ips(0..250) && not_ready.is_empty()).then_some((s, sizes))
+    })
+    .await;
+    let (all, sizes) = all;
+    assert_eq!(sizes, [50, 100, 100]);
+    let uid = svc.metadata.uid.clone().expect("uid");
+    for s in &all {
+        let labels = s.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels.get("kubernetes.io/service-name").map(String::as_str),
+            Some("web")
+        );
+        assert_eq!(
+            labels
+                .get("endpointslice.kubernetes.io/managed-by")
+                .map(String::as_str),
+            Some(MANAGER)
+        );
+        assert_eq!(
+            labels.get("team").map(String::as_str),
+            Some("portico"),
+            "Service labels are copied"
+        );
+        assert_eq!(s.metadata.generate_name.as_deref(), Some("web-"));
+        assert_eq!(s.address_type, "IPv4");
+        let owner = &s.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("Service", uid.as_str())
+        );
+        let port = &s.ports.as_ref().expect("ports")[0];
+        assert_eq!(
+            (port.name.as_deref(), port.port),
+            (Some("http"), Some(8080)),
+            "named targetPort resolved"
+        );
+        for e in &s.endpoints {
+            let target = e.target_ref.as_ref().expect("targetRef");
+            assert_eq!(target.kind.as_deref(), Some("Pod"));
+            let i: usize = target
+                .name
+                .as_deref()
+                .and_then(|n| n.strip_prefix("web-"))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(e.addresses, [pod_ip(i)]);
+            assert_eq!(e.node_name.as_deref(), Some(nodes[i % 3].as_str()));
+            assert_eq!(e.zone.as_deref(), Some(["zone-a", "zone-b", "zone-c"][i % 3]));
+        }
+    }
+    let ep = eventually(20, "Endpoints with 250 addresses", || async {
+        endpoints(&client, ns, "web")
+            .await
+            .filter(|ep| endpoint_ips(ep).0.len() == 250)
+    })
+    .await;
+    assert_eq!(
+        ep.metadata
+            .labels
+            .unwrap_or_default()
+            .get("team")
+            .map(String::as_str),
+        Some("portico")
+    );
+
+    // Readiness flips show as conditions, not removals.
+    set_ready(&client, ns, "web", 0..20, false).await;
+    eventually(20, "20 endpoints not ready", || async {
+        let (ready, not_ready, _) = summarize(&slices(&client, ns, "web").await);
+        let (ep_ready, ep_not_ready) = endpoint_ips(&endpoints(&client, ns, "web").await?);
+        (not_ready == ips(0..20) && ready == ips(20..250) && ep_not_ready == not_ready && ep_ready == ready)
+            .then_some(())
+    })
+    .await;
+
+    // Deleted pods disappear, and the slices are not rebalanced.
+    delete_pods(&client, ns, "web", 200..250).await;
+    eventually(20, "deleted pods gone", || async {
+        let (ready, not_ready, sizes) = summarize(&slices(&client, ns, "web").await);
+        let ep = endpoints(&client, ns, "web").await?;
+        let (ep_ready, _) = endpoint_ips(&ep);
+        (ready == ips(20..200)
+            && not_ready.len() == 20
+            && sizes.iter().sum::<usize>() == 200
+            && ep_ready == ready)
+            .then_some(())
+    })
+    .await;
+
+    // A port change rewrites existing slices in place rather than creating new ones.
+    let before: BTreeSet<String> = slices(&client, ns, "web")
+        .await
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    services
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"spec": {"ports": [{"name": "http", "port": 80, "targetPort": 9090}]}}),
+            ),
+        )
+        .await
+        .expect("patch ports");
+    eventually(20, "slices carry port 9090", || async {
+        let s = slices(&client, ns, "web").await;
+        let ok = s
+            .iter()
+            .all(|s| s.ports.as_ref().is_some_and(|p| p[0].port == Some(9090)));
+        let names: BTreeSet<String> = s.iter().filter_map(|s| s.metadata.name.clone()).collect();
+        // 200 endpoints under a new port mapping repack into two full slices, both recycled
+        // from the old ones; the third is deleted. Nothing is created.
+        (ok && names.len() == 2 && names.is_subset(&before)).then_some(())
+    })
+    .await;
+
+    // A selector matching nothing leaves the placeholder and an empty Endpoints.
+    services
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"selector": {"app": "none"}}})),
+        )
+        .await
+        .expect("patch selector");
+    eventually(20, "placeholder after selector change", || async {
+        let s = slices(&client, ns, "web").await;
+        let ep = endpoints(&client, ns, "web").await?;
+        (s.len() == 1 && s[0].endpoints.is_empty() && ep.subsets.unwrap_or_default().is_empty()).then_some(())
+    })
+    .await;
+
+    // Deleting the Service removes its slices and Endpoints (no garbage collector runs here);
+    // recreating it brings them back.
+    services
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete service");
+    eventually(20, "slices and Endpoints gone", || async {
+        (slices(&client, ns, "web").await.is_empty() && endpoints(&client, ns, "web").await.is_none())
+            .then_some(())
+    })
+    .await;
+    services
+        .create(
+            &PostParams::default(),
+            &service("web", "web", IntOrString::Int(8080)),
+        )
+        .await
+        .expect("recreate");
+    eventually(20, "slices back after recreate", || async {
+        let (ready, _, _) = summarize(&slices(&client, ns, "web").await);
+        (ready == ips(20..200)).then_some(())
+    })
+    .await;
+    ctl.stop().await;
+}
+
+#[tokio::test]
+async fn endpoints_truncate_over_capacity_and_recover() {
+    let ns = "ctl-capacity";
+    let Some((_cp, client)) = setup(ns).await else {
+        return;
+    };
+    let nodes = nodes(&client, ns).await;
+    pods(&client, ns, &nodes, "big", 0, 1001).await;
+    let ctl = Controllers::start(&client, ns, |_| {});
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &service("big", "big", IntOrString::String("http".into())),
+        )
+        .await
+        .expect("service");
+
+    let annotation = |ep: &Endpoints| {
+        ep.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("endpoints.kubernetes.io/over-capacity"))
+            .cloned()
+    };
+    let ep = eventually(60, "truncated Endpoints", || async {
+        endpoints(&client, ns, "big")
+            .await
+            .filter(|ep| annotation(ep).is_some())
+    })
+    .await;
+    assert_eq!(annotation(&ep).as_deref(), Some("truncated"));
+    assert_eq!(endpoint_ips(&ep).0.len(), 1000, "truncated to 1000 addresses");
+    eventually(30, "all 1001 endpoints in 11 slices", || async {
+        let (ready, _, sizes) = summarize(&slices(&client, ns, "big").await);
+        (ready.len() == 1001 && sizes.len() == 11 && sizes.iter().all(|n| *n <= 100)).then_some(())
+    })
+    .await;
+
+    delete_pods(&client, ns, "big", 1000..1001).await;
+    let ep = eventually(30, "annotation removed at 1000", || async {
+        endpoints(&client, ns, "big")
+            .await
+            .filter(|ep| annotation(ep).is_none())
+    })
+    .await;
+    assert_eq!(endpoint_ips(&ep).0, ips(0..1000));
+    ctl.stop().await;
+}
+
+#[tokio::test]
+async fn restart_mid_churn_converges_without_duplicates_or_losses() {
+    let ns = "ctl-restart";
+    let Some((_cp, client)) = setup(ns).await else {
+        return;
+    };
+    let nodes = nodes(&client, ns).await;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &service("churn", "churn", IntOrString::String("http".into())),
+        )
+        .await
+        .expect("service");
+
+    let first = Controllers::start(&client, ns, |_| {});
+    let churn = {
+        let (client, nodes) = (client.clone(), nodes.clone());
+        tokio::spawn(async move {
+            pods(&client, ns, &nodes, "churn", 0, 120).await;
+            set_ready(&client, ns, "churn", 0..30, false).await;
+            delete_pods(&client, ns, "churn", 100..120).await;
+            pods(&client, ns, &nodes, "churn", 120, 60).await;
+        })
+    };
+    // Stop mid-churn, let the churn finish with no controller, then start a fresh one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.stop().await;
+    churn.await.expect("churn");
+    let second = Controllers::start(&client, ns, |_| {});
+
+    let want_ready: BTreeSet<String> = ips(30..100).union(&ips(120..180)).cloned().collect();
+    eventually(30, "convergence after restart", || async {
+        let s = slices(&client, ns, "churn").await;
+        let (ready, not_ready, sizes) = summarize(&s);
+        let (ep_ready, ep_not_ready) = endpoint_ips(&endpoints(&client, ns, "churn").await?);
+        (ready == want_ready
+            && not_ready == ips(0..30)
+            && sizes.iter().all(|n| *n <= 100)
+            && ep_ready == want_ready
+            && ep_not_ready == ips(0..30))
+        .then_some(())
+    })
+    .await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn adopts_upstream_slices_in_place_and_leaves_other_managers_alone() {
+    let ns = "ctl-adopt";
+    let Some((_cp, client)) = setup(ns).await else {
+        return;
+    };
+    let nodes = nodes(&client, ns).await;
+    let svc = Api::<Service>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &service("web", "web", IntOrString::String("http".into())),
+        )
+        .await
+        .expect("service");
+    pods(&client, ns, &nodes, "web", 0, 3).await;
+
+    // What kube-controller-manager would have written, and a slice of a third party.
+    let reference = Controllers::start(&client, ns, |c| {
+        c.slices.managed_by = "endpointslice-controller.k8s.io".into()
+    });
+    let upstream = eventually(20, "upstream-managed slice", || async {
+        let s = slices(&client, ns, "web").await;
+        (s.len() == 1 && summarize(&s).0.len() == 3).then(|| s[0].clone())
+    })
+    .await;
+    reference.stop().await;
+    let mut third: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-manual", "labels": {
+            "kubernetes.io/service-name": "web", "endpointslice.kubernetes.io/managed-by": "someone-else"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["192.0.2.1"]}]
+    }))
+    .expect("slice");
+    third.metadata.namespace = Some(ns.into());
+    let third = Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &third)
+        .await
+        .expect("third-party slice");
+
+    let ctl = Controllers::start(&client, ns, |c| {
+        c.slices.adopt_from = Some("endpointslice-controller.k8s.io".into())
+    });
+    // Unchanged: the adopted slice is not rewritten and nothing is added.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now = slices(&client, ns, "web").await;
+    assert_eq!(now.len(), 2, "{now:?}");
+    let adopted = now
+        .iter()
+        .find(|s| s.metadata.name == upstream.metadata.name)
+        .expect("adopted slice");
+    assert_eq!(
+        adopted.metadata.resource_version, upstream.metadata.resource_version,
+        "not rewritten"
+    );
+
+    // A change is written into the adopted slice, which is relabelled to Portico.
+    pods(&client, ns, &nodes, "web", 3, 1).await;
+    eventually(20, "adopted slice updated and relabelled", || async {
+        let s = slices(&client, ns, "web").await;
+        let a = s.iter().find(|s| s.metadata.name == upstream.metadata.name)?;
+        let labels: BTreeMap<String, String> = a.metadata.labels.clone().unwrap_or_default();
+        (a.endpoints.len() == 4
+            && labels
+                .get("endpointslice.kubernetes.io/managed-by")
+                .map(String::as_str)
+                == Some(MANAGER))
+        .then_some(())
+    })
+    .await;
+    let manual = Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .get("web-manual")
+        .await
+        .expect("manual");
+    assert_eq!(
+        manual.metadata.resource_version, third.metadata.resource_version,
+        "other managers untouched"
+    );
+    assert!(svc.metadata.uid.is_some());
+    ctl.stop().await;
+}
