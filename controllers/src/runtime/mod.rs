@@ -31,6 +31,9 @@ use crate::endpointslice::{self, GenerationTracker, SyncStats};
 use crate::error::ReconcileError;
 use crate::{ServiceKey, TriggerTimeTracker};
 
+/// How soon a sync that found the cache behind our own last write is retried.
+const STALE_RETRY: Duration = Duration::from_millis(100);
+
 /// Which controllers run, and how.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -377,7 +380,16 @@ async fn worker(ctx: Arc<Context>, which: Which) {
                     .with_label_values(&[name, e.metric_label()])
                     .inc();
                 ctx.metrics.queue_retries.with_label_values(&[name]).inc();
-                let failures = queue.add_rate_limited(key.clone());
+                let failures = if matches!(e, SyncError::Stale(_)) {
+                    // The echo of our own write is on its way; under load it can take seconds,
+                    // and an exponential backoff would keep growing meanwhile and strand the key
+                    // long after the cache caught up. Poll the cache instead: a stale sync
+                    // returns before any API call, so this costs nothing but a cache read.
+                    queue.add_after(key.clone(), STALE_RETRY);
+                    queue.failures(&key)
+                } else {
+                    queue.add_rate_limited(key.clone())
+                };
                 // Conflicts and stale caches are expected under churn and fix themselves.
                 let _enter = span.enter();
                 if e.is_conflict() || matches!(e, SyncError::Stale(_)) {
