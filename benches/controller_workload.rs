@@ -26,6 +26,9 @@ const SERVICES: usize = 50;
 const NODES: usize = 50;
 const CONCURRENCY: usize = 32;
 
+/// Picks pods by (service, index).
+type PodPick = dyn Fn(usize, usize) -> bool;
+
 struct Portico(Child);
 
 impl Drop for Portico {
@@ -262,9 +265,9 @@ async fn main() {
     // the first fifth of each Service's pods, then (after restoring) every fifth pod, which
     // touches every slice.
     let first_fifth = |svc: usize, i: usize| i < SIZES[svc % SIZES.len()] / 5;
-    let every_fifth = |_: usize, i: usize| i % 5 == 0;
+    let every_fifth = |_: usize, i: usize| i.is_multiple_of(5);
     let mut last = initial;
-    let phases: [(&str, &dyn Fn(usize, usize) -> bool, bool); 3] = [
+    let phases: [(&str, &PodPick, bool); 3] = [
         (
             "flip 20% (first fifth of each Service) to not Ready",
             &first_fifth,

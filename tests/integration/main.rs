@@ -3,6 +3,8 @@
 //! test. Without the binaries every test returns early after the suite printed one line saying
 //! it skipped and why.
 
+mod allocation;
 mod controllers;
 mod harness;
 mod support;
+mod webhook;

@@ -1,8 +1,47 @@
 //! Admission webhook: port validation and clusterIP/nodePort allocation.
 //!
-//! This crate holds the pure rules; the HTTP/AdmissionReview server is built on top of
-//! [`validation`] and never needs to re-implement a message.
+//! [`validation`] holds the pure rules. Around them:
+//! * [`server`]: the HTTPS server (axum + hyper + rustls): `/validate`, `/mutate`, `/healthz`,
+//!   `/readyz`, `/metrics`, graceful shutdown;
+//! * [`tls`]: the serving certificate, reloaded when its files change (Secret symlink swaps too);
+//! * [`review`]: the AdmissionReview v1 envelope, decoded leniently, answered with the uid echoed;
+//! * [`admission`]: dispatch of a review to the [`Validator`] or a [`Mutate`] implementation;
+//! * [`validate`]: the validating policy (which reviews are judged, ratcheting on UPDATE, the
+//!   `targetPort` warning);
+//! * [`status`]: refusals shaped like the apiserver's own (`422 Invalid` with causes);
+//! * [`metrics`]: Prometheus metrics in the caller's registry;
+//! * [`register`]: the ValidatingWebhookConfiguration, applied with the CA as `caBundle`;
+//! * [`ca`]: a throw-away CA and serving certificate for out-of-cluster use;
+//! * [`pods`]: a pod reflector for the `targetPort` warning, for callers without one.
+//!
+//! Out of cluster, wiring is: [`write_dev_certs`] → [`Server::bind`] → [`register()`] →
+//! [`Server::run`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admission;
+pub mod allocation;
+pub mod ca;
+pub mod error;
+pub mod metrics;
+pub mod pods;
+pub mod register;
+pub mod review;
+pub mod server;
+pub mod status;
+pub mod tls;
+pub mod validate;
 pub mod validation;
+
+pub use admission::{Answer, Endpoint, Handlers, Mutate};
+pub use ca::{DevCa, DevCerts, write_dev_certs};
+pub use error::Error;
+pub use metrics::Metrics;
+pub use pods::pod_store;
+/// The metrics registry type [`serve`] and [`Server::bind`] take (one per process).
+pub use prometheus::Registry;
+pub use register::{FailurePolicy, Namespaces, Registration, WebhookEndpoint, register, unregister};
+pub use review::{AdmissionRequest, Verdict};
+pub use server::{Server, WebhookConfig, app, serve};
+pub use tls::CertStore;
+pub use validate::{PodIndex, Validator};

@@ -1,0 +1,353 @@
+//! The HTTPS server: an axum router served by hyper over rustls, HTTP/1.1 with keep-alive.
+//!
+//! Routes: `POST /validate`, `POST /mutate` (the apiserver's `?timeout=` query is read for the
+//! handler budget and otherwise ignored), `GET /healthz` (the process answers), `GET /readyz`
+//! (serving certificate loaded, not shutting down, handlers ready), `GET /metrics` (the whole
+//! registry, Prometheus text format). Review bodies may be up to [`WebhookConfig::max_body_bytes`]
+//! (8 MiB by default: an UPDATE review carries two objects of up to 3 MiB each); larger ones get
+//! 413, which the apiserver counts as a failed call.
+//!
+//! Shutdown: when the shutdown future completes, `/readyz` turns 503, the listener closes,
+//! connections finish their in-flight request and close, and after
+//! [`WebhookConfig::drain_timeout`] whatever is left is dropped.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use prometheus::{Encoder, Registry};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admission::{Endpoint, Handlers, budget_from_query};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::tls::CertStore;
+
+/// Where and how the webhook serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// Address to listen on (`0.0.0.0:8443` in a pod, `127.0.0.1:0` in tests).
+    pub listen: SocketAddr,
+    /// Serving certificate chain, PEM (e.g. the `tls.crt` of a mounted Secret).
+    pub cert_file: PathBuf,
+    /// Its private key, PEM (`tls.key`).
+    pub key_file: PathBuf,
+    /// How often the two files are checked for a new certificate. Default 5 s.
+    pub reload_interval: Duration,
+    /// Largest accepted request body. Default 8 MiB.
+    pub max_body_bytes: usize,
+    /// Upper bound of a handler's time budget (the apiserver's `?timeout=` lowers it). Default 25 s.
+    pub max_handler_time: Duration,
+    /// Time allowed for a TLS handshake. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// How long a connection may take to send the headers of its next request, idle time
+    /// included. Longer than the apiserver's idle-connection timeout (90 s), so that the client
+    /// closes idle connections first and never reuses one the server is closing. Default 120 s.
+    pub keep_alive_timeout: Duration,
+    /// How long shutdown waits for open connections to finish. Default 10 s.
+    pub drain_timeout: Duration,
+}
+
+impl WebhookConfig {
+    /// A configuration with the defaults above.
+    pub fn new(listen: SocketAddr, cert_file: impl Into<PathBuf>, key_file: impl Into<PathBuf>) -> Self {
+        WebhookConfig {
+            listen,
+            cert_file: cert_file.into(),
+            key_file: key_file.into(),
+            reload_interval: Duration::from_secs(5),
+            max_body_bytes: 8 << 20,
+            max_handler_time: Duration::from_secs(25),
+            handshake_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(120),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    handlers: Handlers,
+    metrics: Metrics,
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+    max_handler_time: Duration,
+}
+
+/// The router of the webhook, without TLS: for tests (`tower::ServiceExt::oneshot`) and for
+/// callers that serve it themselves. Registers the webhook's metrics in `registry`; reports ready.
+pub fn app(handlers: Handlers, registry: &Registry, max_body_bytes: usize) -> Result<Router, Error> {
+    let metrics = Metrics::register(registry)?;
+    Ok(router(AppState {
+        handlers,
+        metrics,
+        registry: registry.clone(),
+        ready: Arc::new(AtomicBool::new(true)),
+        max_handler_time: Duration::from_secs(25),
+    })
+    .layer(DefaultBodyLimit::max(max_body_bytes)))
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/validate", post(validate))
+        .route("/mutate", post(mutate))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn validate(State(st): State<AppState>, uri: Uri, body: Bytes) -> Response {
+    review(st, Endpoint::Validate, uri, body).await
+}
+
+async fn mutate(State(st): State<AppState>, uri: Uri, body: Bytes) -> Response {
+    review(st, Endpoint::Mutate, uri, body).await
+}
+
+async fn review(st: AppState, endpoint: Endpoint, uri: Uri, body: Bytes) -> Response {
+    let budget = budget_from_query(uri.query(), st.max_handler_time);
+    let answer = st
+        .handlers
+        .answer(endpoint, &body, budget, Some(&st.metrics))
+        .await;
+    let status = StatusCode::from_u16(answer.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, answer.content_type)], answer.body).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(st): State<AppState>) -> (StatusCode, &'static str) {
+    if !st.ready.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down\n")
+    } else if !st.handlers.ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: handlers are starting\n",
+        )
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let encoder = prometheus::TextEncoder::new();
+    let mut out = Vec::new();
+    match encoder.encode(&st.registry.gather(), &mut out) {
+        Ok(()) => ([(header::CONTENT_TYPE, encoder.format_type().to_owned())], out).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn not_found(uri: Uri) -> (StatusCode, String) {
+    (
+        StatusCode::NOT_FOUND,
+        format!(
+            "no such endpoint: {}; try /validate, /mutate, /healthz, /readyz or /metrics\n",
+            uri.path()
+        ),
+    )
+}
+
+/// A bound, not yet running, webhook server.
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: WebhookConfig,
+    certs: Arc<CertStore>,
+    acceptor: TlsAcceptor,
+    router: Router,
+    ready: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Loads the serving certificate, registers the metrics in `registry` and binds the listener.
+    /// Fails on unusable certificate files, a metrics registry that already has them, or an
+    /// address that cannot be bound.
+    pub async fn bind(config: WebhookConfig, handlers: Handlers, registry: &Registry) -> Result<Self, Error> {
+        let metrics = Metrics::register(registry)?;
+        let certs = CertStore::load(&config.cert_file, &config.key_file)?.with_metrics(metrics.clone());
+        let acceptor = TlsAcceptor::from(certs.server_config()?);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(Error::Serve)?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let router = router(AppState {
+            handlers,
+            metrics,
+            registry: registry.clone(),
+            ready: ready.clone(),
+            max_handler_time: config.max_handler_time,
+        })
+        .layer(DefaultBodyLimit::max(config.max_body_bytes));
+        Ok(Server {
+            listener,
+            local_addr,
+            config,
+            certs,
+            acceptor,
+            router,
+            ready,
+        })
+    }
+
+    /// The address actually bound (the port chosen for `:0`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The serving certificate store (for [`CertStore::reload`] on demand).
+    pub fn cert_store(&self) -> Arc<CertStore> {
+        self.certs.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains (see the module docs).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        let Server {
+            listener,
+            local_addr,
+            config,
+            certs,
+            acceptor,
+            router,
+            ready,
+        } = self;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut reloader = tokio::spawn(certs.clone().watch(config.reload_interval, {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        }));
+        let service = TowerToHyperService::new(router);
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(config.keep_alive_timeout)
+            .keep_alive(true);
+        let graceful = GracefulShutdown::new();
+        let mut connections = JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        ready.store(true, Ordering::Relaxed);
+        tracing::info!(addr = %local_addr, "webhook serving");
+
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let watcher = graceful.watcher();
+            let acceptor = acceptor.clone();
+            let service = service.clone();
+            let http = http.clone();
+            let mut stop = stop_rx.clone();
+            let handshake_timeout = config.handshake_timeout;
+            connections.spawn(async move {
+                let tls = tokio::select! {
+                    r = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => r,
+                    _ = stop.wait_for(|stop| *stop) => return,
+                };
+                let tls = match tls {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let conn = http.serve_connection(TokioIo::new(tls), service);
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+
+        ready.store(false, Ordering::Relaxed);
+        drop(listener);
+        let _ = stop_tx.send(true);
+        tracing::info!(
+            open = connections.len(),
+            "webhook shutting down; draining connections"
+        );
+        let drained = tokio::time::timeout(config.drain_timeout, async {
+            graceful.shutdown().await;
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = connections.len(),
+                "drain timed out; dropping the remaining connections"
+            );
+            connections.abort_all();
+        }
+        if tokio::time::timeout(Duration::from_secs(1), &mut reloader)
+            .await
+            .is_err()
+        {
+            reloader.abort();
+        }
+        tracing::info!("webhook stopped");
+        Ok(())
+    }
+}
+
+/// Binds and runs a webhook server until `shutdown` completes (see [`Server`]).
+pub async fn serve(
+    config: WebhookConfig,
+    handlers: Handlers,
+    registry: &Registry,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    Server::bind(config, handlers, registry)
+        .await?
+        .run(shutdown)
+        .await
+}

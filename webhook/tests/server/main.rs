@@ -1,0 +1,8 @@
+//! The webhook's request path, end to end short of the apiserver: AdmissionReview fixtures through
+//! the axum router (no TLS), hostile bodies through the decoder (proptest), and the real HTTPS
+//! server (certificate reload, shutdown).
+
+mod fixtures;
+mod props;
+mod router;
+mod tls;
