@@ -7,20 +7,14 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, PostParams};
-use portico_controllers::runtime::{self, Metrics};
 use portico_testenv::fixtures::{self, TestPod};
 use portico_testenv::{ControlPlane, ControlPlaneConfig};
+use portico_webhook::allocation::RangeAllocation;
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `portico dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// `--service-cluster-ip-range` of the local apiserver.
-    #[arg(long, default_value = "10.96.0.0/16")]
-    pub service_cluster_ip_range: String,
-    /// `--service-node-port-range` of the local apiserver.
-    #[arg(long, default_value = "30000-32767")]
-    pub service_node_port_range: String,
     /// Namespace for the sample.
     #[arg(long, default_value = "portico-demo")]
     pub sample_namespace: String,
@@ -34,12 +28,29 @@ pub struct DevArgs {
     pub run: crate::run::RunArgs,
 }
 
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+/// The local apiserver's service range when none is given; Portico allocates from the same
+/// range (its choices are then always acceptable to the apiserver).
+const DEV_SERVICE_RANGE: &str = "10.96.0.0/16";
+
+pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
+    let web = &mut args.run.webhook;
+    let range = web
+        .service_cluster_ip_range
+        .get_or_insert_with(|| DEV_SERVICE_RANGE.to_owned())
+        .clone();
     let config = ControlPlaneConfig {
-        service_cluster_ip_range: args.service_cluster_ip_range.clone(),
-        service_node_port_range: args.service_node_port_range.clone(),
+        service_cluster_ip_range: range,
+        service_node_port_range: web.service_node_port_range.clone(),
         ..Default::default()
     };
+    // Out of cluster: Portico serves on a free loopback port, makes its own certificate and
+    // registers its webhook configurations; the CRD is installed from the binary.
+    web.webhook_url
+        .get_or_insert_with(|| "https://127.0.0.1".to_owned());
+    web.webhook_bind_address = "127.0.0.1:0".parse()?;
+    web.install_crds = true;
+    args.run.metrics_bind_address = "127.0.0.1:0".parse()?;
+
     println!("starting etcd and kube-apiserver ...");
     let cp = ControlPlane::start(config)
         .await
@@ -54,12 +65,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("kubeconfig: {}", cp.kubeconfig_path().display());
     println!("  export KUBECONFIG={}", cp.kubeconfig_path().display());
 
-    let registry = prometheus::Registry::new();
-    let metrics = Metrics::register(&registry)?;
     let shutdown = CancellationToken::new();
     let cfg = args.run.runtime_config()?;
-    let controllers = tokio::spawn(runtime::run(client.clone(), cfg, metrics, shutdown.clone()));
-    println!("portico controllers running: {}", args.run.controllers.join(","));
+    let portico = crate::run::start(client.clone(), &args.run, cfg, shutdown.clone()).await?;
+    println!(
+        "portico running: controllers {}; webhook {}; metrics http://{}/metrics",
+        args.run.controllers.join(","),
+        portico
+            .webhook_addr
+            .map_or("off".to_owned(), |a| format!("https://{a}")),
+        portico.metrics_addr
+    );
 
     if !args.no_sample {
         let ns = &args.sample_namespace;
@@ -73,8 +89,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("stopping");
     }
     shutdown.cancel();
-    controllers.await??;
-    Ok(())
+    portico.join().await
 }
 
 const SAMPLE_NODES: [(&str, &str); 3] = [("node-a", "zone-a"), ("node-b", "zone-b"), ("node-c", "zone-c")];
@@ -221,6 +236,21 @@ async fn report(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
                 .map_or("?", String::as_str),
             ports.join(", "),
             eps.join(", ")
+        );
+    }
+    for ra in Api::<RangeAllocation>::all(client.clone())
+        .list(&Default::default())
+        .await?
+    {
+        let st = ra.status.unwrap_or_default();
+        println!(
+            "  portico range {} ({}): {} used of {} (dynamic band {} used, static band {} used)",
+            ra.metadata.name.unwrap_or_default(),
+            ra.spec.range,
+            st.used,
+            st.size,
+            st.dynamic_used,
+            st.static_used
         );
     }
     for ep in Api::<Endpoints>::namespaced(client.clone(), ns)

@@ -1,7 +1,9 @@
 //! `portico`: one binary for Portico's controllers, webhook and tools.
 
+mod admission;
 mod cli;
 mod dev;
+mod observe;
 mod run;
 mod signals;
 

@@ -42,6 +42,11 @@ pub struct RunArgs {
     /// Manage one namespace only (default: all).
     #[arg(long, env = "PORTICO_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Plain-HTTP address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "PORTICO_METRICS_BIND_ADDRESS")]
+    pub metrics_bind_address: std::net::SocketAddr,
+    #[command(flatten)]
+    pub webhook: crate::admission::WebhookArgs,
 }
 
 impl RunArgs {
@@ -118,8 +123,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("building a Kubernetes client (KUBECONFIG or in-cluster)")?;
-    let registry = prometheus::Registry::new();
-    let metrics = Metrics::register(&registry)?;
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -127,8 +130,80 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         signal.cancel();
     });
-    runtime::run(client, cfg, metrics, shutdown).await?;
-    Ok(())
+    let portico = start(client, &args, cfg, shutdown.clone()).await?;
+    tracing::info!(metrics = %portico.metrics_addr, webhook = ?portico.webhook_addr, "portico running");
+    portico.join().await
+}
+
+/// Everything `portico run` starts, running.
+pub struct Portico {
+    pub metrics_addr: std::net::SocketAddr,
+    pub webhook_addr: Option<std::net::SocketAddr>,
+    controllers: Option<tokio::task::JoinHandle<Result<(), runtime::RunError>>>,
+    webhook: Option<crate::admission::Running>,
+    observe: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Portico {
+    /// Waits until everything has stopped (after the shutdown token is cancelled).
+    pub async fn join(self) -> anyhow::Result<()> {
+        if let Some(c) = self.controllers {
+            c.await.context("controllers panicked")??;
+        }
+        if let Some(w) = self.webhook {
+            w.join().await?;
+        }
+        self.observe.await.context("metrics server panicked")??;
+        Ok(())
+    }
+}
+
+/// Starts the observability endpoints, the webhook (if enabled) and the controllers (if any).
+pub async fn start(
+    client: kube::Client,
+    args: &RunArgs,
+    cfg: RuntimeConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Portico> {
+    let registry = prometheus::Registry::new();
+    let ready = crate::observe::Readiness::default();
+    let (metrics_addr, observe) = crate::observe::serve(
+        args.metrics_bind_address,
+        registry.clone(),
+        ready.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    let webhook = if args.webhook.webhook {
+        Some(crate::admission::start(client.clone(), &args.webhook, &registry, shutdown.clone()).await?)
+    } else {
+        None
+    };
+    let webhook_addr = webhook.as_ref().map(|w| w.addr);
+    let controllers = if cfg.endpointslice || cfg.endpoints {
+        let metrics = Metrics::register(&registry)?;
+        let synced = cfg.synced.clone();
+        let handle = tokio::spawn(runtime::run(client, cfg, metrics, shutdown.clone()));
+        // Ready once the caches have synced (the webhook is already serving at this point).
+        let (ready, stop) = (ready.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            while !synced.load(std::sync::atomic::Ordering::Relaxed) && !stop.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ready.set(!stop.is_cancelled());
+        });
+        Some(handle)
+    } else {
+        ready.set(true);
+        None
+    };
+    Ok(Portico {
+        metrics_addr,
+        webhook_addr,
+        controllers,
+        webhook,
+        observe,
+    })
 }
 
 #[cfg(test)]

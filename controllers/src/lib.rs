@@ -13,6 +13,7 @@
 //! * [`endpoints`]: the legacy `Endpoints` object, with truncation to 1000 addresses.
 //! * [`triggers`]: which Services a pod event concerns.
 //! * [`fields`]: which fields of cached objects are read, for trimming the caches.
+//! * [`leader`]: leader election on a Lease, so only one replica runs the controllers.
 //!
 //! Behaviour follows the newest upstream Kubernetes controllers; deliberate differences are
 //! documented where they occur. All outputs are deterministic for a given input.
@@ -23,6 +24,7 @@ mod error;
 pub mod fields;
 mod ip;
 pub mod keys;
+pub mod leader;
 mod pod;
 pub mod runtime;
 mod service;

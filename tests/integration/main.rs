@@ -4,7 +4,10 @@
 //! it skipped and why.
 
 mod allocation;
+mod bootstrap;
 mod controllers;
 mod harness;
+mod leader;
+mod portico_run;
 mod support;
 mod webhook;

@@ -11,6 +11,8 @@
 //! * [`status`]: refusals shaped like the apiserver's own (`422 Invalid` with causes);
 //! * [`metrics`]: Prometheus metrics in the caller's registry;
 //! * [`register`]: the ValidatingWebhookConfiguration, applied with the CA as `caBundle`;
+//! * [`bootstrap`]: self-managed certificates in a Secret shared by the replicas, written out
+//!   as files and registered as `caBundle` (in cluster, without cert-manager);
 //! * [`ca`]: a throw-away CA and serving certificate for out-of-cluster use;
 //! * [`pods`]: a pod reflector for the `targetPort` warning, for callers without one.
 //!
@@ -21,6 +23,7 @@
 
 pub mod admission;
 pub mod allocation;
+pub mod bootstrap;
 pub mod ca;
 pub mod error;
 pub mod metrics;
@@ -34,13 +37,17 @@ pub mod validate;
 pub mod validation;
 
 pub use admission::{Answer, Endpoint, Handlers, Mutate};
+pub use bootstrap::{CertBootstrap, TlsMaterial, ensure_tls_secret, patch_ca_bundle};
 pub use ca::{DevCa, DevCerts, write_dev_certs};
 pub use error::Error;
 pub use metrics::Metrics;
 pub use pods::pod_store;
 /// The metrics registry type [`serve`] and [`Server::bind`] take (one per process).
 pub use prometheus::Registry;
-pub use register::{FailurePolicy, Namespaces, Registration, WebhookEndpoint, register, unregister};
+pub use register::{
+    FailurePolicy, Namespaces, Registration, WebhookEndpoint, register, register_mutating, unregister,
+    unregister_mutating,
+};
 pub use review::{AdmissionRequest, Verdict};
 pub use server::{Server, WebhookConfig, app, serve};
 pub use tls::CertStore;

@@ -14,8 +14,8 @@
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    RuleWithOperations, ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration,
-    WebhookClientConfig,
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference, ValidatingWebhook,
+    ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -149,12 +149,12 @@ fn rule(group: &str, resources: &[&str]) -> RuleWithOperations {
     }
 }
 
-/// The configuration object [`register`] applies.
-pub fn validating_configuration(reg: &Registration) -> ValidatingWebhookConfiguration {
-    let client_config = match &reg.endpoint {
+fn client_config(reg: &Registration, path: &str) -> WebhookClientConfig {
+    let ca_bundle = Some(ByteString(reg.ca_bundle_pem.clone().into_bytes()));
+    match &reg.endpoint {
         WebhookEndpoint::Url(base) => WebhookClientConfig {
-            url: Some(format!("{}/validate", base.trim_end_matches('/'))),
-            ca_bundle: Some(ByteString(reg.ca_bundle_pem.clone().into_bytes())),
+            url: Some(format!("{}{path}", base.trim_end_matches('/'))),
+            ca_bundle,
             service: None,
         },
         WebhookEndpoint::Service {
@@ -163,40 +163,51 @@ pub fn validating_configuration(reg: &Registration) -> ValidatingWebhookConfigur
             port,
         } => WebhookClientConfig {
             url: None,
-            ca_bundle: Some(ByteString(reg.ca_bundle_pem.clone().into_bytes())),
+            ca_bundle,
             service: Some(ServiceReference {
                 namespace: namespace.clone(),
                 name: name.clone(),
-                path: Some("/validate".into()),
+                path: Some(path.into()),
                 port: *port,
             }),
         },
-    };
+    }
+}
+
+fn namespace_selector(reg: &Registration) -> LabelSelector {
     let (operator, values) = match &reg.namespaces {
         Namespaces::AllExcept(names) => ("NotIn", names.clone()),
         Namespaces::Only(names) => ("In", names.clone()),
     };
-    let namespace_selector = LabelSelector {
+    LabelSelector {
         match_expressions: Some(vec![LabelSelectorRequirement {
             key: NAMESPACE_NAME_LABEL.into(),
             operator: operator.into(),
             values: Some(values),
         }]),
         match_labels: None,
-    };
+    }
+}
+
+fn metadata(reg: &Registration) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(reg.name.clone()),
+        labels: Some([("app.kubernetes.io/managed-by".to_owned(), "portico".to_owned())].into()),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The configuration object [`register`] applies.
+pub fn validating_configuration(reg: &Registration) -> ValidatingWebhookConfiguration {
     ValidatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(reg.name.clone()),
-            labels: Some([("app.kubernetes.io/managed-by".to_owned(), "portico".to_owned())].into()),
-            ..ObjectMeta::default()
-        },
+        metadata: metadata(reg),
         webhooks: Some(vec![ValidatingWebhook {
             name: reg.webhook_name.clone(),
             admission_review_versions: vec!["v1".into()],
-            client_config,
+            client_config: client_config(reg, "/validate"),
             failure_policy: Some(reg.failure_policy.as_str().into()),
             match_policy: Some("Equivalent".into()),
-            namespace_selector: Some(namespace_selector),
+            namespace_selector: Some(namespace_selector(reg)),
             object_selector: None,
             match_conditions: None,
             rules: Some(vec![
@@ -210,6 +221,61 @@ pub fn validating_configuration(reg: &Registration) -> ValidatingWebhookConfigur
             side_effects: "None".into(),
             timeout_seconds: Some(reg.timeout_seconds),
         }]),
+    }
+}
+
+/// Name of the allocation webhook inside the MutatingWebhookConfiguration.
+pub const ALLOCATION_WEBHOOK_NAME: &str = "allocation.portico.dev";
+
+/// The MutatingWebhookConfiguration for clusterIP/nodePort allocation: Services on CREATE,
+/// UPDATE and DELETE (DELETE lets freed values come back at the next repair pass rather than
+/// after the grace period) to `/mutate`. Allocation writes its state only for real requests,
+/// hence `sideEffects: NoneOnDryRun`; a later mutating webhook cannot unset what it assigned,
+/// so it is not re-invoked.
+pub fn mutating_configuration(reg: &Registration) -> MutatingWebhookConfiguration {
+    let mut rule = rule("", &["services"]);
+    rule.operations = strings(&["CREATE", "UPDATE", "DELETE"]);
+    MutatingWebhookConfiguration {
+        metadata: metadata(reg),
+        webhooks: Some(vec![MutatingWebhook {
+            name: ALLOCATION_WEBHOOK_NAME.into(),
+            admission_review_versions: vec!["v1".into()],
+            client_config: client_config(reg, "/mutate"),
+            failure_policy: Some(reg.failure_policy.as_str().into()),
+            match_policy: Some("Equivalent".into()),
+            namespace_selector: Some(namespace_selector(reg)),
+            object_selector: None,
+            match_conditions: None,
+            reinvocation_policy: Some("Never".into()),
+            rules: Some(vec![rule]),
+            side_effects: "NoneOnDryRun".into(),
+            timeout_seconds: Some(reg.timeout_seconds),
+        }]),
+    }
+}
+
+/// Creates or updates the MutatingWebhookConfiguration for allocation (server-side apply).
+pub async fn register_mutating(
+    client: &kube::Client,
+    reg: &Registration,
+) -> Result<MutatingWebhookConfiguration, Error> {
+    reg.check()?;
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let params = PatchParams::apply(&reg.field_manager).force();
+    let applied = api
+        .patch(&reg.name, &params, &Patch::Apply(&mutating_configuration(reg)))
+        .await?;
+    tracing::info!(name = %reg.name, endpoint = ?reg.endpoint, "mutating webhook configuration registered");
+    Ok(applied)
+}
+
+/// Deletes the MutatingWebhookConfiguration `name`; absent is fine.
+pub async fn unregister_mutating(client: &kube::Client, name: &str) -> Result<(), Error> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -270,6 +336,23 @@ mod tests {
             "fields newer than 1.24 stay unset"
         );
         reg.check().unwrap();
+    }
+
+    #[test]
+    fn mutating_configuration_targets_services_with_dry_run_safe_side_effects() {
+        let reg = Registration::for_url("https://127.0.0.1:8443", "PEM");
+        let v = serde_json::to_value(mutating_configuration(&reg)).unwrap();
+        let w = &v["webhooks"][0];
+        assert_eq!(v["kind"], "MutatingWebhookConfiguration");
+        assert_eq!(w["name"], ALLOCATION_WEBHOOK_NAME);
+        assert_eq!(w["clientConfig"]["url"], "https://127.0.0.1:8443/mutate");
+        assert_eq!(w["sideEffects"], "NoneOnDryRun");
+        assert_eq!(w["reinvocationPolicy"], "Never");
+        assert_eq!(
+            w["rules"],
+            serde_json::json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE", "DELETE"],
+                "resources": ["services"], "scope": "Namespaced"}])
+        );
     }
 
     #[test]

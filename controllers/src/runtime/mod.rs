@@ -55,6 +55,8 @@ pub struct RuntimeConfig {
     pub instance: String,
     /// Watch and manage one namespace only (`None`: all). Nodes are always watched cluster-wide.
     pub namespace: Option<String>,
+    /// Set to true once the caches have synced and the workers start (for `/readyz`).
+    pub synced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for RuntimeConfig {
@@ -68,6 +70,7 @@ impl Default for RuntimeConfig {
             sync_timeout: Duration::from_secs(60),
             instance: "portico".into(),
             namespace: None,
+            synced: Arc::default(),
         }
     }
 }
@@ -309,6 +312,7 @@ pub async fn run(
         pods = ctx.caches.pods.len(),
         "caches synced, starting workers"
     );
+    ctx.cfg.synced.store(true, std::sync::atomic::Ordering::Relaxed);
     ctx.enqueue_all_services();
     if ctx.cfg.endpoints {
         // Endpoints whose Service is gone (deleted while no controller ran) are removed by

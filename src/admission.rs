@@ -1,0 +1,253 @@
+//! The webhook side of `portico run`: certificates, allocation, the HTTPS server, and (out of
+//! cluster) registration of the webhook configurations.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use portico_webhook::allocation::{
+    AllocationConfig, AllocationMetrics, Repair, RepairConfig, ServiceAllocator, install_crds,
+};
+use portico_webhook::validation::Options;
+use portico_webhook::{
+    FailurePolicy, Handlers, Namespaces, Registration, Server, Validator, WebhookConfig, WebhookEndpoint,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Webhook and allocation flags of `portico run` (range flags named like the apiserver's).
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Serve the admission webhook.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PORTICO_WEBHOOK")]
+    pub webhook: bool,
+    /// Where the webhook listens (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:9443", env = "PORTICO_WEBHOOK_BIND_ADDRESS")]
+    pub webhook_bind_address: SocketAddr,
+    /// Out of cluster: the URL the apiserver reaches this webhook at (`https://127.0.0.1:9443`).
+    /// Portico then makes its own CA and certificate and registers its Validating and Mutating
+    /// webhook configurations pointing there, so a plain apiserver is wired with one command.
+    #[arg(long, env = "PORTICO_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Serving certificate (PEM), e.g. from a cert-manager Secret; reloaded when it changes.
+    #[arg(long, requires = "tls_private_key_file", env = "PORTICO_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "tls_cert_file", env = "PORTICO_TLS_PRIVATE_KEY_FILE")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Name of the Validating and Mutating webhook configurations.
+    #[arg(long, default_value = "portico", env = "PORTICO_WEBHOOK_CONFIGURATION_NAME")]
+    pub webhook_configuration_name: String,
+    /// failurePolicy of the configurations Portico registers itself (`--webhook-url`).
+    #[arg(long, default_value = "Fail", value_parser = ["Fail", "Ignore"], env = "PORTICO_WEBHOOK_FAILURE_POLICY")]
+    pub webhook_failure_policy: String,
+    /// Namespaces whose objects the self-registered configurations never send to Portico.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kube-system,kube-node-lease",
+        env = "PORTICO_WEBHOOK_EXCLUDE_NAMESPACES"
+    )]
+    pub webhook_exclude_namespaces: Vec<String>,
+    /// Instead, send only these namespaces' objects (self-registered configurations only).
+    #[arg(long, value_delimiter = ',', env = "PORTICO_WEBHOOK_NAMESPACES")]
+    pub webhook_namespaces: Vec<String>,
+    /// Service CIDRs Portico allocates clusterIPs from (one, or two of different families).
+    /// Each must lie inside the apiserver's own `--service-cluster-ip-range`, which then accepts
+    /// Portico's choices. Without it Portico allocates nothing and only validates.
+    #[arg(long, env = "PORTICO_SERVICE_CLUSTER_IP_RANGE")]
+    pub service_cluster_ip_range: Option<String>,
+    /// Node ports Portico allocates from; must lie inside the apiserver's range.
+    #[arg(long, default_value = "30000-32767", env = "PORTICO_SERVICE_NODE_PORT_RANGE")]
+    pub service_node_port_range: String,
+    /// How often the repair loop reconciles the allocations with the Services that exist.
+    #[arg(long, default_value = "60s", value_parser = crate::run::parse_duration, env = "PORTICO_REPAIR_INTERVAL")]
+    pub repair_interval: Duration,
+    /// Report Services whose clusterIP or nodePort lies outside Portico's ranges (Events and
+    /// metrics). Turn off when Portico manages only a sub-range of the apiserver's.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PORTICO_REPAIR_REPORT_OUT_OF_RANGE")]
+    pub repair_report_out_of_range: bool,
+    /// Install (server-side apply) the RangeAllocation CRD at start-up. The chart installs it
+    /// itself; `portico dev` and out-of-cluster runs turn this on.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, env = "PORTICO_INSTALL_CRDS")]
+    pub install_crds: bool,
+}
+
+/// A started webhook: the server future plus what else it needs running.
+pub struct Running {
+    /// The address the server listens on.
+    pub addr: SocketAddr,
+    tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Waits for the server and its helpers to stop (after `shutdown` is cancelled).
+    pub async fn join(mut self) -> anyhow::Result<()> {
+        while let Some(r) = self.tasks.join_next().await {
+            r.context("webhook task panicked")??;
+        }
+        Ok(())
+    }
+}
+
+/// Starts the webhook (and allocation, when ranges are given). Returns once it is serving and,
+/// out of cluster, registered.
+pub async fn start(
+    client: kube::Client,
+    args: &WebhookArgs,
+    registry: &prometheus::Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let mut tasks = tokio::task::JoinSet::new();
+    // Certificates: given as files, or made here for an out-of-cluster URL.
+    let (cert_file, key_file, ca_pem) =
+        match (&args.tls_cert_file, &args.tls_private_key_file, &args.webhook_url) {
+            (Some(c), Some(k), _) => (c.clone(), k.clone(), None),
+            (_, _, Some(url)) => {
+                let host = url
+                    .strip_prefix("https://")
+                    .and_then(|rest| rest.split(['/', ':']).next())
+                    .filter(|h| !h.is_empty())
+                    .with_context(|| format!("--webhook-url {url:?} is not an https:// URL with a host"))?;
+                let dir = std::env::temp_dir().join(format!("portico-webhook-{}", std::process::id()));
+                let certs = portico_webhook::write_dev_certs(&dir, &[host])
+                    .with_context(|| format!("writing webhook certificates to {}", dir.display()))?;
+                (certs.cert_file, certs.key_file, Some(certs.ca_pem))
+            }
+            _ => anyhow::bail!(
+                "the webhook needs a certificate: pass --tls-cert-file and --tls-private-key-file, or \
+             --webhook-url for an out-of-cluster run (or --webhook=false)"
+            ),
+        };
+
+    if args.install_crds {
+        install_crds(client.clone())
+            .await
+            .context("installing the RangeAllocation CRD")?;
+    }
+    let (pods, pod_watch) = portico_webhook::pod_store(Api::<Pod>::all(client.clone()));
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            () = pod_watch => {}
+            () = stop.cancelled() => {}
+        }
+        Ok(())
+    });
+    let mut handlers = Handlers::new(Validator::new(Options::default()).with_pods(Arc::new(pods)));
+    let allocating = args.service_cluster_ip_range.is_some();
+    if let Some(ranges) = &args.service_cluster_ip_range {
+        let config = AllocationConfig::parse(ranges, &args.service_node_port_range)
+            .context("--service-cluster-ip-range / --service-node-port-range")?;
+        let metrics = AllocationMetrics::new(registry).context("registering allocation metrics")?;
+        let allocator = Arc::new(
+            ServiceAllocator::start(client.clone(), config, Some(metrics))
+                .await
+                .context("starting the allocators")?,
+        );
+        handlers = handlers.with_mutator(allocator.clone());
+        let repair = Repair::new(
+            allocator,
+            RepairConfig {
+                instance: std::env::var("POD_NAME").ok(),
+                report_out_of_range: args.repair_report_out_of_range,
+                ..Default::default()
+            },
+        );
+        let interval = args.repair_interval;
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            repair.run(interval, stop.cancelled_owned()).await;
+            Ok(())
+        });
+    }
+
+    let server = Server::bind(
+        WebhookConfig::new(args.webhook_bind_address, cert_file, key_file),
+        handlers,
+        registry,
+    )
+    .await
+    .with_context(|| format!("binding the webhook on {}", args.webhook_bind_address))?;
+    let addr = server.local_addr();
+    let stop = shutdown.clone();
+    tasks.spawn(async move { server.run(stop.cancelled_owned()).await.context("webhook server") });
+
+    if let (Some(url), Some(ca)) = (&args.webhook_url, ca_pem) {
+        let url = with_port(url, addr.port());
+        let mut reg = Registration::with_endpoint(WebhookEndpoint::Url(url), ca);
+        reg.name = args.webhook_configuration_name.clone();
+        reg.failure_policy = if args.webhook_failure_policy == "Ignore" {
+            FailurePolicy::Ignore
+        } else {
+            FailurePolicy::Fail
+        };
+        reg.namespaces = if args.webhook_namespaces.is_empty() {
+            Namespaces::AllExcept(args.webhook_exclude_namespaces.clone())
+        } else {
+            Namespaces::Only(args.webhook_namespaces.clone())
+        };
+        portico_webhook::register(&client, &reg)
+            .await
+            .context("registering the validating webhook")?;
+        if allocating {
+            portico_webhook::register_mutating(&client, &reg)
+                .await
+                .context("registering the mutating webhook")?;
+        }
+        // A configuration left behind by a stopped out-of-cluster run would make the apiserver
+        // fail (failurePolicy Fail) or skip (Ignore) every matching request: take it down too.
+        let (client, name, stop) = (client.clone(), reg.name.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            stop.cancelled().await;
+            portico_webhook::unregister(&client, &name).await?;
+            portico_webhook::unregister_mutating(&client, &name).await?;
+            tracing::info!(%name, "webhook configurations removed");
+            Ok(())
+        });
+        // The apiserver picks configurations up asynchronously; give it a moment so the first
+        // requests after start-up already go through the webhook.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    tracing::info!(%addr, allocating, "webhook serving");
+    Ok(Running { addr, tasks })
+}
+
+/// `https://host` gets the port the server is bound to (so `portico dev` and tests can listen
+/// on port 0); a URL that names a port, or a path, is used as it is.
+fn with_port(url: &str, port: u16) -> String {
+    let Some(authority) = url.strip_prefix("https://") else {
+        return url.to_owned();
+    };
+    let authority = authority.trim_end_matches('/');
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+        && !authority.ends_with(']');
+    if has_port || authority.contains('/') {
+        url.to_owned()
+    } else {
+        format!("https://{authority}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_port;
+
+    #[test]
+    fn a_url_without_port_gets_the_bound_one() {
+        assert_eq!(with_port("https://127.0.0.1", 9443), "https://127.0.0.1:9443");
+        assert_eq!(with_port("https://127.0.0.1/", 9443), "https://127.0.0.1:9443");
+        assert_eq!(
+            with_port("https://127.0.0.1:8443", 9443),
+            "https://127.0.0.1:8443"
+        );
+        assert_eq!(with_port("https://[::1]", 9443), "https://[::1]:9443");
+        assert_eq!(with_port("https://[::1]:8443", 9443), "https://[::1]:8443");
+    }
+}

@@ -1,0 +1,323 @@
+//! `portico run` as a process, wired to the apiserver with one command (`--webhook-url`):
+//! the webhook allocates and validates, the controllers keep slices, and stopping it removes
+//! its webhook configurations.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, PostParams};
+use portico_testenv::ControlPlane;
+use portico_testenv::fixtures::TestPod;
+
+use crate::support::{eventually, setup};
+
+/// A `portico run` child process, killed on drop.
+pub struct PorticoProcess {
+    child: Child,
+    pub metrics: String,
+}
+
+impl Drop for PorticoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl PorticoProcess {
+    /// Starts `portico run` against the control plane with `args` added, and waits for /readyz.
+    pub async fn start(cp: &ControlPlane, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let metrics_port = free_port();
+        let metrics = format!("127.0.0.1:{metrics_port}");
+        let log_path = cp.dir().join(format!("portico-{metrics_port}.log"));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_portico"))
+            .arg("run")
+            .args(["--metrics-bind-address", &metrics])
+            .args(args)
+            .env("KUBECONFIG", cp.kubeconfig_path())
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start portico");
+        let p = PorticoProcess { child, metrics };
+        let url = format!("http://{}/readyz", p.metrics);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while http_get(&url).await.as_deref() != Some("ok") {
+            if tokio::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("portico not ready after 60s; its log:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        p
+    }
+
+    /// The process's /metrics text.
+    pub async fn metrics_text(&self) -> String {
+        http_get(&format!("http://{}/metrics", self.metrics))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().expect("wait");
+        std::mem::forget(self);
+        status
+    }
+}
+
+/// A plain HTTP/1.0 GET of a loopback URL: the body on 200, else None.
+pub async fn http_get(url: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}")))?;
+    let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    // hyper answers an HTTP/1.0 request in kind.
+    let ok = head.split_whitespace().nth(1) == Some("200");
+    ok.then(|| body.to_owned())
+}
+
+/// Sum of a metric's samples (all label sets) in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn service(name: &str, body: serde_json::Value) -> Service {
+    let mut v = serde_json::json!({"metadata": {"name": name}, "spec": {
+        "selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}});
+    if let (Some(spec), Some(extra)) = (v["spec"].as_object_mut(), body.as_object()) {
+        for (k, val) in extra {
+            spec.insert(k.clone(), val.clone());
+        }
+    }
+    serde_json::from_value(v).expect("service")
+}
+
+fn ip_to_u32(ip: &str) -> u32 {
+    ip.parse::<std::net::Ipv4Addr>().map(u32::from).expect("IPv4")
+}
+
+#[tokio::test]
+async fn one_command_wires_allocation_validation_and_controllers() {
+    let ns = "run-e2e";
+    let Some((cp, client)) = setup(ns).await else {
+        return;
+    };
+    let webhook_port = free_port().to_string();
+    let url = format!("https://127.0.0.1:{webhook_port}");
+    let portico = PorticoProcess::start(
+        cp,
+        &[
+            "--namespace",
+            ns,
+            "--webhook-url",
+            &url,
+            "--webhook-bind-address",
+            &format!("127.0.0.1:{webhook_port}"),
+            "--webhook-namespaces",
+            ns,
+            "--webhook-configuration-name",
+            "portico-run-e2e",
+            // A sub-range of the test apiserver's 10.96.0.0/16: Portico's picks must be ones
+            // the apiserver accepts, and other tests' Services stay out of its way.
+            "--service-cluster-ip-range",
+            "10.96.128.0/20",
+            "--repair-interval",
+            "1s",
+            "--repair-report-out-of-range=false",
+            "--install-crds=true",
+        ],
+        &[],
+    )
+    .await;
+    let services = Api::<Service>::namespaced(client.clone(), ns);
+
+    // No clusterIP asked: Portico assigns the first free address of its dynamic band, which
+    // starts 256 addresses into the /20 (upstream's band for a range this size).
+    let a = services
+        .create(&PostParams::default(), &service("a", serde_json::json!({})))
+        .await
+        .expect("create a");
+    let ip_a = a
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.clone())
+        .expect("clusterIP");
+    let offset = ip_to_u32(&ip_a) - ip_to_u32("10.96.128.0");
+    assert!(
+        (256..4095).contains(&offset),
+        "{ip_a} is in Portico's dynamic band"
+    );
+    let b = services
+        .create(&PostParams::default(), &service("b", serde_json::json!({})))
+        .await
+        .expect("create b");
+    let ip_b = b
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.clone())
+        .expect("clusterIP");
+    assert_eq!(
+        ip_to_u32(&ip_b),
+        ip_to_u32(&ip_a) + 1,
+        "next-fit: the next address"
+    );
+
+    // A taken clusterIP is refused with the apiserver's own 422 and message.
+    let err = services
+        .create(
+            &PostParams::default(),
+            &service("c", serde_json::json!({"clusterIP": ip_a})),
+        )
+        .await
+        .expect_err("taken clusterIP");
+    let kube::Error::Api(status) = err else {
+        panic!("{err}")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    // The apiserver prefixes a webhook's message with the webhook's name; the details, which
+    // kubectl prints as `The Service "c" is invalid: ...`, are upstream's own.
+    let upstream = format!(
+        "Service \"c\" is invalid: spec.clusterIPs: Invalid value: []string{{\"{ip_a}\"}}: \
+         failed to allocate IP {ip_a}: provided IP is already allocated"
+    );
+    assert_eq!(
+        status.message,
+        format!("admission webhook \"allocation.portico.dev\" denied the request: {upstream}")
+    );
+    let details = status.details.expect("details");
+    assert_eq!((details.kind.as_str(), details.name.as_str()), ("Service", "c"));
+    assert_eq!(details.causes[0].field, "spec.clusterIPs");
+    assert_eq!(
+        details.causes[0].message,
+        format!(
+            "Invalid value: []string{{\"{ip_a}\"}}: failed to allocate IP {ip_a}: provided IP is already allocated"
+        )
+    );
+
+    // A NodePort Service gets its port from the upper band (30086-32767).
+    let np = services
+        .create(
+            &PostParams::default(),
+            &service("np", serde_json::json!({"type": "NodePort"})),
+        )
+        .await
+        .expect("nodeport");
+    let port = np
+        .spec
+        .and_then(|s| s.ports)
+        .and_then(|p| p[0].node_port)
+        .expect("nodePort");
+    assert!(
+        (30086..=32767).contains(&port),
+        "nodePort {port} from the dynamic band"
+    );
+
+    // A Pod whose readiness probe names a port it does not declare is refused.
+    let mut pod = TestPod::new("bad-probe").port("http", 8080, "TCP").to_pod();
+    pod.spec.as_mut().expect("spec").containers[0].readiness_probe = Some(
+        serde_json::from_value(serde_json::json!({"httpGet": {"path": "/", "port": "metrics"}}))
+            .expect("probe"),
+    );
+    let err = Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect_err("probe");
+    let kube::Error::Api(status) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(status.code, 422);
+    assert!(
+        status.message.contains(
+            "spec.containers[0].readinessProbe.httpGet.port: Invalid value: \"metrics\": no port named \"metrics\""
+        ),
+        "{}",
+        status.message
+    );
+
+    // The controllers run in the same process.
+    portico_testenv::fixtures::node(&client, "run-e2e-node", Some("zone-a"))
+        .await
+        .expect("node");
+    TestPod::new("a-0")
+        .label("app", "a")
+        .node("run-e2e-node")
+        .port("http", 8080, "TCP")
+        .ip("10.244.9.1")
+        .ready(true)
+        .create(&client, ns)
+        .await
+        .expect("pod");
+    eventually(20, "slice for a", || async {
+        let lp = kube::api::ListParams::default().labels("kubernetes.io/service-name=a");
+        let slices = Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(client.clone(), ns)
+            .list(&lp)
+            .await
+            .ok()?;
+        (slices.items.len() == 1 && slices.items[0].endpoints.len() == 1).then_some(())
+    })
+    .await;
+
+    // A deleted Service's address comes back for reuse once the repair loop has seen it go.
+    services
+        .delete("a", &DeleteParams::default())
+        .await
+        .expect("delete a");
+    let reused = eventually(20, "deleted Service's IP reusable", || {
+        let services = services.clone();
+        let ip = ip_a.clone();
+        async move {
+            let svc = service("again", serde_json::json!({"clusterIP": ip}));
+            services.create(&PostParams::default(), &svc).await.ok()
+        }
+    })
+    .await;
+    assert_eq!(reused.spec.and_then(|s| s.cluster_ip), Some(ip_a));
+    let metrics = portico.metrics_text().await;
+    assert!(
+        metric_sum(&metrics, "portico_webhook_requests_total") >= 6.0,
+        "{metrics}"
+    );
+    assert!(metric_sum(&metrics, "endpoint_slice_controller_changes") >= 1.0);
+
+    // SIGTERM: a clean exit that takes the self-registered configurations down with it.
+    assert!(portico.terminate().success());
+    let vwc = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .get_opt("portico-run-e2e")
+        .await
+        .expect("get");
+    let mwc = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get_opt("portico-run-e2e")
+        .await
+        .expect("get");
+    assert!(
+        vwc.is_none() && mwc.is_none(),
+        "configurations removed on shutdown"
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
