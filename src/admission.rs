@@ -13,6 +13,7 @@ use kube::Api;
 use portico_webhook::allocation::{
     AllocationConfig, AllocationMetrics, Repair, RepairConfig, ServiceAllocator, install_crds,
 };
+use portico_webhook::bootstrap::{CertBootstrap, service_sans};
 use portico_webhook::validation::Options;
 use portico_webhook::{
     FailurePolicy, Handlers, Namespaces, Registration, Server, Validator, WebhookConfig, WebhookEndpoint,
@@ -39,6 +40,18 @@ pub struct WebhookArgs {
     /// Its private key (PEM).
     #[arg(long, requires = "tls_cert_file", env = "PORTICO_TLS_PRIVATE_KEY_FILE")]
     pub tls_private_key_file: Option<PathBuf>,
+    /// In-cluster, self-managed certificates: the Secret (in Portico's own namespace,
+    /// `POD_NAMESPACE`) that holds a self-signed CA and the serving certificate. Portico creates
+    /// and rotates it, serves with it, and patches `caBundle` of the webhook configurations.
+    #[arg(long, conflicts_with = "tls_cert_file", env = "PORTICO_TLS_SECRET_NAME")]
+    pub tls_secret_name: Option<String>,
+    /// The Service in front of the webhook: the serving certificate's DNS names are derived
+    /// from it (`<name>.<namespace>.svc`, ...).
+    #[arg(long, default_value = "portico-webhook", env = "PORTICO_WEBHOOK_SERVICE_NAME")]
+    pub webhook_service_name: String,
+    /// Directory for certificate files Portico writes itself (self-managed or out-of-cluster).
+    #[arg(long, env = "PORTICO_WEBHOOK_CERT_DIR")]
+    pub webhook_cert_dir: Option<PathBuf>,
     /// Name of the Validating and Mutating webhook configurations.
     #[arg(long, default_value = "portico", env = "PORTICO_WEBHOOK_CONFIGURATION_NAME")]
     pub webhook_configuration_name: String,
@@ -81,6 +94,8 @@ pub struct WebhookArgs {
 pub struct Running {
     /// The address the server listens on.
     pub addr: SocketAddr,
+    /// The allocation repair loop and its interval, when allocating; the leader runs it.
+    pub repair: Option<(Repair, Duration)>,
     tasks: tokio::task::JoinSet<anyhow::Result<()>>,
 }
 
@@ -103,26 +118,53 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     let mut tasks = tokio::task::JoinSet::new();
-    // Certificates: given as files, or made here for an out-of-cluster URL.
-    let (cert_file, key_file, ca_pem) =
-        match (&args.tls_cert_file, &args.tls_private_key_file, &args.webhook_url) {
-            (Some(c), Some(k), _) => (c.clone(), k.clone(), None),
-            (_, _, Some(url)) => {
-                let host = url
-                    .strip_prefix("https://")
-                    .and_then(|rest| rest.split(['/', ':']).next())
-                    .filter(|h| !h.is_empty())
-                    .with_context(|| format!("--webhook-url {url:?} is not an https:// URL with a host"))?;
-                let dir = std::env::temp_dir().join(format!("portico-webhook-{}", std::process::id()));
-                let certs = portico_webhook::write_dev_certs(&dir, &[host])
-                    .with_context(|| format!("writing webhook certificates to {}", dir.display()))?;
-                (certs.cert_file, certs.key_file, Some(certs.ca_pem))
-            }
-            _ => anyhow::bail!(
-                "the webhook needs a certificate: pass --tls-cert-file and --tls-private-key-file, or \
-             --webhook-url for an out-of-cluster run (or --webhook=false)"
-            ),
-        };
+    let cert_dir = args
+        .webhook_cert_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("portico-webhook-{}", std::process::id())));
+    // Certificates: given as files, kept in a Secret by Portico, or made here for an
+    // out-of-cluster URL.
+    let (cert_file, key_file, ca_pem) = match (
+        &args.tls_cert_file,
+        &args.tls_private_key_file,
+        &args.tls_secret_name,
+        &args.webhook_url,
+    ) {
+        (Some(c), Some(k), _, _) => (c.clone(), k.clone(), None),
+        (_, _, Some(secret), _) => {
+            let ns = std::env::var("POD_NAMESPACE")
+                .context("--tls-secret-name needs POD_NAMESPACE, the namespace Portico runs in")?;
+            let sans = service_sans(&args.webhook_service_name, &ns);
+            let mut boot = CertBootstrap::new(&ns, secret, sans, &cert_dir);
+            boot.validating_webhook = Some(args.webhook_configuration_name.clone());
+            boot.mutating_webhook = Some(args.webhook_configuration_name.clone());
+            boot.sync(&client)
+                .await
+                .with_context(|| format!("certificates in Secret {ns}/{secret}"))?;
+            let (cert, key) = (boot.cert_file(), boot.key_file());
+            let (client, stop) = (client.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                boot.run(client, stop.cancelled_owned()).await;
+                Ok(())
+            });
+            (cert, key, None)
+        }
+        (_, _, _, Some(url)) => {
+            let host = url
+                .strip_prefix("https://")
+                .and_then(|rest| rest.split(['/', ':']).next())
+                .filter(|h| !h.is_empty())
+                .with_context(|| format!("--webhook-url {url:?} is not an https:// URL with a host"))?;
+            let certs = portico_webhook::write_dev_certs(&cert_dir, &[host])
+                .with_context(|| format!("writing webhook certificates to {}", cert_dir.display()))?;
+            (certs.cert_file, certs.key_file, Some(certs.ca_pem))
+        }
+        _ => anyhow::bail!(
+            "the webhook needs a certificate: pass --tls-cert-file and --tls-private-key-file, \
+                 --tls-secret-name (self-managed, in a cluster) or --webhook-url (out of cluster), \
+                 or turn it off with --webhook=false"
+        ),
+    };
 
     if args.install_crds {
         install_crds(client.clone())
@@ -140,6 +182,7 @@ pub async fn start(
     });
     let mut handlers = Handlers::new(Validator::new(Options::default()).with_pods(Arc::new(pods)));
     let allocating = args.service_cluster_ip_range.is_some();
+    let mut repair_loop = None;
     if let Some(ranges) = &args.service_cluster_ip_range {
         let config = AllocationConfig::parse(ranges, &args.service_node_port_range)
             .context("--service-cluster-ip-range / --service-node-port-range")?;
@@ -158,12 +201,7 @@ pub async fn start(
                 ..Default::default()
             },
         );
-        let interval = args.repair_interval;
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            repair.run(interval, stop.cancelled_owned()).await;
-            Ok(())
-        });
+        repair_loop = Some((repair, args.repair_interval));
     }
 
     let server = Server::bind(
@@ -214,7 +252,11 @@ pub async fn start(
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     tracing::info!(%addr, allocating, "webhook serving");
-    Ok(Running { addr, tasks })
+    Ok(Running {
+        addr,
+        repair: repair_loop,
+        tasks,
+    })
 }
 
 /// `https://host` gets the port the server is bound to (so `portico dev` and tests can listen

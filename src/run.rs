@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use portico_controllers::endpointslice;
+use portico_controllers::leader::{self, LeaderConfig};
 use portico_controllers::runtime::{self, Metrics, RuntimeConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +46,25 @@ pub struct RunArgs {
     /// Plain-HTTP address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080", env = "PORTICO_METRICS_BIND_ADDRESS")]
     pub metrics_bind_address: std::net::SocketAddr,
+    /// Run the controllers and the repair loop only while holding a coordination.k8s.io Lease,
+    /// so several replicas can serve the webhook while one writes.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PORTICO_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// How long a lease lasts without renewal before another replica may take it.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, env = "PORTICO_LEADER_ELECT_LEASE_DURATION")]
+    pub leader_elect_lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it stops leading.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "PORTICO_LEADER_ELECT_RENEW_DEADLINE")]
+    pub leader_elect_renew_deadline: Duration,
+    /// How often candidates try to acquire, and the leader renews.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "PORTICO_LEADER_ELECT_RETRY_PERIOD")]
+    pub leader_elect_retry_period: Duration,
+    /// Name of the Lease.
+    #[arg(long, default_value = "portico", env = "PORTICO_LEADER_ELECT_RESOURCE_NAME")]
+    pub leader_elect_resource_name: String,
+    /// Namespace of the Lease (default: `POD_NAMESPACE`, else kube-system).
+    #[arg(long, env = "PORTICO_LEADER_ELECT_RESOURCE_NAMESPACE")]
+    pub leader_elect_resource_namespace: Option<String>,
     #[command(flatten)]
     pub webhook: crate::admission::WebhookArgs,
 }
@@ -139,7 +159,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 pub struct Portico {
     pub metrics_addr: std::net::SocketAddr,
     pub webhook_addr: Option<std::net::SocketAddr>,
-    controllers: Option<tokio::task::JoinHandle<Result<(), runtime::RunError>>>,
+    leading: tokio::task::JoinHandle<anyhow::Result<()>>,
     webhook: Option<crate::admission::Running>,
     observe: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -147,14 +167,12 @@ pub struct Portico {
 impl Portico {
     /// Waits until everything has stopped (after the shutdown token is cancelled).
     pub async fn join(self) -> anyhow::Result<()> {
-        if let Some(c) = self.controllers {
-            c.await.context("controllers panicked")??;
-        }
+        let led = self.leading.await.context("leader task panicked")?;
         if let Some(w) = self.webhook {
             w.join().await?;
         }
         self.observe.await.context("metrics server panicked")??;
-        Ok(())
+        led
     }
 }
 
@@ -174,36 +192,105 @@ pub async fn start(
         shutdown.clone(),
     )
     .await?;
-    let webhook = if args.webhook.webhook {
+    let mut webhook = if args.webhook.webhook {
         Some(crate::admission::start(client.clone(), &args.webhook, &registry, shutdown.clone()).await?)
     } else {
         None
     };
     let webhook_addr = webhook.as_ref().map(|w| w.addr);
-    let controllers = if cfg.endpointslice || cfg.endpoints {
-        let metrics = Metrics::register(&registry)?;
-        let synced = cfg.synced.clone();
-        let handle = tokio::spawn(runtime::run(client, cfg, metrics, shutdown.clone()));
-        // Ready once the caches have synced (the webhook is already serving at this point).
-        let (ready, stop) = (ready.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            while !synced.load(std::sync::atomic::Ordering::Relaxed) && !stop.is_cancelled() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            ready.set(!stop.is_cancelled());
-        });
-        Some(handle)
+    let repair = webhook.as_mut().and_then(|w| w.repair.take());
+    let run_controllers = cfg.endpointslice || cfg.endpoints;
+    let metrics = if run_controllers {
+        Some(Metrics::register(&registry)?)
     } else {
-        ready.set(true);
         None
     };
+    let synced = cfg.synced.clone();
+
+    // What only one replica may do: write EndpointSlices and Endpoints, and repair allocations.
+    let lead_client = client.clone();
+    let lead = move |token: CancellationToken| async move {
+        let controllers = async {
+            if let Some(metrics) = metrics
+                && let Err(e) = runtime::run(lead_client, cfg, metrics, token.clone()).await
+            {
+                tracing::error!(error = %e, "controllers stopped");
+            }
+        };
+        let repair = async {
+            if let Some((repair, interval)) = repair {
+                repair.run(interval, token.cancelled()).await;
+            }
+        };
+        tokio::join!(controllers, repair);
+    };
+    let mut is_leader = None;
+    let leading = if args.leader_elect {
+        let identity =
+            std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}_{}", hostname(), std::process::id()));
+        let namespace = args
+            .leader_elect_resource_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "kube-system".into());
+        let lcfg = LeaderConfig {
+            lease_duration: args.leader_elect_lease_duration,
+            renew_deadline: args.leader_elect_renew_deadline,
+            retry_period: args.leader_elect_retry_period,
+            ..LeaderConfig::new(namespace, &args.leader_elect_resource_name, identity)
+        };
+        lcfg.validate()
+            .map_err(|e| anyhow::anyhow!("--leader-elect-*: {e}"))?;
+        let gauge = leader::leader_gauge(&registry, &args.leader_elect_resource_name)?;
+        is_leader = Some(gauge.clone());
+        let (client, stop) = (client.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            match leader::run_elected(client, lcfg, gauge, stop.clone(), lead).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // client-go's convention: a replica that lost its lease exits and restarts
+                    // as a clean candidate.
+                    stop.cancel();
+                    Err(anyhow::anyhow!("leader election: {e}"))
+                }
+            }
+        })
+    } else {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            lead(stop).await;
+            Ok(())
+        })
+    };
+
+    // Ready when the webhook serves. Without a webhook: a leader once its caches have synced, a
+    // follower always (it has nothing else to get ready).
+    if webhook.is_some() || !run_controllers {
+        ready.set(true);
+    } else {
+        let (ready, stop) = (ready.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let follower = is_leader.as_ref().is_some_and(|g| g.get() == 0);
+                ready.set(follower || synced.load(std::sync::atomic::Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ready.set(false);
+        });
+    }
     Ok(Portico {
         metrics_addr,
         webhook_addr,
-        controllers,
+        leading,
         webhook,
         observe,
     })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "portico".into())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 mod allocation;
 mod bootstrap;
 mod controllers;
+mod ha;
 mod harness;
 mod leader;
 mod portico_run;
