@@ -34,6 +34,10 @@ pub enum Command {
     Dev(crate::dev::DevArgs),
     /// Run the controllers against a cluster (KUBECONFIG or in-cluster configuration).
     Run(crate::run::RunArgs),
+    /// Print the CustomResourceDefinitions Portico uses, as YAML.
+    Crds,
+    /// Show allocation ranges, repair findings and controller health.
+    Status(crate::status::StatusArgs),
     /// Print the version.
     Version,
 }
@@ -43,6 +47,12 @@ impl Command {
         match self {
             Command::Dev(args) => crate::dev::run(args).await,
             Command::Run(args) => crate::run::run(args).await,
+            Command::Crds => {
+                let crd = portico_webhook::allocation::crd();
+                print!("---\n{}", serde_saphyr::to_string(&crd)?);
+                Ok(())
+            }
+            Command::Status(args) => crate::status::run(args).await,
             Command::Version => {
                 println!("portico {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

@@ -6,6 +6,7 @@ mod dev;
 mod observe;
 mod run;
 mod signals;
+mod status;
 
 use clap::Parser;
 

@@ -305,6 +305,29 @@ async fn one_command_wires_allocation_validation_and_controllers() {
     );
     assert!(metric_sum(&metrics, "endpoint_slice_controller_changes") >= 1.0);
 
+    // `portico status` shows the ranges, the repair findings and the leader.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["status", "--leader-elect-resource-namespace", "kube-system"])
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .output()
+        .expect("portico status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("clusterip-ipv4"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("10.96.128.0/20"), "{text}");
+    assert!(
+        text.contains("REPAIR FINDINGS") && text.contains("leader: "),
+        "{text}"
+    );
+    eprintln!("{text}");
+
     // SIGTERM: a clean exit that takes the self-registered configurations down with it.
     assert!(portico.terminate().success());
     let vwc = Api::<ValidatingWebhookConfiguration>::all(client.clone())
