@@ -5,12 +5,14 @@ REST client for the install tests."""
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import re
 import ssl
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +184,10 @@ class Kube:
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=tls))
+        # Impersonation as kubeconfig states it (`as`, `as-groups`), as kube-rs and client-go do.
+        self._tls = tls
+        self.impersonate_user: str | None = user.get("as")
+        self.impersonate_groups: list[str] = list(user.get("as-groups") or [])
 
     def _path(self, p: str) -> str:
         path = Path(p)
@@ -204,6 +210,8 @@ class Kube:
         content_type: str = "application/json",
     ) -> Any:
         data = None if body is None else json.dumps(body).encode()
+        if self.impersonate_user:
+            return self._request_impersonating(method, path, data, content_type)
         req = urllib.request.Request(self.server + path, data=data, method=method)
         for k, v in self._headers.items():
             req.add_header(k, v)
@@ -214,6 +222,29 @@ class Kube:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             raise KubeError(e.code, e.read().decode(errors="replace")) from None
+        return json.loads(raw) if raw else None
+
+    def _request_impersonating(self, method: str, path: str, data: bytes | None, content_type: str) -> Any:
+        """http.client, because Impersonate-Group is one header per group (urllib keeps one)."""
+        url = urllib.parse.urlsplit(self.server)
+        conn = http.client.HTTPSConnection(url.hostname, url.port or 443, context=self._tls, timeout=30)
+        try:
+            conn.putrequest(method, path)
+            for k, v in self._headers.items():
+                conn.putheader(k, v)
+            conn.putheader("Impersonate-User", self.impersonate_user or "")
+            for group in self.impersonate_groups:
+                conn.putheader("Impersonate-Group", group)
+            if data is not None:
+                conn.putheader("Content-Type", content_type)
+            conn.putheader("Content-Length", str(len(data or b"")))
+            conn.endheaders(data)
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            raise KubeError(resp.status, raw.decode(errors="replace"))
         return json.loads(raw) if raw else None
 
     def get(self, path: str) -> Any:
