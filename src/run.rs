@@ -207,14 +207,20 @@ pub async fn start(
     };
     let synced = cfg.synced.clone();
 
+    // Every replica keeps the controllers' caches warm, so a takeover starts syncing at once.
+    let controllers = match metrics {
+        Some(metrics) => Some(
+            runtime::Controllers::start(client.clone(), cfg, metrics, shutdown.clone())
+                .await
+                .context("starting the controllers' caches")?,
+        ),
+        None => None,
+    };
     // What only one replica may do: write EndpointSlices and Endpoints, and repair allocations.
-    let lead_client = client.clone();
     let lead = move |token: CancellationToken| async move {
         let controllers = async {
-            if let Some(metrics) = metrics
-                && let Err(e) = runtime::run(lead_client, cfg, metrics, token.clone()).await
-            {
-                tracing::error!(error = %e, "controllers stopped");
+            if let Some(c) = &controllers {
+                c.lead(token.clone()).await;
             }
         };
         let repair = async {

@@ -105,6 +105,13 @@ async fn killing_the_leader_hands_over_without_double_writes() {
     assert!(writes(&leader).await >= 2.0, "the leader wrote");
     assert_eq!(writes(&follower).await, 0.0, "the follower never writes");
     assert!(!is_leader(&follower).await);
+    // The follower's caches are warm: its watches are up although it writes nothing.
+    assert!(
+        metric_sum(
+            &follower.metrics_text().await,
+            "portico_controller_watch_restarts_total"
+        ) >= 4.0
+    );
 
     // SIGKILL: no release of the lease, the follower must wait for it to expire.
     let killed = Instant::now();

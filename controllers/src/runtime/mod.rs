@@ -239,6 +239,71 @@ pub async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let controllers = Controllers::start(client, cfg, metrics, shutdown.clone()).await?;
+    controllers.lead(shutdown).await;
+    Ok(())
+}
+
+/// Controllers with their caches running and synced, but no workers yet: what a replica that
+/// does not hold the lease keeps, so that a takeover starts from warm caches.
+pub struct Controllers {
+    ctx: Arc<Context>,
+}
+
+impl Controllers {
+    /// Starts the watches and waits until every cache has synced. The caches run until
+    /// `shutdown`.
+    pub async fn start(
+        client: kube::Client,
+        cfg: RuntimeConfig,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Result<Self, RunError> {
+        start(client, cfg, metrics, shutdown).await
+    }
+
+    /// Syncs every Service and keeps syncing on changes until `token` is cancelled (the lease
+    /// is lost, or shutdown). A sync in progress is abandoned at once rather than finished:
+    /// its writes are conditional, and whoever leads next recomputes from the cluster.
+    pub async fn lead(&self, token: CancellationToken) {
+        let ctx = &self.ctx;
+        tracing::info!("leading: starting workers");
+        ctx.enqueue_all_services();
+        if ctx.cfg.endpoints {
+            // Endpoints whose Service is gone (deleted while no controller ran) are removed by
+            // their sync; upstream's leftover check at start-up.
+            for ep in ctx.caches.endpoints.state() {
+                if crate::endpoints::is_leftover_candidate(&ep)
+                    && let (Some(ns), Some(name)) =
+                        (ep.metadata.namespace.as_ref(), ep.metadata.name.as_ref())
+                {
+                    ctx.enqueue(Which::Endpoints, ServiceKey::new(ns, name), Duration::ZERO);
+                }
+            }
+        }
+        let mut workers = Vec::new();
+        for which in [Which::Slices, Which::Endpoints] {
+            if !ctx.enabled(which) {
+                continue;
+            }
+            for _ in 0..ctx.cfg.workers.max(1) {
+                workers.push(tokio::spawn(worker(ctx.clone(), which, token.clone())));
+            }
+        }
+        token.cancelled().await;
+        for w in workers {
+            let _ = w.await;
+        }
+        tracing::info!("stopped leading: workers stopped");
+    }
+}
+
+async fn start(
+    client: kube::Client,
+    cfg: RuntimeConfig,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<Controllers, RunError> {
     cfg.slices.validate()?;
     let (services, services_w) = reflector::store::<Service>();
     let (pods, pods_w) = reflector::store::<Pod>();
@@ -310,57 +375,42 @@ pub async fn run(
     tracing::info!(
         services = ctx.caches.services.len(),
         pods = ctx.caches.pods.len(),
-        "caches synced, starting workers"
+        "caches synced"
     );
     ctx.cfg.synced.store(true, std::sync::atomic::Ordering::Relaxed);
-    ctx.enqueue_all_services();
-    if ctx.cfg.endpoints {
-        // Endpoints whose Service is gone (deleted while no controller ran) are removed by
-        // their sync; upstream's leftover check at start-up.
-        for ep in ctx.caches.endpoints.state() {
-            if crate::endpoints::is_leftover_candidate(&ep)
-                && let (Some(ns), Some(name)) = (ep.metadata.namespace.as_ref(), ep.metadata.name.as_ref())
-            {
-                ctx.enqueue(Which::Endpoints, ServiceKey::new(ns, name), Duration::ZERO);
-            }
-        }
-    }
-
-    let mut workers = Vec::new();
-    for which in [Which::Slices, Which::Endpoints] {
-        if !ctx.enabled(which) {
-            continue;
-        }
-        for _ in 0..ctx.cfg.workers.max(1) {
-            workers.push(tokio::spawn(worker(ctx.clone(), which)));
-        }
-    }
-    shutdown.cancelled().await;
-    ctx.slice_queue.shutdown();
-    ctx.endpoints_queue.shutdown();
-    for w in workers {
-        let _ = w.await;
-    }
-    dispatcher.abort();
-    Ok(())
+    // The dispatcher ends by itself on shutdown.
+    drop(dispatcher);
+    Ok(Controllers { ctx })
 }
 
-async fn worker(ctx: Arc<Context>, which: Which) {
+async fn worker(ctx: Arc<Context>, which: Which, token: CancellationToken) {
     let queue = ctx.queue(which).clone();
     let name = which.queue_name();
-    while let Some(key) = queue.get().await {
+    loop {
+        let key = tokio::select! {
+            key = queue.get() => key,
+            () = token.cancelled() => None,
+        };
+        let Some(key) = key else { break };
         ctx.metrics
             .queue_depth
             .with_label_values(&[name])
             .set(queue.len() as i64);
         let span = tracing::info_span!("sync", controller = name, service = %key);
         let timer = ctx.metrics.work_duration.with_label_values(&[name]).start_timer();
-        let result = match tokio::time::timeout(ctx.cfg.sync_timeout, sync(&ctx, which, &key))
-            .instrument(span.clone())
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(SyncError::Timeout(ctx.cfg.sync_timeout)),
+        let synced =
+            tokio::time::timeout(ctx.cfg.sync_timeout, sync(&ctx, which, &key)).instrument(span.clone());
+        let result = tokio::select! {
+            r = synced => match r {
+                Ok(r) => r,
+                Err(_) => Err(SyncError::Timeout(ctx.cfg.sync_timeout)),
+            },
+            () = token.cancelled() => {
+                // Leadership ended: the key stays queued for whoever leads next in-process.
+                queue.done(&key);
+                queue.add(key);
+                break;
+            }
         };
         timer.observe_duration();
         let syncs = match which {
