@@ -138,6 +138,26 @@ async fn wait_converged(client: &kube::Client, not_ready: &dyn Fn(usize, usize) 
     start.elapsed()
 }
 
+/// How many slices hold at least one of `pods`: each must be rewritten at least once.
+async fn slices_holding(client: &kube::Client, pods: &[(usize, usize)]) -> usize {
+    let names: std::collections::HashSet<String> = pods.iter().map(|(svc, i)| pod_name(*svc, *i)).collect();
+    let list = Api::<EndpointSlice>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .expect("list slices");
+    list.items
+        .iter()
+        .filter(|s| {
+            s.endpoints.iter().any(|e| {
+                e.target_ref
+                    .as_ref()
+                    .and_then(|t| t.name.as_ref())
+                    .is_some_and(|n| names.contains(n))
+            })
+        })
+        .count()
+}
+
 async fn set_status(client: &kube::Client, pods: &[(usize, usize)], ready: bool) {
     futures::stream::iter(pods.iter().copied())
         .map(|(svc, i)| async move {
@@ -181,7 +201,13 @@ async fn main() {
     println!("portico log: {}", log_path.display());
     let portico = Portico(
         Command::new(exe)
-            .args(["run", "--namespace", NS])
+            .args([
+                "run",
+                "--namespace",
+                NS,
+                "--webhook=false",
+                "--metrics-bind-address=127.0.0.1:0",
+            ])
             .args(&extra)
             .env("KUBECONFIG", cp.kubeconfig_path())
             .env(
@@ -278,6 +304,7 @@ async fn main() {
     ];
     for (what, pick, ready) in phases {
         let pods: Vec<(usize, usize)> = all.iter().copied().filter(|(svc, i)| pick(*svc, *i)).collect();
+        let floor = slices_holding(&client, &pods).await;
         let t = Instant::now();
         set_status(&client, &pods, ready).await;
         let status_writes = t.elapsed();
@@ -286,7 +313,8 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let now = writes(&client).await;
         println!(
-            "{what}: {} status writes in {:.2?}; converged {:.0?} after the last one; writes: endpointslices {}, endpoints {}",
+            "{what}: {} status writes in {:.2?}; converged {:.0?} after the last one; writes: endpointslices {} \
+             (at least {floor}: slices holding those pods), endpoints {}",
             pods.len(),
             status_writes,
             converge,
