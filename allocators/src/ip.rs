@@ -7,9 +7,9 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 
-use crate::bitmap::{Band, BandStats, OffsetAllocator};
+use crate::allocator::{Allocator, ValueRange};
+use crate::bitmap::Band;
 use crate::error::{AllocError, RangeError, SnapshotError};
-use crate::snapshot::Snapshot;
 
 /// Largest supported number of host bits: offsets must fit the 32-bit roaring bitmap.
 const MAX_HOST_BITS: u8 = 32;
@@ -123,10 +123,6 @@ impl IpRange {
             IpNet::V6(_) => IpAddr::V6(Ipv6Addr::from(value)),
         })
     }
-
-    fn not_in_range(&self, ip: IpAddr) -> AllocError {
-        AllocError::IpNotInRange { ip, cidr: self.cidr }
-    }
 }
 
 impl FromStr for IpRange {
@@ -180,151 +176,49 @@ fn to_u128(ip: IpAddr) -> u128 {
     }
 }
 
-/// Allocates ClusterIPs from one [`IpRange`].
-///
-/// `allocate_next` is next-fit: it resumes after the address it handed out last, first in the
-/// dynamic band and, only once that is full, in the static band. Every operation is independent
-/// of the range size except snapshot and restore.
-///
-/// Dry runs use the `&self` methods [`check_allocate`](Self::check_allocate) and
-/// [`peek_next`](Self::peek_next): they answer exactly what the mutating call would, without
-/// changing anything (upstream's dry run checks only the range and answers the network address).
-#[derive(Debug, Clone)]
-pub struct IpAllocator {
-    range: IpRange,
-    bitmap: OffsetAllocator,
-}
+/// Addresses of a service CIDR, allocated over a roaring bitmap (see [`Allocator`]).
+pub type IpAllocator = Allocator<IpRange>;
 
-impl IpAllocator {
-    /// An empty allocator over `range`.
-    pub fn new(range: IpRange) -> Self {
-        IpAllocator {
-            bitmap: OffsetAllocator::new(range.size, range.static_size),
-            range,
-        }
+impl ValueRange for IpRange {
+    type Value = IpAddr;
+
+    fn bitmap_size(&self) -> u32 {
+        self.size
     }
 
-    /// The range this allocator hands out.
-    pub fn range(&self) -> &IpRange {
-        &self.range
+    fn static_band_size(&self) -> u32 {
+        self.static_size
     }
 
-    /// Takes `ip`; errors if it is outside the range or already held.
-    pub fn allocate(&mut self, ip: IpAddr) -> Result<(), AllocError> {
-        let offset = self.offset(ip)?;
-        if self.bitmap.allocate(offset) {
-            Ok(())
-        } else {
-            Err(AllocError::IpAllocated)
-        }
+    fn offset_of_value(&self, ip: IpAddr) -> Option<u32> {
+        self.offset_of(ip)
     }
 
-    /// Dry run of [`allocate`](Self::allocate).
-    pub fn check_allocate(&self, ip: IpAddr) -> Result<(), AllocError> {
-        let offset = self.offset(ip)?;
-        if self.bitmap.has(offset) {
-            Err(AllocError::IpAllocated)
-        } else {
-            Ok(())
-        }
+    fn value_at(&self, offset: u32) -> Option<IpAddr> {
+        self.ip_at(offset)
     }
 
-    /// Takes the next free address (dynamic band first); [`AllocError::Full`] if none is left.
-    pub fn allocate_next(&mut self) -> Result<IpAddr, AllocError> {
-        let offset = self.bitmap.allocate_next().ok_or(AllocError::Full)?;
-        self.range.ip_at(offset).ok_or(AllocError::Full)
+    fn not_in_range(&self, ip: IpAddr) -> AllocError {
+        AllocError::IpNotInRange { ip, cidr: self.cidr }
     }
 
-    /// Dry run of [`allocate_next`](Self::allocate_next): the address it would return now.
-    pub fn peek_next(&self) -> Result<IpAddr, AllocError> {
-        let offset = self.bitmap.peek_next().ok_or(AllocError::Full)?;
-        self.range.ip_at(offset).ok_or(AllocError::Full)
+    fn already_allocated() -> AllocError {
+        AllocError::IpAllocated
     }
 
-    /// Frees `ip`; returns whether it was held (out-of-range addresses are ignored, as upstream).
-    pub fn release(&mut self, ip: IpAddr) -> bool {
-        self.range.offset_of(ip).is_some_and(|o| self.bitmap.release(o))
+    fn is_same_range(&self, stored: &str) -> bool {
+        stored.parse::<IpNet>().is_ok_and(|n| n.trunc() == self.cidr)
     }
 
-    /// Whether `ip` is held.
-    pub fn has(&self, ip: IpAddr) -> bool {
-        self.range.offset_of(ip).is_some_and(|o| self.bitmap.has(o))
-    }
-
-    /// Number of allocatable addresses.
-    pub fn size(&self) -> u64 {
-        self.bitmap.size()
-    }
-
-    /// Number of held addresses.
-    pub fn used(&self) -> u64 {
-        self.bitmap.used()
-    }
-
-    /// Number of free addresses.
-    pub fn free(&self) -> u64 {
-        self.bitmap.stats().free
-    }
-
-    /// The band `ip` belongs to, or `None` outside the range.
-    pub fn band_of(&self, ip: IpAddr) -> Option<Band> {
-        self.range.band_of(ip)
-    }
-
-    /// Size and occupancy of one band.
-    pub fn band_stats(&self, band: Band) -> BandStats {
-        self.bitmap.band_stats(band)
-    }
-
-    /// Held addresses in ascending order.
-    pub fn iter(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.bitmap.iter().filter_map(|o| self.range.ip_at(o))
-    }
-
-    /// The allocation state, for storage in an API object.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            range: self.range.to_string(),
-            data: self.bitmap.snapshot_data(),
-        }
-    }
-
-    /// An allocator over `range` holding what `snapshot` holds.
-    pub fn from_snapshot(range: IpRange, snapshot: &Snapshot) -> Result<Self, SnapshotError> {
-        let mut allocator = IpAllocator::new(range);
-        allocator.restore(snapshot)?;
-        Ok(allocator)
-    }
-
-    /// Replaces the held set with the snapshot's; errors (changing nothing) if the snapshot is for
-    /// another CIDR or marks addresses the range does not have. The next-fit position is kept.
-    pub fn restore(&mut self, snapshot: &Snapshot) -> Result<(), SnapshotError> {
-        let same = snapshot
-            .range
-            .parse::<IpNet>()
-            .is_ok_and(|n| n.trunc() == self.range.cidr);
-        if !same {
-            return Err(SnapshotError::MismatchedNetwork);
-        }
-        self.bitmap.restore_data(&snapshot.data)
-    }
-
-    /// Whether both allocators have the same range, bands and held addresses (next-fit position
-    /// aside).
-    pub fn same_state(&self, other: &IpAllocator) -> bool {
-        self.range == other.range && self.bitmap.same_state(&other.bitmap)
-    }
-
-    fn offset(&self, ip: IpAddr) -> Result<u32, AllocError> {
-        self.range
-            .offset_of(ip)
-            .ok_or_else(|| self.range.not_in_range(ip))
+    fn mismatched() -> SnapshotError {
+        SnapshotError::MismatchedNetwork
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::Snapshot;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("test address")

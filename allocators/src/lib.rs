@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod allocator;
 mod bitmap;
 mod error;
 pub mod field;
@@ -17,6 +18,7 @@ mod port;
 mod refusal;
 mod snapshot;
 
+pub use allocator::{Allocator, ValueRange};
 pub use bitmap::{Band, BandStats};
 pub use error::{AllocError, RangeError, SnapshotError};
 pub use ip::{IpAllocator, IpRange, parse_service_ip};

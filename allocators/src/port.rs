@@ -3,9 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::bitmap::{Band, BandStats, OffsetAllocator};
+use crate::allocator::{Allocator, ValueRange};
+use crate::bitmap::Band;
 use crate::error::{AllocError, RangeError, SnapshotError};
-use crate::snapshot::Snapshot;
 
 /// An inclusive port range, `30000-32767` by default.
 ///
@@ -141,143 +141,52 @@ impl fmt::Display for PortRange {
     }
 }
 
-/// Allocates NodePorts from one [`PortRange`].
-///
-/// Ports are `i32` as in the Service API (`nodePort`, `healthCheckNodePort`), so negative or
-/// oversized requests are refused as out of range, like upstream. Same next-fit, band and dry-run
-/// rules as [`IpAllocator`](crate::IpAllocator).
-#[derive(Debug, Clone)]
-pub struct PortAllocator {
-    range: PortRange,
-    bitmap: OffsetAllocator,
-}
+/// Node ports of a range, allocated over a roaring bitmap (see [`Allocator`]). Ports are `i32`
+/// as in the Service API (`nodePort`, `healthCheckNodePort`), so negative or oversized requests
+/// are refused as out of range, like upstream.
+pub type PortAllocator = Allocator<PortRange>;
 
-impl PortAllocator {
-    /// An empty allocator over `range`.
-    pub fn new(range: PortRange) -> Self {
-        // A port range has at most 65,536 ports, so both sizes fit u32.
-        let bitmap = OffsetAllocator::new(range.size() as u32, range.static_size() as u32);
-        PortAllocator { range, bitmap }
+impl ValueRange for PortRange {
+    type Value = i32;
+
+    fn bitmap_size(&self) -> u32 {
+        // A port range has at most 65,536 ports.
+        self.size() as u32
     }
 
-    /// The range this allocator hands out.
-    pub fn range(&self) -> &PortRange {
-        &self.range
+    fn static_band_size(&self) -> u32 {
+        self.static_size() as u32
     }
 
-    /// Takes `port`; errors if it is outside the range or already held.
-    pub fn allocate(&mut self, port: i32) -> Result<(), AllocError> {
-        let offset = self.offset(port)?;
-        if self.bitmap.allocate(offset) {
-            Ok(())
-        } else {
-            Err(AllocError::PortAllocated)
-        }
+    fn offset_of_value(&self, port: i32) -> Option<u32> {
+        self.offset_of(port)
     }
 
-    /// Dry run of [`allocate`](Self::allocate).
-    pub fn check_allocate(&self, port: i32) -> Result<(), AllocError> {
-        let offset = self.offset(port)?;
-        if self.bitmap.has(offset) {
-            Err(AllocError::PortAllocated)
-        } else {
-            Ok(())
-        }
+    fn value_at(&self, offset: u32) -> Option<i32> {
+        (u64::from(offset) < self.size()).then(|| self.port_at(offset))
     }
 
-    /// Takes the next free port (dynamic band first); [`AllocError::Full`] if none is left.
-    pub fn allocate_next(&mut self) -> Result<i32, AllocError> {
-        let offset = self.bitmap.allocate_next().ok_or(AllocError::Full)?;
-        Ok(self.range.port_at(offset))
+    fn not_in_range(&self, port: i32) -> AllocError {
+        AllocError::PortNotInRange { port, range: *self }
     }
 
-    /// Dry run of [`allocate_next`](Self::allocate_next): the port it would return now.
-    pub fn peek_next(&self) -> Result<i32, AllocError> {
-        let offset = self.bitmap.peek_next().ok_or(AllocError::Full)?;
-        Ok(self.range.port_at(offset))
+    fn already_allocated() -> AllocError {
+        AllocError::PortAllocated
     }
 
-    /// Frees `port`; returns whether it was held (out-of-range ports are ignored, as upstream).
-    pub fn release(&mut self, port: i32) -> bool {
-        self.range.offset_of(port).is_some_and(|o| self.bitmap.release(o))
+    fn is_same_range(&self, stored: &str) -> bool {
+        stored.parse::<PortRange>().ok() == Some(*self)
     }
 
-    /// Whether `port` is held.
-    pub fn has(&self, port: i32) -> bool {
-        self.range.offset_of(port).is_some_and(|o| self.bitmap.has(o))
-    }
-
-    /// Number of ports in the range.
-    pub fn size(&self) -> u64 {
-        self.bitmap.size()
-    }
-
-    /// Number of held ports.
-    pub fn used(&self) -> u64 {
-        self.bitmap.used()
-    }
-
-    /// Number of free ports.
-    pub fn free(&self) -> u64 {
-        self.bitmap.stats().free
-    }
-
-    /// The band `port` belongs to, or `None` outside the range.
-    pub fn band_of(&self, port: i32) -> Option<Band> {
-        self.range.band_of(port)
-    }
-
-    /// Size and occupancy of one band.
-    pub fn band_stats(&self, band: Band) -> BandStats {
-        self.bitmap.band_stats(band)
-    }
-
-    /// Held ports in ascending order.
-    pub fn iter(&self) -> impl Iterator<Item = i32> + '_ {
-        self.bitmap.iter().map(|o| self.range.port_at(o))
-    }
-
-    /// The allocation state, for storage in an API object.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            range: self.range.to_string(),
-            data: self.bitmap.snapshot_data(),
-        }
-    }
-
-    /// An allocator over `range` holding what `snapshot` holds.
-    pub fn from_snapshot(range: PortRange, snapshot: &Snapshot) -> Result<Self, SnapshotError> {
-        let mut allocator = PortAllocator::new(range);
-        allocator.restore(snapshot)?;
-        Ok(allocator)
-    }
-
-    /// Replaces the held set with the snapshot's; errors (changing nothing) if the snapshot is for
-    /// another port range or marks ports the range does not have. The next-fit position is kept.
-    pub fn restore(&mut self, snapshot: &Snapshot) -> Result<(), SnapshotError> {
-        if snapshot.range.parse::<PortRange>().ok() != Some(self.range) {
-            return Err(SnapshotError::MismatchedPortRange);
-        }
-        self.bitmap.restore_data(&snapshot.data)
-    }
-
-    /// Whether both allocators have the same range, bands and held ports (next-fit position
-    /// aside).
-    pub fn same_state(&self, other: &PortAllocator) -> bool {
-        self.range == other.range && self.bitmap.same_state(&other.bitmap)
-    }
-
-    fn offset(&self, port: i32) -> Result<u32, AllocError> {
-        self.range.offset_of(port).ok_or(AllocError::PortNotInRange {
-            port,
-            range: self.range,
-        })
+    fn mismatched() -> SnapshotError {
+        SnapshotError::MismatchedPortRange
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bitmap::BandStats;
 
     fn pr(s: &str) -> PortRange {
         s.parse().expect("test range")
