@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::Args;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
+use kube::runtime::reflector::Store;
 use portico_webhook::allocation::{
     AllocationConfig, AllocationMetrics, Repair, RepairConfig, ServiceAllocator, install_crds,
 };
@@ -109,11 +110,13 @@ impl Running {
     }
 }
 
-/// Starts the webhook (and allocation, when ranges are given). Returns once it is serving and,
+/// Starts the webhook (and allocation, when ranges are given). `pods` is a pod cache to read
+/// from for the targetPort warning; without one the webhook watches pods itself. Returns once it is serving and,
 /// out of cluster, registered.
 pub async fn start(
     client: kube::Client,
     args: &WebhookArgs,
+    pods: Option<Store<Pod>>,
     registry: &prometheus::Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
@@ -171,15 +174,21 @@ pub async fn start(
             .await
             .context("installing the RangeAllocation CRD")?;
     }
-    let (pods, pod_watch) = portico_webhook::pod_store(Api::<Pod>::all(client.clone()));
-    let stop = shutdown.clone();
-    tasks.spawn(async move {
-        tokio::select! {
-            () = pod_watch => {}
-            () = stop.cancelled() => {}
+    let pods = match pods {
+        Some(pods) => pods,
+        None => {
+            let (pods, pod_watch) = portico_webhook::pod_store(Api::<Pod>::all(client.clone()));
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = pod_watch => {}
+                    () = stop.cancelled() => {}
+                }
+                Ok(())
+            });
+            pods
         }
-        Ok(())
-    });
+    };
     let mut handlers = Handlers::new(Validator::new(Options::default()).with_pods(Arc::new(pods)));
     let allocating = args.service_cluster_ip_range.is_some();
     let mut repair_loop = None;

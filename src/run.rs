@@ -192,30 +192,31 @@ pub async fn start(
         shutdown.clone(),
     )
     .await?;
+    // Every replica keeps the controllers' caches warm, so a takeover starts syncing at once.
+    let controllers = if cfg.endpointslice || cfg.endpoints {
+        let metrics = Metrics::register(&registry)?;
+        Some(
+            runtime::Controllers::start(client.clone(), cfg, metrics, shutdown.clone())
+                .await
+                .context("starting the controllers' caches")?,
+        )
+    } else {
+        None
+    };
+    // The webhook's targetPort warning reads pods too: share the controllers' cache when it
+    // covers every namespace, rather than watching all pods a second time.
+    let pods = controllers
+        .as_ref()
+        .filter(|_| args.namespace.is_none())
+        .map(|c| c.pods());
     let mut webhook = if args.webhook.webhook {
-        Some(crate::admission::start(client.clone(), &args.webhook, &registry, shutdown.clone()).await?)
+        Some(crate::admission::start(client.clone(), &args.webhook, pods, &registry, shutdown.clone()).await?)
     } else {
         None
     };
     let webhook_addr = webhook.as_ref().map(|w| w.addr);
     let repair = webhook.as_mut().and_then(|w| w.repair.take());
-    let run_controllers = cfg.endpointslice || cfg.endpoints;
-    let metrics = if run_controllers {
-        Some(Metrics::register(&registry)?)
-    } else {
-        None
-    };
-    let synced = cfg.synced.clone();
 
-    // Every replica keeps the controllers' caches warm, so a takeover starts syncing at once.
-    let controllers = match metrics {
-        Some(metrics) => Some(
-            runtime::Controllers::start(client.clone(), cfg, metrics, shutdown.clone())
-                .await
-                .context("starting the controllers' caches")?,
-        ),
-        None => None,
-    };
     // What only one replica may do: write EndpointSlices and Endpoints, and repair allocations.
     let lead = move |token: CancellationToken| async move {
         let controllers = async {
@@ -230,7 +231,6 @@ pub async fn start(
         };
         tokio::join!(controllers, repair);
     };
-    let mut is_leader = None;
     let leading = if args.leader_elect {
         let identity =
             std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}_{}", hostname(), std::process::id()));
@@ -248,7 +248,6 @@ pub async fn start(
         lcfg.validate()
             .map_err(|e| anyhow::anyhow!("--leader-elect-*: {e}"))?;
         let gauge = leader::leader_gauge(&registry, &args.leader_elect_resource_name)?;
-        is_leader = Some(gauge.clone());
         let (client, stop) = (client.clone(), shutdown.clone());
         tokio::spawn(async move {
             match leader::run_elected(client, lcfg, gauge, stop.clone(), lead).await {
@@ -269,21 +268,9 @@ pub async fn start(
         })
     };
 
-    // Ready when the webhook serves. Without a webhook: a leader once its caches have synced, a
-    // follower always (it has nothing else to get ready).
-    if webhook.is_some() || !run_controllers {
-        ready.set(true);
-    } else {
-        let (ready, stop) = (ready.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            while !stop.is_cancelled() {
-                let follower = is_leader.as_ref().is_some_and(|g| g.get() == 0);
-                ready.set(follower || synced.load(std::sync::atomic::Ordering::Relaxed));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            ready.set(false);
-        });
-    }
+    // The controllers' caches have synced and the webhook serves: nothing else to wait for
+    // (a follower's readiness does not depend on leading).
+    ready.set(true);
     Ok(Portico {
         metrics_addr,
         webhook_addr,

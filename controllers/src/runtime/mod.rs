@@ -55,8 +55,6 @@ pub struct RuntimeConfig {
     pub instance: String,
     /// Watch and manage one namespace only (`None`: all). Nodes are always watched cluster-wide.
     pub namespace: Option<String>,
-    /// Set to true once the caches have synced and the workers start (for `/readyz`).
-    pub synced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for RuntimeConfig {
@@ -70,7 +68,6 @@ impl Default for RuntimeConfig {
             sync_timeout: Duration::from_secs(60),
             instance: "portico".into(),
             namespace: None,
-            synced: Arc::default(),
         }
     }
 }
@@ -262,6 +259,11 @@ impl Controllers {
         start(client, cfg, metrics, shutdown).await
     }
 
+    /// The (trimmed) pod cache, for other readers of pods in the same process.
+    pub fn pods(&self) -> Store<Pod> {
+        self.ctx.caches.pods.clone()
+    }
+
     /// Syncs every Service and keeps syncing on changes until `token` is cancelled (the lease
     /// is lost, or shutdown). A sync in progress is abandoned at once rather than finished:
     /// its writes are conditional, and whoever leads next recomputes from the cluster.
@@ -377,7 +379,6 @@ async fn start(
         pods = ctx.caches.pods.len(),
         "caches synced"
     );
-    ctx.cfg.synced.store(true, std::sync::atomic::Ordering::Relaxed);
     // The dispatcher ends by itself on shutdown.
     drop(dispatcher);
     Ok(Controllers { ctx })
