@@ -212,24 +212,23 @@ fn on_service(ctx: &Context, w: &mut Writer<Service>, e: Event<Service>) {
 
 fn on_pod(ctx: &Context, w: &mut Writer<Pod>, e: Event<Pod>) {
     restarted(ctx, &e, "pods");
-    let services = ctx.caches.services.state();
+    // Only the Services of the pod's namespace, and only for events that can requeue any:
+    // a relist's InitApply events (one per pod) need none.
     let in_ns = |p: &Pod| {
-        let ns = p.metadata.namespace.clone();
-        services
-            .iter()
-            .filter(move |s| s.metadata.namespace == ns)
-            .map(|s| s.as_ref())
+        ctx.caches
+            .services
+            .state_filter(|s| s.metadata.namespace == p.metadata.namespace)
     };
     let keys = match &e {
         Event::Apply(new) => {
-            let old = ObjectRef::from_obj(new);
-            let old = ctx.caches.pods.get(&old);
-            match old {
-                Some(old) => services_for_pod_update(&old, new, in_ns(new)),
-                None => services_for_pod(new, in_ns(new)),
+            let services = in_ns(new);
+            let services = services.iter().map(AsRef::as_ref);
+            match ctx.caches.pods.get(&ObjectRef::from_obj(new)) {
+                Some(old) => services_for_pod_update(&old, new, services),
+                None => services_for_pod(new, services),
             }
         }
-        Event::Delete(p) => services_for_pod(p, in_ns(p)),
+        Event::Delete(p) => services_for_pod(p, in_ns(p).iter().map(AsRef::as_ref)),
         Event::InitDone => {
             w.apply_watcher_event(&e);
             ctx.enqueue_all_services();
