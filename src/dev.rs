@@ -62,8 +62,6 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
         version.git_version,
         cp.server()
     );
-    println!("kubeconfig: {}", cp.kubeconfig_path().display());
-    println!("  export KUBECONFIG={}", cp.kubeconfig_path().display());
 
     let shutdown = CancellationToken::new();
     let cfg = args.run.runtime_config()?;
@@ -76,6 +74,10 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
             .map_or("off".to_owned(), |a| format!("https://{a}")),
         portico.metrics_addr
     );
+    // Printed only now, once the CRD is Established and the webhooks are registered: whoever
+    // waits for this line (scripts, the chart tests) gets a control plane that is whole.
+    println!("kubeconfig: {}", cp.kubeconfig_path().display());
+    println!("  export KUBECONFIG={}", cp.kubeconfig_path().display());
 
     if !args.no_sample {
         let ns = &args.sample_namespace;

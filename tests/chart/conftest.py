@@ -8,7 +8,8 @@ The install tests need a running kube-apiserver (RBAC on, admin kubeconfig). In 
    target/{debug,release}/portico) and kube-apiserver (`KUBEBUILDER_ASSETS`, default
    /usr/local/kubebuilder/bin) are there: `portico dev --no-sample`, the repository's own
    harness (etcd + kube-apiserver, Portico on it), for the session; its kubeconfig is read from
-   the `export KUBECONFIG=...` line it prints.
+   the `export KUBECONFIG=...` line it prints once Portico is running (its CRD Established,
+   its webhooks registered): the tests adopt that CRD into their release, so must not race it.
 3. Otherwise the install tests are skipped with a message saying so;
    `PORTICO_REQUIRE_INTEGRATION=1` turns that skip into a failure, as for the Rust suite.
 """
@@ -146,6 +147,12 @@ def kubeconfig() -> Iterator[Path]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+        # `portico dev`'s promise that the install tests build on (they adopt this CRD).
+        crd = Kube(path).get_opt("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/rangeallocations.portico.dev")
+        conditions = (crd or {}).get("status", {}).get("conditions", [])
+        assert any(c["type"] == "Established" and c["status"] == "True" for c in conditions), (
+            f"`portico dev` printed its kubeconfig before its CRD was Established; its output:\n{dev.tail()}"
+        )
         yield path
     finally:
         dev.stop()
