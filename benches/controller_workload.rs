@@ -288,8 +288,9 @@ async fn main() {
     );
 
     // Which 20 % is flipped changes how many slices must be rewritten, so two variants:
-    // the first fifth of each Service's pods, then (after restoring) every fifth pod, which
-    // touches every slice.
+    // the first fifth of each Service's pods (a contiguous ordinal range, as a rollout flips
+    // them; Portico packs pods in natural name order, so one slice per Service holds them),
+    // then (after restoring) every fifth pod, which touches every slice, as a random 20 % would.
     let first_fifth = |svc: usize, i: usize| i < SIZES[svc % SIZES.len()] / 5;
     let every_fifth = |_: usize, i: usize| i.is_multiple_of(5);
     let mut last = initial;

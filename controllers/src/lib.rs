@@ -25,6 +25,7 @@ pub mod fields;
 mod ip;
 pub mod keys;
 pub mod leader;
+pub(crate) mod natural;
 mod pod;
 pub mod runtime;
 mod service;

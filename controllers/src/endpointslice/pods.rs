@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
 
 use crate::ip::{AddressType, canonical_ip, family_of_loose};
+use crate::natural::NaturalString;
 use crate::pod::{hostname_for, is_ready, is_terminating, node_name, pod_ips};
 use crate::service::{is_service_ip_set, publish_not_ready};
 
@@ -77,11 +78,12 @@ pub(crate) fn build_endpoint(pod: &Pod, svc: &Service, at: AddressType, zone: Op
 /// hostname. Two endpoints with the same identity are "the same endpoint", possibly with
 /// changed attributes (an in-place update); anything else is a removal plus an addition.
 /// Including the pod name keeps two pods that share an IP (hostNetwork, a reused IP) apart.
-/// The derived order (pod namespace, pod name, ...) is the order new endpoints are placed in.
+/// The derived order (pod namespace, pod name in natural order, ...) is the order new
+/// endpoints are placed in: see [`crate::natural`] for why natural.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct EndpointKey {
     namespace: String,
-    name: String,
+    name: NaturalString,
     addresses: Vec<String>,
     hostname: String,
 }
@@ -96,7 +98,7 @@ pub(crate) fn endpoint_key(ep: &Endpoint) -> EndpointKey {
     let target = ep.target_ref.as_ref();
     EndpointKey {
         namespace: target.and_then(|t| t.namespace.clone()).unwrap_or_default(),
-        name: target.and_then(|t| t.name.clone()).unwrap_or_default(),
+        name: NaturalString(target.and_then(|t| t.name.clone()).unwrap_or_default()),
         addresses,
         hostname: ep.hostname.clone().unwrap_or_default(),
     }

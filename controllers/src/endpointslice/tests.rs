@@ -162,6 +162,32 @@ fn adding_pods_fills_existing_slices_before_creating() {
 }
 
 #[test]
+fn ordinal_names_pack_in_ordinal_order() {
+    // Unpadded ordinals (web-0 .. web-249, as a StatefulSet names its pods): byte order would
+    // put web-10..web-19 and web-100..web-199 among the first hundred.
+    let named = |i: usize, ready: bool| pod(&format!("web-{i}")).ips(&[&ip4(i)]).ready(ready).build();
+    let s = svc("web").build();
+    let mut api = Api::default();
+    converge(
+        &s,
+        &(0..250).map(|i| named(i, true)).collect::<Vec<_>>(),
+        &mut api,
+        &cfg(),
+    );
+    let first = api
+        .slices
+        .iter()
+        .map(pod_names)
+        .find(|names| names.contains(&"web-0".to_owned()));
+    let want: Vec<String> = (0..100).map(|i| format!("web-{i}")).collect();
+    assert_eq!(first, Some(want), "web-0's slice holds web-0..web-99 in order");
+    // Flipping an ordinal range (the first fifth) rewrites the one slice that holds it.
+    let flipped: Vec<Pod> = (0..250).map(|i| named(i, i >= 50)).collect();
+    let plan = converge(&s, &flipped, &mut api, &cfg());
+    assert_eq!(counts(&plan), (0, 1, 0));
+}
+
+#[test]
 fn removal_and_addition_share_one_write() {
     let s = svc("web").build();
     let mut api = Api::default();
