@@ -34,7 +34,8 @@
 //! preconditions, create-if-absent), as the allocators have.
 //!
 //! Leadership is exported as a 0/1 gauge; [`leader_gauge`] registers the series under
-//! client-go's name, `leader_election_master_status{name="<lease>"}`.
+//! client-go's name, `leader_election_master_status{name="<lease>"}`, and mirrors it as
+//! `portico_is_leader` for dashboards that want one unlabelled series per replica.
 
 use std::future::Future;
 use std::time::Duration;
@@ -43,6 +44,8 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -140,8 +143,8 @@ pub enum LeaderError {
 }
 
 /// Registers client-go's leadership gauge, `leader_election_master_status{name}` (1 while
-/// this process leads, else 0), in `registry` and returns the series for `lease_name`, to pass
-/// to [`run_elected`].
+/// this process leads, else 0), and its unlabelled mirror `portico_is_leader`, in `registry`,
+/// and returns the series for `lease_name`, to pass to [`run_elected`].
 pub fn leader_gauge(registry: &Registry, lease_name: &str) -> Result<IntGauge, prometheus::Error> {
     let vec = IntGaugeVec::new(
         Opts::new(
@@ -153,7 +156,32 @@ pub fn leader_gauge(registry: &Registry, lease_name: &str) -> Result<IntGauge, p
     registry.register(Box::new(vec.clone()))?;
     let gauge = vec.with_label_values(&[lease_name]);
     gauge.set(0);
+    let mirror = IntGauge::new(
+        "portico_is_leader",
+        "Whether this replica is the elected leader (1) or not (0); the same value as leader_election_master_status",
+    )?;
+    registry.register(Box::new(Mirror {
+        source: gauge.clone(),
+        mirror,
+    }))?;
     Ok(gauge)
+}
+
+/// A gauge that reads its value from another at scrape time, so the two can never disagree.
+struct Mirror {
+    source: IntGauge,
+    mirror: IntGauge,
+}
+
+impl Collector for Mirror {
+    fn desc(&self) -> Vec<&Desc> {
+        self.mirror.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.mirror.set(self.source.get());
+        self.mirror.collect()
+    }
 }
 
 /// Campaigns for the Lease in `cfg` until `shutdown` is cancelled or leadership is lost.
@@ -767,6 +795,12 @@ mod tests {
             text.contains(r#"leader_election_master_status{name="portico-controller"} 1"#),
             "{text}"
         );
+        assert!(text.contains("\nportico_is_leader 1\n"), "{text}");
+        g.set(0);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        assert!(text.contains("\nportico_is_leader 0\n"), "{text}");
         assert!(
             leader_gauge(&registry, "again").is_err(),
             "registered once per registry"

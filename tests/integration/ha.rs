@@ -38,7 +38,14 @@ async fn start(cp: &portico_testenv::ControlPlane, identity: &str) -> PorticoPro
 }
 
 async fn is_leader(p: &PorticoProcess) -> bool {
-    metric_sum(&p.metrics_text().await, "leader_election_master_status") == 1.0
+    let m = p.metrics_text().await;
+    let status = metric_sum(&m, "leader_election_master_status");
+    assert_eq!(
+        status,
+        metric_sum(&m, "portico_is_leader"),
+        "the leadership gauges disagree:\n{m}"
+    );
+    status == 1.0
 }
 
 async fn writes(p: &PorticoProcess) -> f64 {
