@@ -1,5 +1,5 @@
 //! `portico status`: what a person wants to know at a glance. Each range with used/free per
-//! band and pending claims, what the repair loop reported recently, and who leads.
+//! band and pending claims, what the last repair pass found, and who leads.
 
 use std::collections::BTreeMap;
 
@@ -9,8 +9,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
-use portico_webhook::allocation::RangeAllocation;
 use portico_webhook::allocation::repair::EVENT_CONTROLLER;
+use portico_webhook::allocation::{RangeAllocation, RepairSummary};
 
 /// Flags of `portico status`.
 #[derive(Debug, Args)]
@@ -49,6 +49,59 @@ fn table(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// One row per range with the counts of its last repair pass, then the values behind them.
+fn repair_section(ranges: &[RangeAllocation]) -> String {
+    let passes: Vec<(String, RepairSummary)> = ranges
+        .iter()
+        .filter_map(|ra| {
+            let summary = ra.status.as_ref()?.last_repair.clone()?;
+            Some((ra.metadata.name.clone().unwrap_or_default(), summary))
+        })
+        .collect();
+    if passes.is_empty() {
+        return "  none yet (the leader runs one at start and every --repair-interval)\n".to_owned();
+    }
+    let mut rows = vec![
+        [
+            "NAME",
+            "AT",
+            "LEAKED",
+            "RELEASED",
+            "UNKNOWN",
+            "DUPLICATES",
+            "OUT OF RANGE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    let mut details = String::new();
+    for (name, p) in &passes {
+        let findings = [
+            ("leaked (freed)", &p.leaked),
+            ("released", &p.released),
+            ("unknown (marked)", &p.unknown),
+            ("duplicate", &p.duplicates),
+            ("out of range", &p.out_of_range),
+        ];
+        let mut row = vec![name.clone(), p.time.clone()];
+        row.extend(findings.iter().map(|(_, f)| f.count.to_string()));
+        rows.push(row);
+        for (what, f) in findings {
+            if f.examples.is_empty() {
+                continue;
+            }
+            let more = f.count.saturating_sub(f.examples.len() as u64);
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            details.push_str(&format!("  {name} {what}: {}{more}\n", f.examples.join(", ")));
+        }
+    }
+    table(&rows) + &details
 }
 
 /// The report, as text.
@@ -96,7 +149,10 @@ pub async fn render(client: &kube::Client, args: &StatusArgs) -> anyhow::Result<
         out.push_str(&table(&rows));
     }
 
-    // The repair loop reports leaks, duplicates and out-of-range values as Events.
+    out.push_str("\nLAST REPAIR PASS (per range, as the leader's repair loop recorded it)\n");
+    out.push_str(&repair_section(&ranges));
+
+    // Duplicates and unknown values are also Events on the Services concerned.
     let events = Api::<Event>::all(client.clone())
         .list(&ListParams::default())
         .await
@@ -112,9 +168,9 @@ pub async fn render(client: &kube::Client, args: &StatusArgs) -> anyhow::Result<
         entry.0 += ev.series.as_ref().map_or(1, |s| s.count.max(1) as usize);
         entry.1 = ev.note.clone().unwrap_or_default();
     }
-    out.push_str("\nREPAIR FINDINGS (Events of the repair loop)\n");
+    out.push_str("\nREPAIR EVENTS (on Services, recent)\n");
     if findings.is_empty() {
-        out.push_str("  none: no leaks, duplicates or out-of-range values reported\n");
+        out.push_str("  none\n");
     } else {
         let mut rows = vec![vec![
             "REASON".to_owned(),
@@ -183,4 +239,60 @@ pub async fn render(client: &kube::Client, args: &StatusArgs) -> anyhow::Result<
         services.len()
     ));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portico_webhook::allocation::{RangeAllocationSpec, RangeAllocationStatus, RepairFinding};
+
+    fn range(name: &str, last_repair: Option<RepairSummary>) -> RangeAllocation {
+        let mut ra = RangeAllocation::new(name, RangeAllocationSpec::default());
+        ra.status = Some(RangeAllocationStatus {
+            last_repair,
+            ..Default::default()
+        });
+        ra
+    }
+
+    #[test]
+    fn repair_section_lists_counts_and_values() {
+        assert!(repair_section(&[range("nodeports", None)]).contains("none yet"));
+        let pass = RepairSummary {
+            time: "2026-11-22T01:00:00Z".into(),
+            leaked: RepairFinding::of(["10.96.0.9 default/ghost".to_owned()]),
+            duplicates: RepairFinding::of((0..12).map(|i| format!("10.96.0.{i} default/s{i}"))),
+            ..Default::default()
+        };
+        let text = repair_section(&[range("clusterip-ipv4", Some(pass)), range("nodeports", None)]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            [
+                "NAME",
+                "AT",
+                "LEAKED",
+                "RELEASED",
+                "UNKNOWN",
+                "DUPLICATES",
+                "OUT",
+                "OF",
+                "RANGE"
+            ]
+        );
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            ["clusterip-ipv4", "2026-11-22T01:00:00Z", "1", "0", "0", "12", "0"]
+        );
+        assert_eq!(
+            lines[2],
+            "  clusterip-ipv4 leaked (freed): 10.96.0.9 default/ghost"
+        );
+        assert!(
+            lines[3].starts_with("  clusterip-ipv4 duplicate: 10.96.0.0 default/s0, "),
+            "{text}"
+        );
+        assert!(lines[3].ends_with(" and 2 more"), "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
+    }
 }

@@ -564,6 +564,29 @@ async fn pending_claims_expire_and_a_restart_rebuilds_from_object_and_services()
     assert!(!ips.pool().has(ghost_addr));
     assert!(ips.pool().has(late_ip) && ips.pending().is_empty());
 
+    // The pass is on the range's object, for `portico status`: the leak with the Service that
+    // never came, the Service the bitmap did not know.
+    let object = second.ip_store(IpFamily::V4).expect("v4").name().to_owned();
+    let stored = Api::<RangeAllocation>::all(client.clone())
+        .get(&object)
+        .await
+        .expect("RangeAllocation");
+    let pass = stored
+        .status
+        .and_then(|s| s.last_repair)
+        .expect("status.lastRepair");
+    assert_eq!(pass.leaked.count, 1, "{pass:?}");
+    assert!(
+        pass.leaked.examples[0].starts_with(&format!("{ghost_addr} {NS}/")),
+        "{pass:?}"
+    );
+    assert_eq!(
+        pass.unknown.examples,
+        vec![format!("{late_ip} {NS}/late")],
+        "{pass:?}"
+    );
+    assert_eq!(pass.duplicates.count, 0, "{pass:?}");
+
     // The Events, with upstream's reasons and messages.
     let events: Api<Event> = Api::namespaced(client.clone(), NS);
     let found = eventually(20, "repair Events", || {

@@ -323,9 +323,14 @@ async fn one_command_wires_allocation_validation_and_controllers() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(row.contains("10.96.128.0/20"), "{text}");
     assert!(
-        text.contains("REPAIR FINDINGS") && text.contains("leader: "),
+        text.contains("LAST REPAIR PASS") && text.contains("leader: "),
         "{text}"
     );
+    // The leader's first repair pass ran at start-up: the range has a row there too.
+    let repair_rows = text.split("LAST REPAIR PASS").nth(1).map_or(0, |rest| {
+        rest.lines().filter(|l| l.starts_with("clusterip-ipv4")).count()
+    });
+    assert_eq!(repair_rows, 1, "{text}");
     eprintln!("{text}");
 
     // SIGTERM: a clean exit that takes the self-registered configurations down with it.

@@ -121,6 +121,77 @@ pub struct RangeAllocationStatus {
     pub dynamic_free: u64,
     /// Pending claims.
     pub pending: u64,
+    /// What the last repair pass over this range found and did (absent until one has run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_repair: Option<RepairSummary>,
+}
+
+/// One repair pass over one range, written in the same compare-and-swap as its fixes. Each
+/// list keeps at most [`RepairSummary::MAX_LISTED`] entries (`value namespace/name`); the
+/// counts are complete.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepairSummary {
+    /// When the pass ran (RFC 3339).
+    pub time: String,
+    /// Pending claims that expired before their Service held the value: freed (leaks).
+    #[serde(default)]
+    pub leaked: RepairFinding,
+    /// Values no Service holds any more (deleted Services): freed.
+    #[serde(default)]
+    pub released: RepairFinding,
+    /// Values a Service holds that the bitmap did not know: marked.
+    #[serde(default)]
+    pub unknown: RepairFinding,
+    /// Values held by more than one Service: every holder after the first.
+    #[serde(default)]
+    pub duplicates: RepairFinding,
+    /// Values outside this range held by Services of its kind and family (when reported).
+    #[serde(default)]
+    pub out_of_range: RepairFinding,
+}
+
+/// How many values of one kind a repair pass found, and the first few of them.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepairFinding {
+    /// How many.
+    pub count: u64,
+    /// The first few, as `value` or `value namespace/name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub examples: Vec<String>,
+}
+
+impl RepairSummary {
+    /// Entries listed per finding; an object stays small however bad a range gets.
+    pub const MAX_LISTED: usize = 10;
+
+    /// Whether the pass found nothing to report or fix.
+    pub fn is_clean(&self) -> bool {
+        [
+            &self.leaked,
+            &self.released,
+            &self.unknown,
+            &self.duplicates,
+            &self.out_of_range,
+        ]
+        .iter()
+        .all(|f| f.count == 0)
+    }
+}
+
+impl RepairFinding {
+    /// A finding from all its entries.
+    pub fn of<I: IntoIterator<Item = String>>(entries: I) -> Self {
+        let mut f = RepairFinding::default();
+        for e in entries {
+            f.count += 1;
+            if f.examples.len() < RepairSummary::MAX_LISTED {
+                f.examples.push(e);
+            }
+        }
+        f
+    }
 }
 
 /// The CRD as installed: the derived definition without the status subresource (see the
@@ -214,6 +285,7 @@ pub fn status_of<P: Pool>(state: &RangeState<P>) -> RangeAllocationStatus {
         dynamic_used: dynamic.used,
         dynamic_free: dynamic.free,
         pending: state.pending().len() as u64,
+        last_repair: state.last_repair().cloned(),
     }
 }
 

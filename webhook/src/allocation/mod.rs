@@ -73,7 +73,7 @@ use portico_allocators::{IpRange, PortRange, RangeError};
 
 pub use crd::{
     CRD_NAME, FIELD_MANAGER, PendingAllocation, RangeAllocation, RangeAllocationSpec, RangeAllocationStatus,
-    crd, install_crds,
+    RepairFinding, RepairSummary, crd, install_crds,
 };
 pub use memory::{MemoryAllocator, MemoryDecision};
 pub use metrics::AllocationMetrics;

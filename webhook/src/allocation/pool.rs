@@ -7,6 +7,7 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use super::crd::RepairSummary;
 use k8s_openapi::jiff::Timestamp;
 use portico_allocators::{AllocError, Band, BandStats, IpAllocator, PortAllocator, Snapshot, SnapshotError};
 
@@ -223,6 +224,8 @@ pub enum Claimed {
 pub struct RangeState<P: Pool> {
     pool: P,
     pending: BTreeMap<P::Value, Pending>,
+    /// Carried through every write, so admissions never erase the repair loop's report.
+    last_repair: Option<RepairSummary>,
     dirty: bool,
 }
 
@@ -232,6 +235,7 @@ impl<P: Pool> RangeState<P> {
         RangeState {
             pool,
             pending: BTreeMap::new(),
+            last_repair: None,
             dirty: false,
         }
     }
@@ -241,6 +245,7 @@ impl<P: Pool> RangeState<P> {
         RangeState {
             pool,
             pending,
+            last_repair: None,
             dirty: false,
         }
     }
@@ -253,6 +258,23 @@ impl<P: Pool> RangeState<P> {
     /// The pending claims by value.
     pub fn pending(&self) -> &BTreeMap<P::Value, Pending> {
         &self.pending
+    }
+
+    /// What the last repair pass recorded.
+    pub fn last_repair(&self) -> Option<&RepairSummary> {
+        self.last_repair.as_ref()
+    }
+
+    /// Records a repair pass (a change to write).
+    pub fn record_repair(&mut self, summary: RepairSummary) {
+        self.last_repair = Some(summary);
+        self.dirty = true;
+    }
+
+    /// Restores the stored repair report (not a change).
+    pub fn with_last_repair(mut self, summary: Option<RepairSummary>) -> Self {
+        self.last_repair = summary;
+        self
     }
 
     /// Whether a mutating call changed anything since the last [`clear_dirty`](Self::clear_dirty).

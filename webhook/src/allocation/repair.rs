@@ -37,6 +37,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use portico_allocators::{IpAllocator, PortAllocator, parse_service_ip};
 
 use super::AllocationError;
+use super::crd::{RepairFinding, RepairSummary};
 use super::plan::{IpFamily, Value, cluster_ips_of, service_type};
 use super::pool::{Pending, Pool, RangeKind, RangeState, ServiceRef};
 use super::service::ServiceAllocator;
@@ -494,8 +495,19 @@ impl Repair {
         let findings = reconcile(t0, holders, pass.now);
         let claims = claims_at(t0, &findings);
         let job_findings = findings.clone();
+        // Whole seconds, as Kubernetes writes times.
+        let time = Timestamp::from_second(pass.now.as_second())
+            .unwrap_or(pass.now)
+            .to_string();
+        let report_out_of_range = self.config.report_out_of_range;
         let applied = store
-            .update(move |state: &mut RangeState<P>| apply(state, &job_findings, &claims, false))
+            .update(move |state: &mut RangeState<P>| {
+                let owners = state.pending().clone();
+                let applied = apply(state, &job_findings, &claims, false);
+                let summary = summarize(&time, &job_findings, &applied, &owners, report_out_of_range);
+                state.record_repair(summary);
+                applied
+            })
             .await?;
         let range = t0.pool().range_string();
         let mut report = RepairReport {
@@ -582,6 +594,32 @@ impl Repair {
         if let Err(e) = recorder.publish(&event, reference).await {
             tracing::warn!(service = %svc, error = %e, "could not publish an Event");
         }
+    }
+}
+
+/// The report of one pass over one range, as stored on its object for `portico status`.
+fn summarize<V: Copy + std::fmt::Display + Ord>(
+    time: &str,
+    f: &Findings<V>,
+    applied: &Applied<V>,
+    owners: &BTreeMap<V, Pending>,
+    report_out_of_range: bool,
+) -> RepairSummary {
+    let held = |list: &[(ServiceRef, V)]| RepairFinding::of(list.iter().map(|(s, v)| format!("{v} {s}")));
+    RepairSummary {
+        time: time.to_owned(),
+        leaked: RepairFinding::of(applied.leaked.iter().map(|v| match owners.get(v) {
+            Some(p) => format!("{v} {}", p.owner),
+            None => v.to_string(),
+        })),
+        released: RepairFinding::of(applied.released.iter().map(|v| v.to_string())),
+        unknown: held(&f.mark),
+        duplicates: held(&f.duplicates),
+        out_of_range: if report_out_of_range {
+            held(&f.out_of_range)
+        } else {
+            RepairFinding::default()
+        },
     }
 }
 
@@ -743,6 +781,40 @@ mod tests {
         let held = s.pool().held();
         assert_eq!(held, vec![30001, 30002, 30005, 30006, 30007]);
         assert_eq!(s.pending().keys().copied().collect::<Vec<_>>(), vec![30002]);
+    }
+
+    #[test]
+    fn the_summary_names_what_a_pass_found_and_survives_encoding() {
+        let mut s = ports();
+        s.claim(30003, &svc("c"), ts(10)).expect("free"); // leaked
+        s.mark(30004).expect("free"); // released
+        s.mark(30005).expect("free");
+        let holders = vec![(svc("d"), 30005), (svc("e"), 30005), (svc("h"), 8080)];
+        let f = reconcile(&s, &holders, ts(50));
+        let (claims, owners) = (claims_at(&s, &f), s.pending().clone());
+        let applied = apply(&mut s, &f, &claims, false);
+        let summary = summarize("2026-11-22T01:00:00Z", &f, &applied, &owners, true);
+        assert_eq!(summary.leaked.examples, vec!["30003 ns/c"]);
+        assert_eq!(summary.released.examples, vec!["30004"]);
+        assert_eq!(summary.duplicates.examples, vec!["30005 ns/e"]);
+        assert_eq!(summary.out_of_range.examples, vec!["8080 ns/h"]);
+        assert_eq!(summary.unknown.count, 0);
+        assert!(!summary.is_clean());
+        assert_eq!(
+            summarize("t", &f, &applied, &owners, false).out_of_range,
+            RepairFinding::default(),
+            "not reported when turned off"
+        );
+
+        s.clear_dirty();
+        s.record_repair(summary.clone());
+        assert!(s.is_dirty(), "a recorded pass is written");
+        let (_, status) = super::super::crd::encode(&s);
+        assert_eq!(status.last_repair.as_ref(), Some(&summary));
+
+        // Lists stay short; counts stay exact.
+        let many = RepairFinding::of((0..25).map(|i| i.to_string()));
+        assert_eq!((many.count, many.examples.len()), (25, RepairSummary::MAX_LISTED));
     }
 
     #[test]

@@ -250,6 +250,7 @@ impl<P: Pool> Writer<P> {
                     let rv = obj.resource_version().unwrap_or_default();
                     return match crd::decode(&self.template, &obj.spec) {
                         Ok(state) => {
+                            let state = state.with_last_repair(obj.status.and_then(|s| s.last_repair));
                             self.remember(state, rv);
                             Ok(())
                         }
