@@ -135,6 +135,8 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error
 mod tests {
     use super::*;
     use crate::tls::CertStore;
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
 
     #[test]
     fn dev_certs_load_and_rotate() {
@@ -167,6 +169,50 @@ mod tests {
         write_atomic(&certs.cert_file, b"not pem", 0o644).unwrap();
         assert!(store.reload().is_err());
         assert_ne!(store.current_chain(), first);
+    }
+
+    #[test]
+    fn the_served_certificate_s_expiry_is_exported() {
+        let gauge = |registry: &prometheus::Registry| -> i64 {
+            let text = prometheus::TextEncoder::new()
+                .encode_to_string(&registry.gather())
+                .unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("portico_webhook_certificate_expiration_timestamp_seconds "))
+                .unwrap_or_else(|| panic!("{text}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        let not_after = |pem: &str| {
+            let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap();
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+            cert.validity().not_after.timestamp()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let certs = write_dev_certs(dir.path(), &["127.0.0.1"]).unwrap();
+        let registry = prometheus::Registry::new();
+        let metrics = crate::metrics::Metrics::register(&registry).unwrap();
+        let store = CertStore::load(&certs.cert_file, &certs.key_file)
+            .unwrap()
+            .with_metrics(metrics);
+        let served = std::fs::read_to_string(&certs.cert_file).unwrap();
+        assert_eq!(gauge(&registry), not_after(&served));
+        assert!(gauge(&registry) > 1_700_000_000, "a real time");
+
+        // A rotation moves the gauge to the new certificate's expiry; a refused one does not.
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 2, 3);
+        let (cert2, key2) = (params.self_signed(&key).unwrap().pem(), key.serialize_pem());
+        write_atomic(&certs.cert_file, cert2.as_bytes(), 0o644).unwrap();
+        assert!(store.reload().is_err(), "the old key does not fit");
+        assert_eq!(gauge(&registry), not_after(&served));
+        write_atomic(&certs.key_file, key2.as_bytes(), 0o600).unwrap();
+        assert!(store.reload().unwrap());
+        assert_eq!(gauge(&registry), 1_927_843_200, "2031-02-03T00:00:00Z");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub struct Metrics {
     in_flight: IntGauge,
     warnings: IntCounterVec,
     tls_reloads: IntCounterVec,
+    cert_expiry: IntGauge,
 }
 
 /// The labels of one answered review.
@@ -87,7 +88,12 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let cert_expiry = IntGauge::new(
+            "portico_webhook_certificate_expiration_timestamp_seconds",
+            "Expiry (notAfter, Unix seconds) of the serving certificate being presented.",
+        )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(cert_expiry.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(warnings.clone()))?;
@@ -98,6 +104,7 @@ impl Metrics {
             in_flight,
             warnings,
             tls_reloads,
+            cert_expiry,
         })
     }
 
@@ -122,6 +129,11 @@ impl Metrics {
     pub fn in_flight(&self) -> InFlight {
         self.in_flight.inc();
         InFlight(self.in_flight.clone())
+    }
+
+    /// Records the notAfter of the certificate now being served.
+    pub fn serving_cert_expiry(&self, not_after_unix: i64) {
+        self.cert_expiry.set(not_after_unix);
     }
 
     /// Records a certificate reload attempt.

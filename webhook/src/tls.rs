@@ -79,6 +79,9 @@ impl CertStore {
     pub fn with_metrics(self: Arc<Self>, metrics: Metrics) -> Arc<Self> {
         match Arc::try_unwrap(self) {
             Ok(mut store) => {
+                if let Some(t) = leaf_not_after(&store.current_chain()) {
+                    metrics.serving_cert_expiry(t);
+                }
                 store.metrics = Some(metrics);
                 Arc::new(store)
             }
@@ -114,6 +117,9 @@ impl CertStore {
         let outcome = parse_pair(&cert, &key, &self.provider);
         if let Some(m) = &self.metrics {
             m.tls_reload(outcome.is_ok());
+            if let Some(t) = outcome.as_ref().ok().and_then(|c| leaf_not_after(&c.cert)) {
+                m.serving_cert_expiry(t);
+            }
         }
         let certified = outcome.map_err(|reason| Error::Tls {
             cert: self.cert_file.clone(),
@@ -197,6 +203,13 @@ fn hash_pair(cert: &[u8], key: &[u8]) -> u64 {
     cert.hash(&mut h);
     key.hash(&mut h);
     h.finish()
+}
+
+/// The leaf's notAfter in Unix seconds, for the expiry gauge (an alert's input: the serving
+/// certificate is rotated by cert-manager or the bootstrap, and either can stall).
+fn leaf_not_after(chain: &[CertificateDer<'_>]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(chain.first()?.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 fn parse_pair(cert: &[u8], key: &[u8], provider: &CryptoProvider) -> Result<CertifiedKey, String> {
