@@ -194,6 +194,7 @@ fn on_service(ctx: &Context, w: &mut Writer<Service>, e: Event<Service>) {
         // (cheap: unchanged Services cost no writes), so the vanished ones are cleaned up.
         let before = ctx.caches.services.state();
         w.apply_watcher_event(&e);
+        ctx.caches.services_by_ns.apply(&ctx.caches.services, &e);
         for svc in before {
             if let Some(key) = ServiceKey::of_service(&svc) {
                 ctx.enqueue_both(&key, Duration::ZERO);
@@ -203,6 +204,7 @@ fn on_service(ctx: &Context, w: &mut Writer<Service>, e: Event<Service>) {
         return;
     }
     w.apply_watcher_event(&e);
+    ctx.caches.services_by_ns.apply(&ctx.caches.services, &e);
     if let Event::Apply(s) | Event::Delete(s) = &e
         && let Some(key) = ServiceKey::of_service(s)
     {
@@ -215,9 +217,8 @@ fn on_pod(ctx: &Context, w: &mut Writer<Pod>, e: Event<Pod>) {
     // Only the Services of the pod's namespace, and only for events that can requeue any:
     // a relist's InitApply events (one per pod) need none.
     let in_ns = |p: &Pod| {
-        ctx.caches
-            .services
-            .state_filter(|s| s.metadata.namespace == p.metadata.namespace)
+        let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+        ctx.caches.services_by_ns.filter(ns, |_| true)
     };
     let keys = match &e {
         Event::Apply(new) => {
@@ -231,12 +232,14 @@ fn on_pod(ctx: &Context, w: &mut Writer<Pod>, e: Event<Pod>) {
         Event::Delete(p) => services_for_pod(p, in_ns(p).iter().map(AsRef::as_ref)),
         Event::InitDone => {
             w.apply_watcher_event(&e);
+            ctx.caches.pods_by_ns.apply(&ctx.caches.pods, &e);
             ctx.enqueue_all_services();
             return;
         }
         Event::Init | Event::InitApply(_) => Default::default(),
     };
     w.apply_watcher_event(&e);
+    ctx.caches.pods_by_ns.apply(&ctx.caches.pods, &e);
     for key in keys {
         ctx.enqueue_both(&key, ctx.cfg.batch_period);
     }

@@ -9,6 +9,7 @@
 mod cache;
 mod dispatch;
 mod endpoints_sync;
+mod index;
 mod metrics;
 pub mod queue;
 mod slices_sync;
@@ -24,6 +25,7 @@ use kube::runtime::reflector::{self, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use self::index::ByNamespace;
 pub use self::metrics::{Metrics, MetricsError};
 pub use self::queue::{Backoff, WorkQueue};
 use crate::endpoints::StaleEndpointsTracker;
@@ -136,6 +138,9 @@ pub enum RunError {
 pub(crate) struct Caches {
     pub(crate) services: Store<Service>,
     pub(crate) pods: Store<Pod>,
+    /// The same Services and pods by namespace (kept by the dispatcher with the stores).
+    pub(crate) services_by_ns: Arc<ByNamespace<Service>>,
+    pub(crate) pods_by_ns: Arc<ByNamespace<Pod>>,
     pub(crate) nodes: Store<Node>,
     pub(crate) slices: Store<EndpointSlice>,
     pub(crate) endpoints: Store<Endpoints>,
@@ -315,6 +320,8 @@ async fn start(
     let caches = Caches {
         services,
         pods,
+        services_by_ns: Arc::default(),
+        pods_by_ns: Arc::default(),
         nodes,
         slices,
         endpoints,
@@ -475,7 +482,5 @@ pub(crate) fn cached_service(ctx: &Context, key: &ServiceKey) -> Option<Arc<Serv
 /// The cached pods a Service selects.
 pub(crate) fn selected_pods(ctx: &Context, svc: &Service) -> Vec<Arc<Pod>> {
     let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
-    ctx.caches
-        .pods
-        .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns) && crate::selects(svc, p))
+    ctx.caches.pods_by_ns.filter(ns, |p| crate::selects(svc, p))
 }
