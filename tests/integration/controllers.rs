@@ -558,3 +558,59 @@ async fn adopts_upstream_slices_in_place_and_leaves_other_managers_alone() {
     assert!(svc.metadata.uid.is_some());
     ctl.stop().await;
 }
+
+#[tokio::test]
+async fn an_apiserver_restart_loses_nothing() {
+    // A control plane of its own: restarting the shared one would disturb every other test.
+    let Ok(assets) = portico_testenv::Assets::discover() else {
+        let _ = portico_testenv::shared(); // prints the skip line
+        return;
+    };
+    let mut cp = portico_testenv::ControlPlane::start_with(&assets, Default::default())
+        .await
+        .expect("control plane");
+    let client = cp.client().await.expect("client");
+    let ns = "ctl-apiserver-restart";
+    fixtures::namespace(&client, ns).await.expect("namespace");
+    let nodes = nodes(&client, ns).await;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &service("web", "web", IntOrString::String("http".into())),
+        )
+        .await
+        .expect("service");
+    let ctl = Controllers::start(&client, ns, |_| {});
+    pods(&client, ns, &nodes, "web", 0, 30).await;
+    eventually(30, "slices before the restart", || async {
+        let (ready, _, _) = summarize(&slices(&client, ns, "web").await);
+        (ready == ips(0..30)).then_some(())
+    })
+    .await;
+
+    // The controllers' watches and the client's connections break; while the apiserver is
+    // down their syncs fail and are retried. Nothing is lost once it is back.
+    let before = cp.pids();
+    cp.restart_apiserver(Duration::from_secs(2))
+        .await
+        .expect("restart kube-apiserver");
+    assert_ne!(cp.pids()[1], before[1], "a new kube-apiserver process");
+    assert_eq!(cp.pids()[0], before[0], "the same etcd");
+    set_ready(&client, ns, "web", 0..10, false).await;
+    delete_pods(&client, ns, "web", 20..30).await;
+    pods(&client, ns, &nodes, "web", 30, 5).await;
+
+    let want_ready: BTreeSet<String> = ips(10..20).union(&ips(30..35)).cloned().collect();
+    eventually(60, "convergence after the apiserver restart", || async {
+        let s = slices(&client, ns, "web").await;
+        let (ready, not_ready, _) = summarize(&s);
+        let (ep_ready, ep_not_ready) = endpoint_ips(&endpoints(&client, ns, "web").await?);
+        (ready == want_ready
+            && not_ready == ips(0..10)
+            && ep_ready == want_ready
+            && ep_not_ready == ips(0..10))
+        .then_some(s.len())
+    })
+    .await;
+    ctl.stop().await;
+}

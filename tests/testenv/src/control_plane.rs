@@ -97,6 +97,8 @@ impl Default for ControlPlaneConfig {
 /// A running etcd + kube-apiserver pair. Dropping it kills both and removes its directory.
 pub struct ControlPlane {
     apiserver: Supervised,
+    /// kube-apiserver's program and arguments, to start it again.
+    apiserver_cmd: (PathBuf, Vec<String>),
     etcd: Supervised,
     dir: PathBuf,
     server: String,
@@ -185,8 +187,7 @@ impl ControlPlane {
             std::fs::write(dir.join(name), body).map_err(io(format!("writing {name}")))?;
         }
         let p = |name: &str| dir.join(name).display().to_string();
-        let mut api_cmd = Command::new(&assets.kube_apiserver);
-        api_cmd.args([
+        let mut api_args = vec![
             format!("--etcd-servers={etcd_url}"),
             "--bind-address=127.0.0.1".to_owned(),
             "--advertise-address=127.0.0.1".to_owned(),
@@ -204,9 +205,10 @@ impl ControlPlane {
             format!("--service-account-signing-key-file={}", p("sa.key")),
             "--allow-privileged=true".to_owned(),
             "--profiling=false".to_owned(),
-        ]);
-        api_cmd.args(&config.extra_apiserver_args);
-        let mut apiserver = spawn_logged("kube-apiserver", api_cmd, &dir)?;
+        ];
+        api_args.extend(config.extra_apiserver_args.iter().cloned());
+        let apiserver_cmd = (assets.kube_apiserver.clone(), api_args);
+        let mut apiserver = spawn_apiserver(&apiserver_cmd, &dir)?;
 
         let server = format!("https://127.0.0.1:{api_port}");
         let kubeconfig = dir.join("kubeconfig");
@@ -232,6 +234,7 @@ impl ControlPlane {
         cleanup.disarm();
         Ok(ControlPlane {
             apiserver,
+            apiserver_cmd,
             etcd,
             dir,
             server,
@@ -239,6 +242,32 @@ impl ControlPlane {
             ca,
             config,
         })
+    }
+
+    /// Kills kube-apiserver, keeps it down for `down_for`, and starts it again on the same
+    /// port, certificates and etcd (so nothing stored is lost), then waits for `/readyz`.
+    /// Clients keep working across it: what a rolling control-plane upgrade looks like to them.
+    pub async fn restart_apiserver(&mut self, down_for: Duration) -> Result<(), Error> {
+        self.apiserver.stop();
+        tokio::time::sleep(down_for).await;
+        // The port was just released; a rebind can race the kernel on a busy machine.
+        let mut attempt = 1;
+        loop {
+            let mut apiserver = spawn_apiserver(&self.apiserver_cmd, &self.dir)?;
+            let client = client_from(&self.kubeconfig, None).await?;
+            match wait_ready(&mut apiserver, &client, self.config.startup_timeout)
+                .with_subscriber(tracing::subscriber::NoSubscriber::default())
+                .await
+            {
+                Ok(()) => {
+                    self.apiserver = apiserver;
+                    return Ok(());
+                }
+                Err(Error::Exited { .. }) if attempt < ATTEMPTS => attempt += 1,
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// The apiserver's URL, `https://127.0.0.1:PORT`.
@@ -318,6 +347,12 @@ fn default_base_dir() -> PathBuf {
     } else {
         std::env::temp_dir()
     }
+}
+
+fn spawn_apiserver((program, args): &(PathBuf, Vec<String>), dir: &Path) -> Result<Supervised, Error> {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    spawn_logged("kube-apiserver", cmd, dir)
 }
 
 fn spawn_logged(name: &'static str, mut cmd: Command, dir: &Path) -> Result<Supervised, Error> {
