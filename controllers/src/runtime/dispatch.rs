@@ -302,6 +302,7 @@ fn on_slice(ctx: &Context, w: &mut Writer<EndpointSlice>, e: Event<EndpointSlice
         }
         Event::Init | Event::InitApply(_) => w.apply_watcher_event(&e),
     }
+    ctx.caches.slices_by_ns.apply(&ctx.caches.slices, &e);
 }
 
 fn on_endpoints(ctx: &Context, w: &mut Writer<Endpoints>, e: Event<Endpoints>) {

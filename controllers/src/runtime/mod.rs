@@ -138,9 +138,10 @@ pub enum RunError {
 pub(crate) struct Caches {
     pub(crate) services: Store<Service>,
     pub(crate) pods: Store<Pod>,
-    /// The same Services and pods by namespace (kept by the dispatcher with the stores).
+    /// The same Services, pods and slices by namespace (kept by the dispatcher with the stores).
     pub(crate) services_by_ns: Arc<ByNamespace<Service>>,
     pub(crate) pods_by_ns: Arc<ByNamespace<Pod>>,
+    pub(crate) slices_by_ns: Arc<ByNamespace<EndpointSlice>>,
     pub(crate) nodes: Store<Node>,
     pub(crate) slices: Store<EndpointSlice>,
     pub(crate) endpoints: Store<Endpoints>,
@@ -322,6 +323,7 @@ async fn start(
         pods,
         services_by_ns: Arc::default(),
         pods_by_ns: Arc::default(),
+        slices_by_ns: Arc::default(),
         nodes,
         slices,
         endpoints,

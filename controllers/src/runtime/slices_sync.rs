@@ -23,7 +23,10 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
     }
     let pods = selected_pods(ctx, &svc);
     let pods: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
-    let cached = ctx.caches.slices.state_filter(|s| belongs_to(s, key));
+    let cached = ctx
+        .caches
+        .slices_by_ns
+        .filter(&key.namespace, |s| belongs_to(s, key));
     let existing = slices_for_service(&svc, cached.iter().map(AsRef::as_ref), &ctx.cfg.slices);
     if lock(&ctx.slice_tracker).is_stale(&svc, &existing) {
         return Err(SyncError::Stale("EndpointSlice"));
