@@ -81,6 +81,7 @@ impl RunArgs {
                 max_endpoints_per_slice: usize::from(self.max_endpoints_per_slice),
                 managed_by: self.managed_by.clone(),
                 adopt_from: self.adopt_from.clone(),
+                ..Default::default()
             },
             instance: std::env::var("POD_NAME").unwrap_or_else(|_| "portico".into()),
             namespace: self.namespace.clone(),

@@ -53,8 +53,16 @@ pub const POD_FIELDS: &[&str] = &[
     "status.conditions[type=Ready].lastTransitionTime",
 ];
 
-/// Node fields read (EndpointSlice controller only, for zones and the missing-node rule).
-pub const NODE_FIELDS: &[&str] = &["metadata.name", "metadata.labels[topology.kubernetes.io/zone]"];
+/// Node fields read (EndpointSlice controller only, for zones, the missing-node rule and the
+/// CPU shares of topology-aware hints).
+pub const NODE_FIELDS: &[&str] = &[
+    "metadata.name",
+    "metadata.labels[topology.kubernetes.io/zone]",
+    "metadata.labels[node-role.kubernetes.io/control-plane]",
+    "metadata.labels[node-role.kubernetes.io/master]",
+    "status.allocatable[cpu]",
+    "status.conditions[type=Ready]",
+];
 
 /// EndpointSlice fields read; keep the whole object (see the module docs).
 pub const ENDPOINTSLICE_FIELDS: &[&str] = &[

@@ -614,3 +614,137 @@ async fn an_apiserver_restart_loses_nothing() {
     .await;
     ctl.stop().await;
 }
+
+/// Makes a Node Ready with `cpu` allocatable (what a kubelet would report).
+async fn node_status(client: &kube::Client, name: &str, cpu: &str) {
+    let status = serde_json::json!({"status": {
+        "allocatable": {"cpu": cpu},
+        "capacity": {"cpu": cpu},
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }});
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("node status");
+}
+
+/// Ready endpoints of the Service's slices by the zone they are hinted for.
+async fn hints_by_zone(client: &kube::Client, ns: &str, svc: &str) -> BTreeMap<String, usize> {
+    let mut by_zone = BTreeMap::new();
+    for s in slices(client, ns, svc).await {
+        for e in &s.endpoints {
+            let ready = e.conditions.as_ref().and_then(|c| c.ready) == Some(true);
+            let hinted = e.hints.as_ref().and_then(|h| h.for_zones.as_ref());
+            if let (true, Some(zones)) = (ready, hinted) {
+                for z in zones {
+                    *by_zone.entry(z.name.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+    by_zone
+}
+
+#[tokio::test]
+async fn topology_aware_hints_follow_zone_cpu() {
+    let ns = "ctl-topology";
+    let Some((_cp, client)) = setup(ns).await else {
+        return;
+    };
+    // Two Ready zones of equal CPU (other tests' Nodes are never Ready: they do not count).
+    let nodes = [format!("{ns}-node-a"), format!("{ns}-node-b")];
+    for (name, zone) in nodes.iter().zip(["zone-a", "zone-b"]) {
+        fixtures::node(&client, name, Some(zone)).await.expect("node");
+        node_status(&client, name, "4").await;
+    }
+    let mut svc = service("web", "web", IntOrString::Int(8080));
+    svc.metadata.annotations = Some(
+        [(
+            "service.kubernetes.io/topology-mode".to_owned(),
+            "Auto".to_owned(),
+        )]
+        .into(),
+    );
+    let services = Api::<Service>::namespaced(client.clone(), ns);
+    services
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("service");
+    // Six endpoints in zone-a, two in zone-b.
+    let placement: Vec<String> = (0..8).map(|i| nodes[usize::from(i >= 6)].clone()).collect();
+    futures::stream::iter(0..8)
+        .map(|i| {
+            TestPod::new(&format!("web-{i}"))
+                .label("app", "web")
+                .node(&placement[i])
+                .port("http", 8080, "TCP")
+                .ip(&pod_ip(i))
+                .ready(true)
+        })
+        .then(|p| {
+            let client = client.clone();
+            async move { p.create(&client, ns).await.expect("pod") }
+        })
+        .collect::<Vec<_>>()
+        .await;
+    let ctl = Controllers::start(&client, ns, |_| {});
+
+    let even: BTreeMap<String, usize> = [("zone-a".to_owned(), 4), ("zone-b".to_owned(), 4)].into();
+    eventually(30, "hints by CPU share", || async {
+        (hints_by_zone(&client, ns, "web").await == even).then_some(())
+    })
+    .await;
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns);
+    let reasons = || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        Some(
+            list.items
+                .into_iter()
+                .filter_map(|e| Some((e.reason?, e.note.unwrap_or_default())))
+                .collect::<Vec<_>>(),
+        )
+    };
+    eventually(20, "the enabled Event", || async {
+        reasons()
+            .await?
+            .contains(&(
+                "TopologyAwareHintsEnabled".to_owned(),
+                "Topology Aware Hints has been enabled, addressType: IPv4".to_owned(),
+            ))
+            .then_some(())
+    })
+    .await;
+
+    // zone-b grows to three quarters of the CPU: a Node change alone moves the hints.
+    node_status(&client, &nodes[1], "12").await;
+    let skewed: BTreeMap<String, usize> = [("zone-a".to_owned(), 2), ("zone-b".to_owned(), 6)].into();
+    eventually(30, "hints after the CPU change", || async {
+        (hints_by_zone(&client, ns, "web").await == skewed).then_some(())
+    })
+    .await;
+
+    // The annotation goes: no hints, and upstream's Event.
+    services
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"service.kubernetes.io/topology-mode": null}}})),
+        )
+        .await
+        .expect("remove the annotation");
+    eventually(30, "hints removed", || async {
+        hints_by_zone(&client, ns, "web").await.is_empty().then_some(())
+    })
+    .await;
+    eventually(20, "the disabled Event", || async {
+        reasons()
+            .await?
+            .contains(&(
+                "TopologyAwareHintsDisabled".to_owned(),
+                "Topology Aware Hints has been disabled, addressType: IPv4".to_owned(),
+            ))
+            .then_some(())
+    })
+    .await;
+    ctl.stop().await;
+}

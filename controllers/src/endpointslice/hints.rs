@@ -1,11 +1,9 @@
 //! Endpoint hints from `spec.trafficDistribution`, and their removal otherwise.
 //!
-//! Only the per-endpoint heuristic is implemented (a ready endpoint is hinted for its own
-//! zone, and for `PreferSameNode` also its own node). Upstream's CPU-proportional
-//! "topology aware hints" (annotation `service.kubernetes.io/topology-mode: Auto`) need a
-//! cluster-wide node cache and are not implemented: a Service carrying that annotation is
-//! treated as upstream treats it when that feature is off, i.e. the annotation disables
-//! `trafficDistribution` and all hints are removed.
+//! The per-endpoint heuristic of `trafficDistribution` (a ready endpoint is hinted for its own
+//! zone, and for `PreferSameNode` also its own node). The annotation
+//! `service.kubernetes.io/topology-mode: Auto` takes precedence and selects the
+//! CPU-proportional allocation of [`super::topology`].
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointHints, EndpointSlice, ForNode, ForZone};
@@ -21,6 +19,9 @@ pub(crate) enum HintMode {
     SameZone,
     /// Ready endpoints hinted for their own zone and node (`PreferSameNode`).
     SameNode,
+    /// Upstream's CPU-proportional topology-aware hints (`topology-mode: Auto`), see
+    /// [`super::topology`].
+    Auto,
 }
 
 fn topology_annotation_enabled(svc: &Service) -> bool {
@@ -32,9 +33,15 @@ fn topology_annotation_enabled(svc: &Service) -> bool {
     matches!(value.map(String::as_str), Some("Auto" | "auto"))
 }
 
+/// Whether the Service asks for topology-aware hints (`topology-mode: Auto`, or the deprecated
+/// `topology-aware-hints: Auto`): the `topology="Auto"` label of the changes metric.
+pub fn topology_auto(svc: &Service) -> bool {
+    topology_annotation_enabled(svc)
+}
+
 pub(crate) fn hint_mode(svc: &Service) -> HintMode {
     if topology_annotation_enabled(svc) {
-        return HintMode::Remove;
+        return HintMode::Auto;
     }
     match svc.spec.as_ref().and_then(|s| s.traffic_distribution.as_deref()) {
         Some("PreferClose" | "PreferSameZone") => HintMode::SameZone,
@@ -49,7 +56,10 @@ fn is_ready(ep: &Endpoint) -> bool {
 
 /// The hints a ready endpoint should carry under `mode`.
 fn wanted(ep: &Endpoint, mode: HintMode) -> Option<EndpointHints> {
-    let zone = ep.zone.as_ref().filter(|_| mode != HintMode::Remove);
+    let zone = ep
+        .zone
+        .as_ref()
+        .filter(|_| matches!(mode, HintMode::SameZone | HintMode::SameNode));
     let node = ep.node_name.as_ref().filter(|_| mode == HintMode::SameNode);
     if zone.is_none() && node.is_none() {
         return None;
@@ -65,7 +75,7 @@ fn wanted(ep: &Endpoint, mode: HintMode) -> Option<EndpointHints> {
 /// endpoints' hints are left alone (consumers ignore them).
 pub(crate) fn needs_update(slice: &EndpointSlice, mode: HintMode) -> bool {
     slice.endpoints.iter().any(|ep| match mode {
-        HintMode::Remove => ep.hints.is_some(),
+        HintMode::Remove | HintMode::Auto => ep.hints.is_some(),
         _ => is_ready(ep) && ep.hints != wanted(ep, mode),
     })
 }
@@ -74,7 +84,7 @@ pub(crate) fn needs_update(slice: &EndpointSlice, mode: HintMode) -> bool {
 pub(crate) fn apply(slice: &mut EndpointSlice, mode: HintMode) {
     for ep in &mut slice.endpoints {
         match mode {
-            HintMode::Remove => ep.hints = None,
+            HintMode::Remove | HintMode::Auto => ep.hints = None,
             _ if is_ready(ep) => ep.hints = wanted(ep, mode),
             _ => {}
         }
@@ -116,7 +126,7 @@ mod tests {
                     .traffic_distribution("PreferClose")
                     .annotations(&[(ANNOTATION_TOPOLOGY_MODE, "Auto")])
                     .build(),
-                HintMode::Remove,
+                HintMode::Auto,
             ),
             (
                 "deprecated annotation wins even when disabled",

@@ -45,6 +45,7 @@ mod metadata;
 mod pods;
 mod ports;
 mod reconcile;
+mod topology;
 mod tracker;
 
 #[cfg(test)]
@@ -56,6 +57,8 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+pub use self::hints::topology_auto;
+pub use self::topology::{AutoHints, topology_inputs, zone_cpu_shares};
 pub use self::tracker::GenerationTracker;
 use crate::error::{ReconcileError, SkippedPod};
 use crate::keys::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE};
@@ -83,6 +86,12 @@ pub struct Config {
     /// [`crate::keys::UPSTREAM_ENDPOINTSLICE_MANAGER`]. The other manager must be stopped
     /// first, or both will keep rewriting the same slices.
     pub adopt_from: Option<String>,
+    /// Whether the apiserver stores endpoint hints. Before Kubernetes 1.33 that takes its
+    /// `TopologyAwareHints` feature gate; without it hints are dropped on write, and writing
+    /// them would only rewrite the same slices over and over. When false, no hints are written
+    /// (`trafficDistribution` and `topology-mode: Auto` are then ignored, as upstream's
+    /// controller ignores them with the gate off). The runtime asks the apiserver at start-up.
+    pub endpoint_hints: bool,
 }
 
 impl Default for Config {
@@ -91,6 +100,7 @@ impl Default for Config {
             max_endpoints_per_slice: DEFAULT_MAX_ENDPOINTS_PER_SLICE,
             managed_by: DEFAULT_MANAGED_BY.to_string(),
             adopt_from: None,
+            endpoint_hints: true,
         }
     }
 }
@@ -214,6 +224,12 @@ pub enum NodeZone {
 pub trait NodeZones {
     /// Looks a node up by name.
     fn zone_of(&self, node_name: &str) -> NodeZone;
+
+    /// Each zone's share of the cluster's allocatable CPU, for topology-aware hints; see
+    /// [`zone_cpu_shares`]. `None`: not known (hints are then refused).
+    fn zone_cpu_shares(&self) -> Option<BTreeMap<String, f64>> {
+        None
+    }
 }
 
 /// The zone label of a Node.
@@ -278,6 +294,10 @@ impl NodeZones for kube::runtime::reflector::Store<Node> {
             None => NodeZone::NotFound,
         }
     }
+
+    fn zone_cpu_shares(&self) -> Option<BTreeMap<String, f64>> {
+        zone_cpu_shares(self.state().iter().map(AsRef::as_ref))
+    }
 }
 
 /// Counters of one sync, for the controller's metrics (`endpoint_slice_controller_*`).
@@ -313,6 +333,9 @@ pub struct SlicePlan {
     pub delete: Vec<EndpointSlice>,
     /// Pods left out because their Node was not found; see [`SlicePlan::partial_error`].
     pub skipped_pods: Vec<SkippedPod>,
+    /// For a Service with `topology-mode: Auto`: per address type (`IPv4`, `IPv6`), the
+    /// hints allocated or why there are none (the caller's Events).
+    pub topology: Vec<(String, AutoHints)>,
     /// Counters for metrics.
     pub metrics: SyncStats,
 }

@@ -12,6 +12,7 @@ use super::metadata::{
 };
 use super::pods::{EndpointKey, address_types, build_endpoint, endpoint_key, equal_beyond_key};
 use super::ports::{PortKey, endpoint_ports, port_key};
+use super::topology::{self, AutoHints};
 use super::{Config, NodeZone, NodeZones, SlicePlan};
 use crate::error::{ReconcileError, SkippedPod};
 use crate::ip::AddressType;
@@ -25,6 +26,8 @@ struct Ctx<'a> {
     labels: BTreeMap<String, String>,
     cfg: &'a Config,
     hint_mode: HintMode,
+    /// Zone CPU shares, looked up only for `HintMode::Auto`.
+    zone_shares: Option<BTreeMap<String, f64>>,
 }
 
 impl Ctx<'_> {
@@ -70,12 +73,20 @@ pub(super) fn reconcile(
         return Ok(SlicePlan::default());
     }
     let id = ServiceId::of(svc)?;
+    let hint_mode = if cfg.endpoint_hints {
+        hints::hint_mode(svc)
+    } else {
+        HintMode::Remove
+    };
     let ctx = Ctx {
         svc,
         labels: desired_labels(svc, &id, cfg),
         id,
         cfg,
-        hint_mode: hints::hint_mode(svc),
+        hint_mode,
+        zone_shares: (hint_mode == HintMode::Auto)
+            .then(|| nodes.zone_cpu_shares())
+            .flatten(),
     };
     let types = address_types(svc);
 
@@ -236,14 +247,31 @@ fn reconcile_address_type(
 
     // Hints: written slices get the right ones; an unchanged slice is rewritten only if its
     // hints are wrong.
-    for s in create.iter_mut().chain(update.iter_mut()) {
-        hints::apply(s, ctx.hint_mode);
+    let mut mode = ctx.hint_mode;
+    if mode == HintMode::Auto {
+        let outcome = topology::add_hints(
+            &mut create,
+            &mut update,
+            &mut unchanged,
+            ctx.zone_shares.as_ref(),
+            |s| ctx.rewrite(s),
+        );
+        if matches!(outcome, AutoHints::Refused(_)) {
+            // Upstream's RemoveHintsFromSlices: no hint anywhere.
+            mode = HintMode::Remove;
+        }
+        plan.topology.push((at.as_str().to_owned(), outcome));
     }
-    for s in unchanged {
-        if hints::needs_update(s, ctx.hint_mode) {
-            let mut u = ctx.rewrite(s);
-            hints::apply(&mut u, ctx.hint_mode);
-            update.push(u);
+    if mode != HintMode::Auto {
+        for s in create.iter_mut().chain(update.iter_mut()) {
+            hints::apply(s, mode);
+        }
+        for s in unchanged {
+            if hints::needs_update(s, mode) {
+                let mut u = ctx.rewrite(s);
+                hints::apply(&mut u, mode);
+                update.push(u);
+            }
         }
     }
 

@@ -948,3 +948,92 @@ fn last_batch_goes_to_the_best_fitting_unchanged_slice() {
         }
     }
 }
+
+/// Nodes `node-a*` in zone-a, the rest in zone-b, with the given CPU shares.
+struct Zoned(Option<std::collections::BTreeMap<String, f64>>);
+
+impl NodeZones for Zoned {
+    fn zone_of(&self, node: &str) -> NodeZone {
+        NodeZone::Found(Some(
+            if node.starts_with("node-a") {
+                "zone-a"
+            } else {
+                "zone-b"
+            }
+            .into(),
+        ))
+    }
+    fn zone_cpu_shares(&self) -> Option<std::collections::BTreeMap<String, f64>> {
+        self.0.clone()
+    }
+}
+
+#[test]
+fn topology_mode_auto_hints_by_cpu_share() {
+    use crate::keys::ANNOTATION_TOPOLOGY_MODE;
+    let s = svc("web")
+        .annotations(&[(ANNOTATION_TOPOLOGY_MODE, "Auto")])
+        .traffic_distribution("PreferClose")
+        .build();
+    // 9 pods in zone-a, 3 in zone-b; zone-b has half the CPU.
+    let ps: Vec<Pod> = (0..12)
+        .map(|i| {
+            let node = if i < 9 { "node-a" } else { "node-b" };
+            pod(&format!("p{i:02}")).ips(&[&ip4(i)]).node(node).build()
+        })
+        .collect();
+    let even = Zoned(Some(
+        [("zone-a".to_owned(), 0.5), ("zone-b".to_owned(), 0.5)].into(),
+    ));
+    let run = |api: &Api, nodes: &Zoned| reconcile(&s, &refs(&ps), nodes, &api.refs(), &cfg(), None).unwrap();
+    let mut api = Api::default();
+    let plan = run(&api, &even);
+    let by_zone: std::collections::BTreeMap<String, usize> =
+        [("zone-a".to_owned(), 6), ("zone-b".to_owned(), 6)].into();
+    assert_eq!(
+        plan.topology,
+        vec![("IPv4".to_owned(), AutoHints::Allocated(by_zone.clone()))]
+    );
+    let hinted_to = |slice: &EndpointSlice, zone: &str| {
+        slice
+            .endpoints
+            .iter()
+            .filter(|e| e.hints.as_ref().unwrap().for_zones.as_ref().unwrap()[0].name == zone)
+            .count()
+    };
+    assert_eq!(
+        hinted_to(&plan.create[0], "zone-b"),
+        6,
+        "annotation beats trafficDistribution"
+    );
+    api.apply(&plan);
+    let again = run(&api, &even);
+    assert!(again.is_empty(), "valid hints are left alone");
+    assert_eq!(
+        again.topology,
+        vec![("IPv4".to_owned(), AutoHints::Allocated(by_zone))]
+    );
+
+    // Node information lost: every hint is removed, with upstream's reason.
+    let unknown = Zoned(None);
+    let plan = run(&api, &unknown);
+    assert_eq!(counts(&plan), (0, 1, 0));
+    assert!(plan.update[0].endpoints.iter().all(|e| e.hints.is_none()));
+    assert_eq!(
+        plan.topology,
+        vec![(
+            "IPv4".to_owned(),
+            AutoHints::Refused(super::topology::INSUFFICIENT_NODE_INFO.into())
+        )]
+    );
+    api.apply(&plan);
+    assert!(run(&api, &unknown).is_empty(), "no hints, nothing to remove");
+
+    // An apiserver that drops hints: none are written, and nothing is reported.
+    let no_hints = Config {
+        endpoint_hints: false,
+        ..cfg()
+    };
+    let plan = reconcile(&s, &refs(&ps), &even, &api.refs(), &no_hints, None).unwrap();
+    assert!(plan.is_empty() && plan.topology.is_empty(), "{plan:?}");
+}

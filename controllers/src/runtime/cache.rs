@@ -3,7 +3,11 @@
 //! EndpointSlices and Endpoints are kept whole but for `managedFields`: updates are full PUTs
 //! built from the cached object, and a trimmed field would be erased on the server.
 
-use k8s_openapi::api::core::v1::{Container, ContainerPort, Node, Pod, PodSpec, PodStatus, Service};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, Node, NodeStatus, Pod, PodSpec, PodStatus, Service,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::keys::{ANNOTATION_TOPOLOGY_AWARE_HINTS, ANNOTATION_TOPOLOGY_MODE, LABEL_TOPOLOGY_ZONE};
@@ -69,21 +73,39 @@ pub fn trim_service(svc: &mut Service) {
     svc.status = None;
 }
 
-/// Keeps the Node's name, resourceVersion and zone label.
+/// Keeps what endpoints and topology-aware hints use: the Node's name, resourceVersion, zone
+/// and control-plane labels, allocatable CPU and Ready condition.
 pub fn trim_node(node: &mut Node) {
-    let zone = node
+    const KEPT_LABELS: [&str; 3] = [
+        LABEL_TOPOLOGY_ZONE,
+        "node-role.kubernetes.io/control-plane",
+        "node-role.kubernetes.io/master",
+    ];
+    let labels: BTreeMap<String, String> = node
         .metadata
         .labels
-        .as_mut()
-        .and_then(|l| l.remove(LABEL_TOPOLOGY_ZONE));
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| KEPT_LABELS.contains(&k.as_str()))
+        .collect();
     node.metadata = ObjectMeta {
         name: node.metadata.name.take(),
         resource_version: node.metadata.resource_version.take(),
-        labels: zone.map(|z| [(LABEL_TOPOLOGY_ZONE.to_owned(), z)].into()),
+        labels: (!labels.is_empty()).then_some(labels),
         ..Default::default()
     };
     node.spec = None;
-    node.status = None;
+    node.status = node.status.take().map(|st| NodeStatus {
+        allocatable: st
+            .allocatable
+            .and_then(|mut a| a.remove("cpu"))
+            .map(|cpu| [("cpu".to_owned(), cpu)].into()),
+        conditions: st
+            .conditions
+            .map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect()),
+        ..Default::default()
+    });
 }
 
 /// Drops only `managedFields`, which the apiserver maintains itself.
@@ -146,15 +168,29 @@ mod tests {
     }
 
     #[test]
-    fn trimmed_nodes_keep_only_the_zone() {
-        let mut node: Node = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "z1", "other": "x"}},
-            "status": {"capacity": {"cpu": "4"}}
-        }))
-        .unwrap();
-        trim_node(&mut node);
-        assert_eq!(crate::endpointslice::node_zone(&node), Some("z1"));
-        assert_eq!(node.metadata.labels.as_ref().unwrap().len(), 1);
-        assert!(node.status.is_none());
+    fn trimmed_nodes_keep_zone_cpu_and_readiness() {
+        let full = |zone: &str, cpu: &str| -> Node {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("n-{zone}"), "labels": {"topology.kubernetes.io/zone": zone, "other": "x"},
+                    "annotations": {"big": "x".repeat(4096)}},
+                "spec": {"podCIDR": "10.244.0.0/24"},
+                "status": {"capacity": {"cpu": "8"}, "allocatable": {"cpu": cpu, "memory": "16Gi"},
+                    "conditions": [{"type": "Ready", "status": "True"}, {"type": "MemoryPressure", "status": "False"}],
+                    "images": [{"names": ["registry/big:1"], "sizeBytes": 1}]}
+            }))
+            .unwrap()
+        };
+        let nodes = [full("z1", "3"), full("z2", "1")];
+        let mut trimmed = nodes.clone();
+        trimmed.iter_mut().for_each(trim_node);
+        assert_eq!(crate::endpointslice::node_zone(&trimmed[0]), Some("z1"));
+        assert_eq!(trimmed[0].metadata.labels.as_ref().unwrap().len(), 1);
+        let st = trimmed[0].status.as_ref().unwrap();
+        assert_eq!(st.allocatable.as_ref().unwrap().len(), 1);
+        assert_eq!(st.conditions.as_ref().unwrap().len(), 1);
+        assert!(st.images.is_none() && st.capacity.is_none() && trimmed[0].spec.is_none());
+        let shares = crate::endpointslice::zone_cpu_shares(&trimmed);
+        assert_eq!(shares, crate::endpointslice::zone_cpu_shares(&nodes));
+        assert_eq!(shares.unwrap()["z1"], 0.75);
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Context, Which, cache, lock};
 use crate::ServiceKey;
-use crate::endpointslice::service_key_for_slice;
+use crate::endpointslice::{service_key_for_slice, topology_inputs};
 use crate::keys::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME};
 use crate::triggers::{services_for_pod, services_for_pod_update};
 
@@ -164,7 +164,7 @@ pub(crate) async fn run(ctx: Arc<Context>, mut w: Writers, shutdown: Cancellatio
             Ev::Node(e) => {
                 restarted(&ctx, &e, "nodes");
                 if let Some(nw) = w.nodes.as_mut() {
-                    nw.apply_watcher_event(&e);
+                    on_node(&ctx, nw, *e);
                 }
             }
             Ev::Slice(e) => {
@@ -242,6 +242,28 @@ fn on_pod(ctx: &Context, w: &mut Writer<Pod>, e: Event<Pod>) {
     ctx.caches.pods_by_ns.apply(&ctx.caches.pods, &e);
     for key in keys {
         ctx.enqueue_both(&key, ctx.cfg.batch_period);
+    }
+}
+
+/// Applies a Node event. When it changes the zones' CPU shares, the Services with
+/// topology-aware hints are resynced (upstream requeues the ones whose hints became
+/// overloaded; a resync of the others finds their hints still valid and writes nothing).
+/// Zones of endpoints are refreshed by the next sync of their Service, as upstream.
+fn on_node(ctx: &Context, w: &mut Writer<Node>, e: Event<Node>) {
+    let reshares = match &e {
+        Event::Apply(new) => {
+            let old = ctx.caches.nodes.get(&ObjectRef::from_obj(new));
+            old.as_deref().map(topology_inputs) != Some(topology_inputs(new))
+        }
+        Event::Delete(_) | Event::InitDone => true,
+        Event::Init | Event::InitApply(_) => false,
+    };
+    w.apply_watcher_event(&e);
+    if reshares {
+        let keys: Vec<ServiceKey> = lock(&ctx.hinted).keys().cloned().collect();
+        for key in keys {
+            ctx.enqueue(Which::Slices, key, ctx.cfg.batch_period);
+        }
     }
 }
 

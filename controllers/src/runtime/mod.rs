@@ -14,7 +14,7 @@ mod metrics;
 pub mod queue;
 mod slices_sync;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -158,6 +158,9 @@ pub(crate) struct Context {
     pub(crate) slice_tracker: Mutex<GenerationTracker>,
     pub(crate) slice_triggers: Mutex<TriggerTimeTracker>,
     pub(crate) slice_stats: Mutex<HashMap<ServiceKey, SyncStats>>,
+    /// Services whose slices carry topology-aware hints, with the address types hinted: for
+    /// upstream's enabled/disabled Events, and requeued when Nodes change their CPU shares.
+    pub(crate) hinted: Mutex<HashMap<ServiceKey, BTreeSet<String>>>,
     pub(crate) endpoints_stale: Mutex<StaleEndpointsTracker>,
     pub(crate) endpoints_triggers: Mutex<TriggerTimeTracker>,
     pub(crate) slice_recorder: Recorder,
@@ -308,11 +311,15 @@ impl Controllers {
 
 async fn start(
     client: kube::Client,
-    cfg: RuntimeConfig,
+    mut cfg: RuntimeConfig,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<Controllers, RunError> {
     cfg.slices.validate()?;
+    if cfg.endpointslice && cfg.slices.endpoint_hints {
+        let ns = cfg.namespace.as_deref().unwrap_or("default");
+        cfg.slices.endpoint_hints = apiserver_keeps_hints(&client, ns).await;
+    }
     let (services, services_w) = reflector::store::<Service>();
     let (pods, pods_w) = reflector::store::<Pod>();
     let (nodes, nodes_w) = reflector::store::<Node>();
@@ -350,6 +357,7 @@ async fn start(
         slice_tracker: Mutex::new(GenerationTracker::new()),
         slice_triggers: Mutex::new(TriggerTimeTracker::new()),
         slice_stats: Mutex::new(HashMap::new()),
+        hinted: Mutex::new(HashMap::new()),
         endpoints_stale: Mutex::new(StaleEndpointsTracker::new()),
         endpoints_triggers: Mutex::new(TriggerTimeTracker::new()),
         cfg,
@@ -391,6 +399,52 @@ async fn start(
     // The dispatcher ends by itself on shutdown.
     drop(dispatcher);
     Ok(Controllers { ctx })
+}
+
+/// Asks the apiserver whether it stores endpoint hints (before 1.33 they depend on its
+/// `TopologyAwareHints` gate, which no API reports), with a dry-run create: nothing is stored.
+async fn apiserver_keeps_hints(client: &kube::Client, ns: &str) -> bool {
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointHints, ForZone};
+    let probe = EndpointSlice {
+        metadata: kube::api::ObjectMeta {
+            generate_name: Some("portico-hints-probe-".into()),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: vec![Endpoint {
+            addresses: vec!["192.0.2.1".into()],
+            zone: Some("probe".into()),
+            hints: Some(EndpointHints {
+                for_zones: Some(vec![ForZone { name: "probe".into() }]),
+                for_nodes: None,
+            }),
+            ..Default::default()
+        }],
+        ports: None,
+    };
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    match kube::Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .create(&dry_run, &probe)
+        .await
+    {
+        Ok(back) => {
+            let keeps = back.endpoints.first().is_some_and(|e| e.hints.is_some());
+            if !keeps {
+                tracing::warn!(
+                    "the apiserver drops endpoint hints (its TopologyAwareHints feature gate is off): \
+                     trafficDistribution and topology-mode: Auto are ignored"
+                );
+            }
+            keeps
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not ask the apiserver whether it keeps endpoint hints; assuming it does");
+            true
+        }
+    }
 }
 
 async fn worker(ctx: Arc<Context>, which: Which, token: CancellationToken) {

@@ -9,7 +9,7 @@ use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType};
 
 use super::{Context, SyncError, cached_service, lock, selected_pods};
-use crate::endpointslice::{SyncStats, reconcile, slices_for_service};
+use crate::endpointslice::{AutoHints, SyncStats, reconcile, slices_for_service, topology_auto};
 use crate::keys::LABEL_SERVICE_NAME;
 use crate::{ServiceKey, is_service_handled};
 
@@ -51,9 +51,11 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
         .as_ref()
         .and_then(|s| s.traffic_distribution.as_deref())
         .unwrap_or("");
+    let auto = topology_auto(&svc);
     m.slices_changed_per_sync
-        .with_label_values(&["Disabled", traffic])
+        .with_label_values(&[if auto { "Auto" } else { "Disabled" }, traffic])
         .observe(plan.writes() as f64);
+    topology_events(ctx, key, &svc, auto, &plan.topology).await;
     if !plan.is_empty() {
         tracing::debug!(
             creates = plan.create.len(),
@@ -84,7 +86,55 @@ fn belongs_to(s: &EndpointSlice, key: &ServiceKey) -> bool {
 
 /// Upstream leaves slices of a deleted Service to the garbage collector (they are owned by the
 /// Service). Portico also runs where no garbage collector does, so it deletes its own.
+/// Upstream's topology-aware hints Events: enabled when a Service first gets hints; disabled,
+/// with the reason, whenever they are refused, and when the annotation goes away.
+async fn topology_events(
+    ctx: &Context,
+    key: &ServiceKey,
+    svc: &Arc<Service>,
+    auto: bool,
+    outcomes: &[(String, AutoHints)],
+) {
+    const DISABLED: &str = "TopologyAwareHintsDisabled";
+    let mut events: Vec<(EventType, &str, String)> = Vec::new();
+    {
+        let mut hinted = lock(&ctx.hinted);
+        if auto {
+            for (at, outcome) in outcomes {
+                match outcome {
+                    AutoHints::Allocated(_) => {
+                        let populated = hinted.contains_key(key);
+                        hinted.entry(key.clone()).or_default().insert(at.clone());
+                        if !populated {
+                            let note = format!("Topology Aware Hints has been enabled, addressType: {at}");
+                            events.push((EventType::Normal, "TopologyAwareHintsEnabled", note));
+                        }
+                    }
+                    AutoHints::Refused(why) => {
+                        if let Some(types) = hinted.get_mut(key) {
+                            types.remove(at);
+                            if types.is_empty() {
+                                hinted.remove(key);
+                            }
+                        }
+                        events.push((EventType::Warning, DISABLED, format!("{why}, addressType: {at}")));
+                    }
+                }
+            }
+        } else if let Some(types) = hinted.remove(key) {
+            for at in types {
+                let note = format!("Topology Aware Hints has been disabled, addressType: {at}");
+                events.push((EventType::Warning, DISABLED, note));
+            }
+        }
+    }
+    for (type_, reason, note) in events {
+        publish_event(ctx, svc, type_, reason, note).await;
+    }
+}
+
 async fn service_gone(ctx: &Context, api: &Api<EndpointSlice>, key: &ServiceKey) -> Result<(), SyncError> {
+    lock(&ctx.hinted).remove(key);
     lock(&ctx.slice_tracker).delete_service(key);
     lock(&ctx.slice_triggers).delete_service(key);
     record_stats(ctx, key, None);
@@ -189,8 +239,12 @@ fn record_stats(ctx: &Context, key: &ServiceKey, stats: Option<&SyncStats>) {
 }
 
 async fn warn_event(ctx: &Context, svc: &Arc<Service>, reason: &str, note: String) {
+    publish_event(ctx, svc, EventType::Warning, reason, note).await;
+}
+
+async fn publish_event(ctx: &Context, svc: &Arc<Service>, type_: EventType, reason: &str, note: String) {
     let ev = Event {
-        type_: EventType::Warning,
+        type_,
         reason: reason.into(),
         note: Some(note),
         action: "Sync".into(),

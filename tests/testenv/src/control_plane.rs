@@ -206,6 +206,11 @@ impl ControlPlane {
             "--allow-privileged=true".to_owned(),
             "--profiling=false".to_owned(),
         ];
+        // Endpoint hints are stored only with this gate, GA (always on) from 1.33; enable it
+        // where it still is a gate, so tests see the behaviour of current clusters.
+        if matches!(apiserver_minor(&assets.kube_apiserver), Some(21..=32)) {
+            api_args.push("--feature-gates=TopologyAwareHints=true".to_owned());
+        }
         api_args.extend(config.extra_apiserver_args.iter().cloned());
         let apiserver_cmd = (assets.kube_apiserver.clone(), api_args);
         let mut apiserver = spawn_apiserver(&apiserver_cmd, &dir)?;
@@ -349,6 +354,20 @@ fn default_base_dir() -> PathBuf {
     }
 }
 
+/// The minor version `kube-apiserver --version` reports (`Kubernetes v1.24.0-portico`: 24).
+fn apiserver_minor(binary: &Path) -> Option<u32> {
+    let out = std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()?;
+    parse_minor(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_minor(version: &str) -> Option<u32> {
+    let v = version.split_whitespace().last()?.strip_prefix("v1.")?;
+    v.split(['.', '-', '+']).next()?.parse().ok()
+}
+
 fn spawn_apiserver((program, args): &(PathBuf, Vec<String>), dir: &Path) -> Result<Supervised, Error> {
     let mut cmd = Command::new(program);
     cmd.args(args);
@@ -451,4 +470,15 @@ async fn client_from(kubeconfig: &Path, impersonate: Option<(&str, &[&str])>) ->
     }
     let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
     Ok(kube::Client::try_from(config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn apiserver_versions() {
+        assert_eq!(super::parse_minor("Kubernetes v1.24.0-portico\n"), Some(24));
+        assert_eq!(super::parse_minor("Kubernetes v1.33.2"), Some(33));
+        assert_eq!(super::parse_minor("Kubernetes v1.35.0-alpha.1+abc"), Some(35));
+        assert_eq!(super::parse_minor("garbage"), None);
+    }
 }
