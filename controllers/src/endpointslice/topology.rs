@@ -36,7 +36,9 @@ const MIN_EXCEEDS_THRESHOLD: &str =
 /// any such Node lacks a zone or CPU, or fewer than two zones have any (upstream's
 /// `SetNodes`).
 pub fn zone_cpu_shares<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Option<BTreeMap<String, f64>> {
-    let mut by_zone: BTreeMap<String, i64> = BTreeMap::new();
+    // Exact sums in nanocores, rounded to millicores only at the end, as upstream adds
+    // Quantities and then takes their MilliValue.
+    let mut by_zone: BTreeMap<String, i128> = BTreeMap::new();
     for node in nodes {
         let labels = node.metadata.labels.as_ref();
         if EXCLUDED_NODE_LABELS
@@ -54,18 +56,20 @@ pub fn zone_cpu_shares<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Option<
             .as_ref()
             .and_then(|s| s.allocatable.as_ref())
             .and_then(|a| a.get("cpu"))
-            .and_then(|q| cpu_milli(&q.0))
-            .filter(|m| *m > 0)?;
-        *by_zone.entry(zone.clone()).or_default() += cpu;
+            .and_then(|q| cpu_nanocores(&q.0))
+            .filter(|n| *n > 0)?;
+        let sum = by_zone.entry(zone.clone()).or_default();
+        *sum = sum.checked_add(cpu)?;
     }
-    let total: i64 = by_zone.values().sum();
+    let milli = |nano: i128| (nano + 999_999) / 1_000_000;
+    let total = milli(by_zone.values().try_fold(0i128, |a, b| a.checked_add(*b))?);
     if by_zone.len() < 2 || total <= 0 {
         return None;
     }
     Some(
         by_zone
             .into_iter()
-            .map(|(z, cpu)| (z, cpu as f64 / total as f64))
+            .map(|(z, cpu)| (z, milli(cpu) as f64 / total as f64))
             .collect(),
     )
 }
@@ -96,27 +100,57 @@ pub(crate) fn node_ready(node: &Node) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// A CPU quantity in millicores, rounded up as `resource.Quantity.MilliValue` does; `None`
-/// when it does not parse.
-pub(crate) fn cpu_milli(q: &str) -> Option<i64> {
+/// A CPU quantity (`4`, `3920m`, `0.5`, `100n`, `1Ki`, `1e3`) in nanocores, exactly (smaller
+/// fractions round up); `None` when it is not a Kubernetes quantity.
+pub(crate) fn cpu_nanocores(q: &str) -> Option<i128> {
     let q = q.trim();
     let split = q
         .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
         .unwrap_or(q.len());
     let (number, suffix) = q.split_at(split);
-    let scale = match suffix {
-        "m" => 1.0,
-        "" => 1e3,
-        "k" => 1e6,
-        "M" => 1e9,
-        "G" => 1e12,
-        "Ki" => 1024.0 * 1e3,
-        "Mi" => 1024.0 * 1024.0 * 1e3,
+    // (power of ten, power of two) of the suffix.
+    let (mut exp10, exp2): (i32, u32) = match suffix {
+        "n" => (-9, 0),
+        "u" => (-6, 0),
+        "m" => (-3, 0),
+        "" => (0, 0),
+        "k" => (3, 0),
+        "M" => (6, 0),
+        "G" => (9, 0),
+        "T" => (12, 0),
+        "P" => (15, 0),
+        "E" => (18, 0),
+        "Ki" => (0, 10),
+        "Mi" => (0, 20),
+        "Gi" => (0, 30),
+        "Ti" => (0, 40),
+        "Pi" => (0, 50),
+        "Ei" => (0, 60),
         _ => return None,
     };
-    let v: f64 = number.parse().ok()?;
-    let milli = (v * scale).ceil();
-    (milli.is_finite() && milli >= 0.0 && milli < i64::MAX as f64).then_some(milli as i64)
+    let (mantissa, exponent) = match number.split_once(['e', 'E']) {
+        Some((m, e)) if suffix.is_empty() => (m, e.parse::<i32>().ok()?),
+        Some(_) => return None,
+        None => (number, 0),
+    };
+    exp10 += exponent;
+    let (whole, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{whole}{frac}");
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 30 {
+        return None;
+    }
+    let mut value: i128 = digits.parse().ok()?;
+    // Scale to nanocores: times 10^(exp10 + 9 - fraction digits), times 2^exp2.
+    let shift = exp10
+        .checked_add(9)?
+        .checked_sub(i32::try_from(frac.len()).ok()?)?;
+    if shift >= 0 {
+        value = value.checked_mul(10i128.checked_pow(u32::try_from(shift).ok()?)?)?;
+    } else {
+        let div = 10i128.checked_pow(u32::try_from(-shift).ok()?)?;
+        value = (value + div - 1) / div;
+    }
+    value.checked_mul(1i128.checked_shl(exp2)?)
 }
 
 /// How many endpoints a zone should be hinted: at least `min`, at most `max`, ideally
@@ -396,19 +430,26 @@ mod tests {
 
     #[test]
     fn cpu_quantities() {
+        const N: i128 = 1_000_000_000;
         let cases = [
-            ("4", Some(4000)),
-            ("3920m", Some(3920)),
-            ("0.5", Some(500)),
-            ("1.0001", Some(1001)),
-            ("2k", Some(2_000_000)),
-            ("1e2", Some(100_000)),
+            ("4", Some(4 * N)),
+            ("3920m", Some(3_920_000_000)),
+            ("0.5", Some(N / 2)),
+            ("16.1", Some(16_100_000_000)),
+            ("100n", Some(100)),
+            ("1.5u", Some(1_500)),
+            ("2k", Some(2_000 * N)),
+            ("1Ki", Some(1_024 * N)),
+            ("1e2", Some(100 * N)),
+            ("1.5e-9", Some(2)),
             ("", None),
             ("x", None),
             ("4Q", None),
+            ("1e3m", None),
+            ("1.2.3", None),
         ];
         for (q, want) in cases {
-            assert_eq!(cpu_milli(q), want, "{q}");
+            assert_eq!(cpu_nanocores(q), want, "{q}");
         }
     }
 

@@ -246,9 +246,11 @@ fn on_pod(ctx: &Context, w: &mut Writer<Pod>, e: Event<Pod>) {
 }
 
 /// Applies a Node event. When it changes the zones' CPU shares, the Services with
-/// topology-aware hints are resynced (upstream requeues the ones whose hints became
-/// overloaded; a resync of the others finds their hints still valid and writes nothing).
-/// Zones of endpoints are refreshed by the next sync of their Service, as upstream.
+/// topology-aware hints are resynced at once. Upstream requeues only the Services whose hints
+/// became overloaded; a resync of the others finds every zone within its maximum, keeps their
+/// hints and writes nothing for them. Upstream also reacts only to Nodes coming, going, or
+/// changing readiness or zone, and keeps its CPU shares until then; Portico reads the shares
+/// fresh at each sync and reacts to allocatable CPU and control-plane labels too.
 fn on_node(ctx: &Context, w: &mut Writer<Node>, e: Event<Node>) {
     let reshares = match &e {
         Event::Apply(new) => {
@@ -262,7 +264,7 @@ fn on_node(ctx: &Context, w: &mut Writer<Node>, e: Event<Node>) {
     if reshares {
         let keys: Vec<ServiceKey> = lock(&ctx.hinted).keys().cloned().collect();
         for key in keys {
-            ctx.enqueue(Which::Slices, key, ctx.cfg.batch_period);
+            ctx.enqueue(Which::Slices, key, Duration::ZERO);
         }
     }
 }
