@@ -10,7 +10,6 @@ use anyhow::Context as _;
 use clap::Args;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::runtime::reflector::Store;
 use portico_webhook::allocation::{
     AllocationConfig, AllocationMetrics, Repair, RepairConfig, ServiceAllocator, install_crds,
 };
@@ -116,7 +115,7 @@ impl Running {
 pub async fn start(
     client: kube::Client,
     args: &WebhookArgs,
-    pods: Option<Store<Pod>>,
+    pods: Option<Arc<dyn portico_webhook::PodIndex>>,
     registry: &prometheus::Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
@@ -174,7 +173,7 @@ pub async fn start(
             .await
             .context("installing the RangeAllocation CRD")?;
     }
-    let pods = match pods {
+    let pods: Arc<dyn portico_webhook::PodIndex> = match pods {
         Some(pods) => pods,
         None => {
             let (pods, pod_watch) = portico_webhook::pod_store(Api::<Pod>::all(client.clone()));
@@ -186,10 +185,10 @@ pub async fn start(
                 }
                 Ok(())
             });
-            pods
+            Arc::new(pods)
         }
     };
-    let mut handlers = Handlers::new(Validator::new(Options::default()).with_pods(Arc::new(pods)));
+    let mut handlers = Handlers::new(Validator::new(Options::default()).with_pods(pods));
     let allocating = args.service_cluster_ip_range.is_some();
     let mut repair_loop = None;
     if let Some(ranges) = &args.service_cluster_ip_range {

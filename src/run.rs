@@ -206,10 +206,9 @@ pub async fn start(
     };
     // The webhook's targetPort warning reads pods too: share the controllers' cache when it
     // covers every namespace, rather than watching all pods a second time.
-    let pods = controllers
-        .as_ref()
-        .filter(|_| args.namespace.is_none())
-        .map(|c| c.pods());
+    let pods = controllers.as_ref().filter(|_| args.namespace.is_none()).map(
+        |c| -> std::sync::Arc<dyn portico_webhook::PodIndex> { std::sync::Arc::new(c.pods_by_namespace()) },
+    );
     let mut webhook = if args.webhook.webhook {
         Some(crate::admission::start(client.clone(), &args.webhook, pods, &registry, shutdown.clone()).await?)
     } else {

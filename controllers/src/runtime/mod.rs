@@ -268,9 +268,11 @@ impl Controllers {
         start(client, cfg, metrics, shutdown).await
     }
 
-    /// The (trimmed) pod cache, for other readers of pods in the same process.
-    pub fn pods(&self) -> Store<Pod> {
-        self.ctx.caches.pods.clone()
+    /// The cached (trimmed) pods of a namespace, for other readers of pods in the same process;
+    /// from the by-namespace index, so no scan of the cluster.
+    pub fn pods_by_namespace(&self) -> impl Fn(&str) -> Vec<Arc<Pod>> + Send + Sync + 'static {
+        let index = Arc::clone(&self.ctx.caches.pods_by_ns);
+        move |ns: &str| index.filter(ns, |_| true)
     }
 
     /// Syncs every Service and keeps syncing on changes until `token` is cancelled (the lease
