@@ -283,6 +283,23 @@ async fn one_command_wires_allocation_validation_and_controllers() {
     })
     .await;
 
+    // The webhook's targetPort warning reads the controllers' pods (no watch of its own): a
+    // Service naming a port pod a-0 lacks is admitted with a warning.
+    let warned = service(
+        "a-metrics",
+        serde_json::json!({"selector": {"app": "a"}, "ports": [{"name": "m", "port": 9090, "targetPort": "metrics"}]}),
+    );
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    services
+        .create(&dry, &warned)
+        .await
+        .expect("admitted with a warning");
+    let warnings = metric_sum(&portico.metrics_text().await, "portico_webhook_warnings_total");
+    assert_eq!(warnings, 1.0, "one targetPort warning");
+
     // A deleted Service's address comes back for reuse once the repair loop has seen it go.
     services
         .delete("a", &DeleteParams::default())
