@@ -147,7 +147,7 @@ pub(crate) fn cpu_nanocores(q: &str) -> Option<i128> {
     if shift >= 0 {
         value = value.checked_mul(10i128.checked_pow(u32::try_from(shift).ok()?)?)?;
     } else {
-        let div = 10i128.checked_pow(u32::try_from(-shift).ok()?)?;
+        let div = 10i128.checked_pow(u32::try_from(shift.checked_neg()?).ok()?)?;
         value = (value + div - 1) / div;
     }
     value.checked_mul(1i128.checked_shl(exp2)?)
@@ -447,6 +447,8 @@ mod tests {
             ("4Q", None),
             ("1e3m", None),
             ("1.2.3", None),
+            ("1e-2147483648", None),
+            ("1e-30", Some(1)),
         ];
         for (q, want) in cases {
             assert_eq!(cpu_nanocores(q), want, "{q}");

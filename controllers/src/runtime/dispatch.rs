@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Context, Which, cache, lock};
 use crate::ServiceKey;
-use crate::endpointslice::{service_key_for_slice, topology_inputs};
+use crate::endpointslice::{service_key_for_slice, topology_auto, topology_inputs};
 use crate::keys::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME};
 use crate::triggers::{services_for_pod, services_for_pod_update};
 
@@ -262,7 +262,12 @@ fn on_node(ctx: &Context, w: &mut Writer<Node>, e: Event<Node>) {
     };
     w.apply_watcher_event(&e);
     if reshares {
-        let keys: Vec<ServiceKey> = lock(&ctx.hinted).keys().cloned().collect();
+        // The hinted Services, and those asking for hints but refused them (e.g. while a Node
+        // had no zone label yet): the change may be what lets them have hints again.
+        let mut keys: std::collections::BTreeSet<ServiceKey> = lock(&ctx.hinted).keys().cloned().collect();
+        for svc in ctx.caches.services.state_filter(topology_auto) {
+            keys.extend(ServiceKey::of_service(&svc));
+        }
         for key in keys {
             ctx.enqueue(Which::Slices, key, Duration::ZERO);
         }
@@ -277,10 +282,15 @@ fn on_slice(ctx: &Context, w: &mut Writer<EndpointSlice>, e: Event<EndpointSlice
     restarted(ctx, &e, "endpointslices");
     let delay = SLICE_EVENT_MIN_DELAY.max(ctx.cfg.batch_period);
     let cfg = &ctx.cfg.slices;
+    // The index follows the store before anything is queued: a sync reads the index.
+    let apply = |w: &mut Writer<EndpointSlice>, e: &Event<EndpointSlice>| {
+        w.apply_watcher_event(e);
+        ctx.caches.slices_by_ns.apply(&ctx.caches.slices, e);
+    };
     match &e {
         Event::Apply(new) => {
             let old = ctx.caches.slices.get(&ObjectRef::from_obj(new));
-            w.apply_watcher_event(&e);
+            apply(w, &e);
             let moved = old.as_ref().is_some_and(|o| {
                 label(o, LABEL_SERVICE_NAME) != label(new, LABEL_SERVICE_NAME)
                     || label(o, LABEL_MANAGED_BY) != label(new, LABEL_MANAGED_BY)
@@ -308,7 +318,7 @@ fn on_slice(ctx: &Context, w: &mut Writer<EndpointSlice>, e: Event<EndpointSlice
             }
         }
         Event::Delete(s) => {
-            w.apply_watcher_event(&e);
+            apply(w, &e);
             if cfg.manages(s) {
                 let requeue = {
                     let mut t = lock(&ctx.slice_tracker);
@@ -321,12 +331,23 @@ fn on_slice(ctx: &Context, w: &mut Writer<EndpointSlice>, e: Event<EndpointSlice
             }
         }
         Event::InitDone => {
-            w.apply_watcher_event(&e);
+            // A relist brings no deletion events: slices deleted while the watch was down just
+            // vanish. Forget them as deleted, or the tracker would wait forever for them to
+            // show up (upstream's informer delivers such deletions as DeletedFinalStateUnknown).
+            let before = ctx.caches.slices.state();
+            apply(w, &e);
+            let mut tracker = lock(&ctx.slice_tracker);
+            for gone in before
+                .iter()
+                .filter(|s| ctx.caches.slices.get(&ObjectRef::from_obj(s.as_ref())).is_none())
+            {
+                tracker.handle_deletion(gone);
+            }
+            drop(tracker);
             ctx.enqueue_all_services();
         }
-        Event::Init | Event::InitApply(_) => w.apply_watcher_event(&e),
+        Event::Init | Event::InitApply(_) => apply(w, &e),
     }
-    ctx.caches.slices_by_ns.apply(&ctx.caches.slices, &e);
 }
 
 fn on_endpoints(ctx: &Context, w: &mut Writer<Endpoints>, e: Event<Endpoints>) {

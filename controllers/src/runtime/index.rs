@@ -15,13 +15,26 @@ use kube::runtime::watcher::Event;
 /// Objects by namespace, then name.
 pub(crate) struct ByNamespace<K> {
     map: RwLock<HashMap<String, HashMap<String, Arc<K>>>>,
+    /// True once the first list is in. The store says it is ready a moment before the index
+    /// has been rebuilt from it, so readers of the index wait for this instead.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl<K> Default for ByNamespace<K> {
     fn default() -> Self {
         ByNamespace {
             map: RwLock::new(HashMap::new()),
+            ready: tokio::sync::watch::Sender::new(false),
         }
+    }
+}
+
+impl<K> ByNamespace<K> {
+    /// Resolves once the index holds the first complete list.
+    pub(crate) async fn wait_until_ready(&self) {
+        let mut ready = self.ready.subscribe();
+        // Err: the sender is gone, i.e. so is the index; nothing to wait for.
+        let _ = ready.wait_for(|r| *r).await;
     }
 }
 
@@ -85,6 +98,7 @@ where
             .map
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        self.ready.send_replace(true);
     }
 }
 
@@ -128,7 +142,9 @@ mod tests {
         apply(Event::InitApply(pod("a", "p1", "web")));
         apply(Event::InitApply(pod("b", "p2", "web")));
         assert!(index.filter("a", |_| true).is_empty(), "buffered until InitDone");
+        assert!(!*index.ready.borrow(), "not ready before the first list is in");
         apply(Event::InitDone);
+        assert!(*index.ready.borrow());
         assert_eq!(names(index.filter("a", |_| true)), ["p1"]);
         apply(Event::Apply(pod("a", "p3", "db")));
         apply(Event::Apply(pod("a", "p1", "db")));

@@ -378,9 +378,12 @@ async fn start(
         let c = &ctx.caches;
         let _ = c.services.wait_until_ready().await;
         let _ = c.pods.wait_until_ready().await;
+        c.services_by_ns.wait_until_ready().await;
+        c.pods_by_ns.wait_until_ready().await;
         if ctx.cfg.endpointslice {
             let _ = c.nodes.wait_until_ready().await;
             let _ = c.slices.wait_until_ready().await;
+            c.slices_by_ns.wait_until_ready().await;
         }
         if ctx.cfg.endpoints {
             let _ = c.endpoints.wait_until_ready().await;
