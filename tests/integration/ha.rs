@@ -38,14 +38,18 @@ async fn start(cp: &portico_testenv::ControlPlane, identity: &str) -> PorticoPro
 }
 
 async fn is_leader(p: &PorticoProcess) -> bool {
-    let m = p.metrics_text().await;
-    let status = metric_sum(&m, "leader_election_master_status");
-    assert_eq!(
-        status,
-        metric_sum(&m, "portico_is_leader"),
-        "the leadership gauges disagree:\n{m}"
-    );
-    status == 1.0
+    // The two gauges are read one after the other within a scrape: leadership may change in
+    // between, so they must agree on a second scrape at the latest.
+    let mut last = String::new();
+    for _ in 0..2 {
+        let m = p.metrics_text().await;
+        let status = metric_sum(&m, "leader_election_master_status");
+        if status == metric_sum(&m, "portico_is_leader") {
+            return status == 1.0;
+        }
+        last = m;
+    }
+    panic!("the leadership gauges disagree twice in a row:\n{last}");
 }
 
 async fn writes(p: &PorticoProcess) -> f64 {

@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::validation::WorkloadKind;
 
@@ -33,7 +33,9 @@ pub struct Metrics {
     in_flight: IntGauge,
     warnings: IntCounterVec,
     tls_reloads: IntCounterVec,
-    cert_expiry: IntGauge,
+    /// Without labels, and without a sample until a certificate is loaded: a webhook serving
+    /// plain HTTP (tests) exports no expiry rather than a 0 that reads as long expired.
+    cert_expiry: IntGaugeVec,
 }
 
 /// The labels of one answered review.
@@ -88,9 +90,12 @@ impl Metrics {
             ),
             &["result"],
         )?;
-        let cert_expiry = IntGauge::new(
-            "portico_webhook_certificate_expiration_timestamp_seconds",
-            "Expiry (notAfter, Unix seconds) of the serving certificate being presented.",
+        let cert_expiry = IntGaugeVec::new(
+            Opts::new(
+                "portico_webhook_certificate_expiration_timestamp_seconds",
+                "Expiry (notAfter, Unix seconds) of the serving certificate being presented.",
+            ),
+            &[],
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(cert_expiry.clone()))?;
@@ -133,7 +138,9 @@ impl Metrics {
 
     /// Records the notAfter of the certificate now being served.
     pub fn serving_cert_expiry(&self, not_after_unix: i64) {
-        self.cert_expiry.set(not_after_unix);
+        self.cert_expiry
+            .with_label_values::<&str>(&[])
+            .set(not_after_unix);
     }
 
     /// Records a certificate reload attempt.
@@ -208,6 +215,10 @@ mod tests {
         ), "{text}");
         assert!(text.contains(r#"kind="other",operation="other""#), "{text}");
         assert!(text.contains(r#"portico_webhook_warnings_total{kind="other",webhook="validate"} 2"#));
+        assert!(
+            !text.contains("portico_webhook_certificate_expiration_timestamp_seconds"),
+            "no expiry before a certificate is loaded: {text}"
+        );
         assert!(text.contains("portico_webhook_request_duration_seconds_bucket"));
         assert!(text.contains("portico_webhook_requests_in_flight 0"));
         assert!(text.contains(r#"portico_webhook_tls_reloads_total{result="success"} 1"#));

@@ -254,6 +254,9 @@ impl ControlPlane {
     /// Clients keep working across it: what a rolling control-plane upgrade looks like to them.
     pub async fn restart_apiserver(&mut self, down_for: Duration) -> Result<(), Error> {
         self.apiserver.stop();
+        // Keep the stopped process's log for diagnosis; the new one writes a fresh file.
+        let log = self.dir.join("kube-apiserver.log");
+        let _ = std::fs::rename(&log, self.dir.join("kube-apiserver.before-restart.log"));
         tokio::time::sleep(down_for).await;
         // The port was just released; a rebind can race the kernel on a busy machine.
         let mut attempt = 1;
