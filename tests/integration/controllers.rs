@@ -748,3 +748,50 @@ async fn topology_aware_hints_follow_zone_cpu() {
     .await;
     ctl.stop().await;
 }
+
+#[tokio::test]
+async fn a_slice_deleted_while_the_watch_was_down_is_recreated() {
+    // A control plane of its own: its apiserver is stopped.
+    let Ok(assets) = portico_testenv::Assets::discover() else {
+        let _ = portico_testenv::shared(); // prints the skip line
+        return;
+    };
+    let mut cp = portico_testenv::ControlPlane::start_with(&assets, Default::default())
+        .await
+        .expect("control plane");
+    let client = cp.client().await.expect("client");
+    let ns = "ctl-relist";
+    fixtures::namespace(&client, ns).await.expect("namespace");
+    let nodes = nodes(&client, ns).await;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &service("web", "web", IntOrString::String("http".into())),
+        )
+        .await
+        .expect("service");
+    pods(&client, ns, &nodes, "web", 0, 5).await;
+    let ctl = Controllers::start(&client, ns, |_| {});
+    let written = eventually(30, "the slice", || async {
+        let s = slices(&client, ns, "web").await;
+        (summarize(&s).0 == ips(0..5)).then(|| s[0].metadata.name.clone().expect("name"))
+    })
+    .await;
+
+    // The slice Portico wrote goes while the apiserver is down: no watch ever reports it. When
+    // the apiserver is back the controllers relist and must notice it is gone, not wait for
+    // it forever as for a write of their own not yet seen.
+    cp.stop_apiserver();
+    let deleted = cp
+        .etcd_delete(&format!("/registry/endpointslices/{ns}/{written}"))
+        .expect("delete in etcd");
+    assert_eq!(deleted, 1);
+    cp.start_apiserver().await.expect("apiserver back");
+    eventually(60, "the slice recreated", || async {
+        let s = slices(&client, ns, "web").await;
+        (summarize(&s).0 == ips(0..5) && s.iter().all(|x| x.metadata.name.as_ref() != Some(&written)))
+            .then_some(())
+    })
+    .await;
+    ctl.stop().await;
+}

@@ -100,6 +100,7 @@ pub struct ControlPlane {
     /// kube-apiserver's program and arguments, to start it again.
     apiserver_cmd: (PathBuf, Vec<String>),
     etcd: Supervised,
+    etcd_url: String,
     dir: PathBuf,
     server: String,
     kubeconfig: PathBuf,
@@ -241,6 +242,7 @@ impl ControlPlane {
             apiserver,
             apiserver_cmd,
             etcd,
+            etcd_url,
             dir,
             server,
             kubeconfig,
@@ -253,11 +255,23 @@ impl ControlPlane {
     /// port, certificates and etcd (so nothing stored is lost), then waits for `/readyz`.
     /// Clients keep working across it: what a rolling control-plane upgrade looks like to them.
     pub async fn restart_apiserver(&mut self, down_for: Duration) -> Result<(), Error> {
+        self.stop_apiserver();
+        tokio::time::sleep(down_for).await;
+        self.start_apiserver().await
+    }
+
+    /// Kills kube-apiserver (etcd keeps running); [`ControlPlane::start_apiserver`] brings it
+    /// back.
+    pub fn stop_apiserver(&mut self) {
         self.apiserver.stop();
         // Keep the stopped process's log for diagnosis; the new one writes a fresh file.
         let log = self.dir.join("kube-apiserver.log");
         let _ = std::fs::rename(&log, self.dir.join("kube-apiserver.before-restart.log"));
-        tokio::time::sleep(down_for).await;
+    }
+
+    /// Starts kube-apiserver again after [`ControlPlane::stop_apiserver`], on the same port,
+    /// certificates and etcd, and waits for `/readyz`.
+    pub async fn start_apiserver(&mut self) -> Result<(), Error> {
         // The port was just released; a rebind can race the kernel on a busy machine.
         let mut attempt = 1;
         loop {
@@ -276,6 +290,42 @@ impl ControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// Deletes `key` (e.g. `/registry/endpointslices/<ns>/<name>`) from etcd directly, behind
+    /// the apiserver's back: with the apiserver stopped, no watch ever sees that deletion, as
+    /// when a watch was down while it happened. Returns how many keys were deleted.
+    pub fn etcd_delete(&self, key: &str) -> Result<u64, Error> {
+        use base64::Engine;
+        let err = |e: std::io::Error| Error::Io {
+            context: format!("deleting {key} from etcd"),
+            source: e,
+        };
+        let body =
+            serde_json::json!({"key": base64::engine::general_purpose::STANDARD.encode(key)}).to_string();
+        let port: u16 = self
+            .etcd_url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| err(std::io::Error::other("no etcd port")))?;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(err)?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(err)?;
+        let request = format!(
+            "POST /v3/kv/deleterange HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes()).map_err(err)?;
+        let mut response = String::new();
+        s.read_to_string(&mut response).map_err(err)?;
+        let json = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let parsed: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| err(std::io::Error::other(format!("{e}: {response}"))))?;
+        // proto3 JSON: int64 as a string, and absent when 0.
+        Ok(parsed["deleted"]
+            .as_str()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0))
     }
 
     /// The apiserver's URL, `https://127.0.0.1:PORT`.
