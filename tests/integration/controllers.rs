@@ -559,18 +559,19 @@ async fn adopts_upstream_slices_in_place_and_leaves_other_managers_alone() {
     ctl.stop().await;
 }
 
-#[tokio::test]
-async fn an_apiserver_restart_loses_nothing() {
-    // A control plane of its own: restarting the shared one would disturb every other test.
+/// A control plane for one test (`None` when the suite skips), with namespace `ns`, its Nodes
+/// and the Service `web` selecting `app=web` on the named port `http`.
+async fn own_control_plane_with_web(
+    ns: &str,
+) -> Option<(portico_testenv::ControlPlane, kube::Client, Vec<String>)> {
     let Ok(assets) = portico_testenv::Assets::discover() else {
         let _ = portico_testenv::shared(); // prints the skip line
-        return;
+        return None;
     };
-    let mut cp = portico_testenv::ControlPlane::start_with(&assets, Default::default())
+    let cp = portico_testenv::ControlPlane::start_with(&assets, Default::default())
         .await
         .expect("control plane");
     let client = cp.client().await.expect("client");
-    let ns = "ctl-apiserver-restart";
     fixtures::namespace(&client, ns).await.expect("namespace");
     let nodes = nodes(&client, ns).await;
     Api::<Service>::namespaced(client.clone(), ns)
@@ -580,6 +581,16 @@ async fn an_apiserver_restart_loses_nothing() {
         )
         .await
         .expect("service");
+    Some((cp, client, nodes))
+}
+
+#[tokio::test]
+async fn an_apiserver_restart_loses_nothing() {
+    // A control plane of its own: restarting the shared one would disturb every other test.
+    let ns = "ctl-apiserver-restart";
+    let Some((mut cp, client, nodes)) = own_control_plane_with_web(ns).await else {
+        return;
+    };
     let ctl = Controllers::start(&client, ns, |_| {});
     pods(&client, ns, &nodes, "web", 0, 30).await;
     eventually(30, "slices before the restart", || async {
@@ -752,24 +763,10 @@ async fn topology_aware_hints_follow_zone_cpu() {
 #[tokio::test]
 async fn a_slice_deleted_while_the_watch_was_down_is_recreated() {
     // A control plane of its own: its apiserver is stopped.
-    let Ok(assets) = portico_testenv::Assets::discover() else {
-        let _ = portico_testenv::shared(); // prints the skip line
+    let ns = "ctl-relist";
+    let Some((mut cp, client, nodes)) = own_control_plane_with_web(ns).await else {
         return;
     };
-    let mut cp = portico_testenv::ControlPlane::start_with(&assets, Default::default())
-        .await
-        .expect("control plane");
-    let client = cp.client().await.expect("client");
-    let ns = "ctl-relist";
-    fixtures::namespace(&client, ns).await.expect("namespace");
-    let nodes = nodes(&client, ns).await;
-    Api::<Service>::namespaced(client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &service("web", "web", IntOrString::String("http".into())),
-        )
-        .await
-        .expect("service");
     pods(&client, ns, &nodes, "web", 0, 5).await;
     let ctl = Controllers::start(&client, ns, |_| {});
     let written = eventually(30, "the slice", || async {

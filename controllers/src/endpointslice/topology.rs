@@ -551,48 +551,34 @@ mod tests {
     #[test]
     fn refusals() {
         let even = shares(&[("a", 0.5), ("b", 0.5)]);
+        let hint = |eps: Vec<Endpoint>| {
+            add_hints(
+                &mut [slice(eps)],
+                &mut Vec::new(),
+                &mut Vec::new(),
+                Some(&even),
+                Clone::clone,
+            )
+        };
         let mut zoneless = endpoint(1, "a", true);
         zoneless.zone = None;
-        let mut create = vec![slice(vec![
+        let eps = vec![
             endpoint(0, "a", true),
             zoneless,
             endpoint(2, "b", true),
             endpoint(3, "b", true),
-        ])];
-        let out = add_hints(
-            &mut create,
-            &mut Vec::new(),
-            &mut Vec::new(),
-            Some(&even),
-            Clone::clone,
-        );
-        assert_eq!(out, AutoHints::Refused(NO_ZONE_SPECIFIED.to_owned()));
-        let mut three = vec![slice((0..3).map(|i| endpoint(i, "a", true)).collect())];
-        let out = add_hints(
-            &mut three,
-            &mut Vec::new(),
-            &mut Vec::new(),
-            Some(&even),
-            Clone::clone,
-        );
+        ];
+        assert_eq!(hint(eps), AutoHints::Refused(NO_ZONE_SPECIFIED.to_owned()));
         assert_eq!(
-            out,
+            hint((0..3).map(|i| endpoint(i, "a", true)).collect()),
             AutoHints::Refused(
                 "Unable to allocate minimum required endpoints to each zone without exceeding \
                  overload threshold (3 endpoints, 2 zones)"
                     .into()
             )
         );
-        let mut one = vec![slice(vec![endpoint(0, "a", true)])];
-        let out = add_hints(
-            &mut one,
-            &mut Vec::new(),
-            &mut Vec::new(),
-            Some(&even),
-            Clone::clone,
-        );
         assert_eq!(
-            out,
+            hint(vec![endpoint(0, "a", true)]),
             AutoHints::Refused("Insufficient number of endpoints (1 endpoints, 2 zones)".into())
         );
     }
