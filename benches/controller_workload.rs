@@ -12,9 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, PostParams};
 use portico_testenv::fixtures::{self, TestPod};
@@ -222,23 +221,8 @@ async fn main() {
 
     let services = Api::<Service>::namespaced(client.clone(), NS);
     for svc in 0..SERVICES {
-        let s = Service {
-            metadata: ObjectMeta {
-                name: Some(format!("svc-{svc}")),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                selector: Some([("app".to_owned(), format!("svc-{svc}"))].into()),
-                ports: Some(vec![ServicePort {
-                    name: Some("http".into()),
-                    port: 80,
-                    target_port: Some(IntOrString::String("http".into())),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let name = format!("svc-{svc}");
+        let s = fixtures::http_service(&name, &name, IntOrString::String("http".into()));
         services
             .create(&PostParams::default(), &s)
             .await

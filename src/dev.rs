@@ -2,9 +2,8 @@
 
 use anyhow::Context;
 use clap::Args;
-use k8s_openapi::api::core::v1::{Endpoints, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, PostParams};
 use portico_testenv::fixtures::{self, TestPod};
@@ -118,25 +117,11 @@ async fn apply_sample(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
         ("web-nodeport", "NodePort", false),
         ("web-headless", "ClusterIP", true),
     ] {
-        let svc = Service {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                type_: Some(type_.into()),
-                cluster_ip: headless.then(|| "None".to_owned()),
-                selector: Some([("app".to_owned(), "web".to_owned())].into()),
-                ports: Some(vec![ServicePort {
-                    name: Some("http".into()),
-                    port: 80,
-                    target_port: Some(IntOrString::String("http".into())),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let mut svc = fixtures::http_service(name, "web", IntOrString::String("http".into()));
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.type_ = Some(type_.into());
+            spec.cluster_ip = headless.then(|| "None".to_owned());
+        }
         services
             .create(&PostParams::default(), &svc)
             .await

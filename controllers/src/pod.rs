@@ -1,6 +1,6 @@
 //! Pod predicates shared by both controllers: inclusion, readiness, hostname, port lookup.
 
-use k8s_openapi::api::core::v1::{ContainerPort, Pod, Service, ServicePort};
+use k8s_openapi::api::core::v1::{ContainerPort, ObjectReference, Pod, Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -75,6 +75,18 @@ pub(crate) fn hostname_for(pod: &Pod, svc: &Service) -> Option<String> {
 }
 
 /// `spec.nodeName`, empty when unscheduled.
+/// The reference from an endpoint (slice or Endpoints address) to its pod, as upstream writes
+/// it: kind, namespace, name and uid, no resourceVersion.
+pub(crate) fn target_ref(pod: &Pod) -> ObjectReference {
+    ObjectReference {
+        kind: Some("Pod".to_string()),
+        namespace: pod.metadata.namespace.clone(),
+        name: pod.metadata.name.clone(),
+        uid: pod.metadata.uid.clone(),
+        ..Default::default()
+    }
+}
+
 pub(crate) fn node_name(pod: &Pod) -> &str {
     pod.spec
         .as_ref()

@@ -8,9 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use portico_controllers::runtime::{self, Metrics, RuntimeConfig};
@@ -59,24 +58,9 @@ async fn nodes(client: &kube::Client, ns: &str) -> Vec<String> {
 }
 
 fn service(name: &str, app: &str, target: IntOrString) -> Service {
-    Service {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some([("team".to_owned(), "portico".to_owned())].into()),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            selector: Some([("app".to_owned(), app.to_owned())].into()),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: 80,
-                target_port: Some(target),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let mut svc = fixtures::http_service(name, app, target);
+    svc.metadata.labels = Some([("team".to_owned(), "portico".to_owned())].into());
+    svc
 }
 
 fn pod_ip(i: usize) -> String {

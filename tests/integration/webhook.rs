@@ -34,9 +34,9 @@ impl Webhook {
     async fn start(cp: &ControlPlane, client: &kube::Client, ns: &str) -> Self {
         let dir = cp.dir().join(format!("webhook-{ns}"));
         std::fs::create_dir_all(&dir).expect("cert dir");
-        let serving = cp.ca().issue_serving(&["127.0.0.1"]).expect("serving cert");
-        std::fs::write(dir.join("tls.crt"), &serving.cert_pem).expect("write cert");
-        std::fs::write(dir.join("tls.key"), &serving.key_pem).expect("write key");
+        let (cert, key) = cp.ca().issue_serving(&["127.0.0.1"]).expect("serving cert");
+        std::fs::write(dir.join("tls.crt"), cert).expect("write cert");
+        std::fs::write(dir.join("tls.key"), key).expect("write key");
 
         let (store, reflect) = portico_webhook::pod_store(Api::namespaced(client.clone(), ns));
         let pods = tokio::spawn(reflect);

@@ -3,13 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    EndpointAddress, EndpointPort, EndpointSubset, ObjectReference, Pod, Service,
-};
+use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Pod, Service};
 
 use crate::ip::{AddressType, canonical_ip, family_of_loose, ip_sort_key};
 use crate::pod::{
     DEFAULT_PROTOCOL, find_port, hostname_for, is_ready, node_name, pod_ips, should_be_in_endpoints,
+    target_ref,
 };
 use crate::service::{is_cluster_ip_none, is_service_ip_set, publish_not_ready, selects};
 
@@ -40,13 +39,7 @@ pub(crate) fn endpoint_address(svc: &Service, pod: &Pod) -> Option<EndpointAddre
         hostname: hostname_for(pod, svc),
         // Always set, even when empty, as upstream does.
         node_name: Some(node_name(pod).to_string()),
-        target_ref: Some(ObjectReference {
-            kind: Some("Pod".to_string()),
-            namespace: pod.metadata.namespace.clone(),
-            name: pod.metadata.name.clone(),
-            uid: pod.metadata.uid.clone(),
-            ..Default::default()
-        }),
+        target_ref: Some(target_ref(pod)),
     })
 }
 

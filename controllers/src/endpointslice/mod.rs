@@ -294,10 +294,6 @@ impl NodeZones for kube::runtime::reflector::Store<Node> {
             None => NodeZone::NotFound,
         }
     }
-
-    fn zone_cpu_shares(&self) -> Option<BTreeMap<String, f64>> {
-        zone_cpu_shares(self.state().iter().map(AsRef::as_ref))
-    }
 }
 
 /// Counters of one sync, for the controller's metrics (`endpoint_slice_controller_*`).

@@ -3,12 +3,12 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
 
 use crate::ip::{AddressType, canonical_ip, family_of_loose};
 use crate::natural::NaturalString;
-use crate::pod::{hostname_for, is_ready, is_terminating, node_name, pod_ips};
+use crate::pod::{hostname_for, is_ready, is_terminating, node_name, pod_ips, target_ref};
 use crate::service::{is_service_ip_set, publish_not_ready};
 
 /// The address types a Service gets slices for: its `spec.ipFamilies` (unknown entries
@@ -62,13 +62,7 @@ pub(crate) fn build_endpoint(pod: &Pod, svc: &Service, at: AddressType, zone: Op
         hostname: hostname_for(pod, svc),
         node_name: (!node.is_empty()).then(|| node.to_string()),
         zone: zone.filter(|z| !z.is_empty()),
-        target_ref: Some(ObjectReference {
-            kind: Some("Pod".to_string()),
-            namespace: pod.metadata.namespace.clone(),
-            name: pod.metadata.name.clone(),
-            uid: pod.metadata.uid.clone(),
-            ..Default::default()
-        }),
+        target_ref: Some(target_ref(pod)),
         hints: None,
         deprecated_topology: None,
     }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Context, Which, cache, lock};
 use crate::ServiceKey;
-use crate::endpointslice::{service_key_for_slice, topology_auto, topology_inputs};
+use crate::endpointslice::{service_key_for_slice, topology_auto, topology_inputs, zone_cpu_shares};
 use crate::keys::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME};
 use crate::triggers::{services_for_pod, services_for_pod_update};
 
@@ -249,8 +249,8 @@ fn on_pod(ctx: &Context, w: &mut Writer<Pod>, e: Event<Pod>) {
 /// topology-aware hints are resynced at once. Upstream requeues only the Services whose hints
 /// became overloaded; a resync of the others finds every zone within its maximum, keeps their
 /// hints and writes nothing for them. Upstream also reacts only to Nodes coming, going, or
-/// changing readiness or zone, and keeps its CPU shares until then; Portico reads the shares
-/// fresh at each sync and reacts to allocatable CPU and control-plane labels too.
+/// changing readiness or zone, and keeps its CPU shares until then; Portico recomputes them on
+/// any change of their inputs, allocatable CPU and control-plane labels included.
 fn on_node(ctx: &Context, w: &mut Writer<Node>, e: Event<Node>) {
     let reshares = match &e {
         Event::Apply(new) => {
@@ -262,6 +262,10 @@ fn on_node(ctx: &Context, w: &mut Writer<Node>, e: Event<Node>) {
     };
     w.apply_watcher_event(&e);
     if reshares {
+        let shares = zone_cpu_shares(ctx.caches.nodes.state().iter().map(AsRef::as_ref));
+        *ctx.zone_shares
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = shares;
         // The hinted Services, and those asking for hints but refused them (e.g. while a Node
         // had no zone label yet): the change may be what lets them have hints again.
         let mut keys: std::collections::BTreeSet<ServiceKey> = lock(&ctx.hinted).keys().cloned().collect();

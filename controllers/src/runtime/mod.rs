@@ -14,7 +14,7 @@ mod metrics;
 pub mod queue;
 mod slices_sync;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -161,6 +161,9 @@ pub(crate) struct Context {
     /// Services whose slices carry topology-aware hints, with the address types hinted: for
     /// upstream's enabled/disabled Events, and requeued when Nodes change their CPU shares.
     pub(crate) hinted: Mutex<HashMap<ServiceKey, BTreeSet<String>>>,
+    /// The zones' CPU shares for topology-aware hints, recomputed by the dispatcher whenever a
+    /// Node event changes what they are made of (upstream's `SetNodes`), not at every sync.
+    pub(crate) zone_shares: std::sync::RwLock<Option<BTreeMap<String, f64>>>,
     pub(crate) endpoints_stale: Mutex<StaleEndpointsTracker>,
     pub(crate) endpoints_triggers: Mutex<TriggerTimeTracker>,
     pub(crate) slice_recorder: Recorder,
@@ -360,6 +363,7 @@ async fn start(
         slice_triggers: Mutex::new(TriggerTimeTracker::new()),
         slice_stats: Mutex::new(HashMap::new()),
         hinted: Mutex::new(HashMap::new()),
+        zone_shares: std::sync::RwLock::new(None),
         endpoints_stale: Mutex::new(StaleEndpointsTracker::new()),
         endpoints_triggers: Mutex::new(TriggerTimeTracker::new()),
         cfg,

@@ -1,5 +1,6 @@
 //! One sync of the EndpointSlice controller: cached state → plan → API writes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -9,7 +10,9 @@ use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType};
 
 use super::{Context, SyncError, cached_service, lock, selected_pods};
-use crate::endpointslice::{AutoHints, SyncStats, reconcile, slices_for_service, topology_auto};
+use crate::endpointslice::{
+    AutoHints, NodeZone, NodeZones, SyncStats, reconcile, slices_for_service, topology_auto,
+};
 use crate::keys::LABEL_SERVICE_NAME;
 use crate::{ServiceKey, is_service_handled};
 
@@ -35,7 +38,7 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
     let plan = reconcile(
         &svc,
         &pods,
-        &ctx.caches.nodes,
+        &NodeView(ctx),
         &existing,
         &ctx.cfg.slices,
         trigger.as_ref(),
@@ -76,6 +79,24 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
     match plan.partial_error() {
         Some(e) => Err(e.into()),
         None => Ok(()),
+    }
+}
+
+/// Nodes as the reconcile sees them: zones from the node cache, CPU shares as last computed
+/// by the dispatcher.
+struct NodeView<'a>(&'a Context);
+
+impl NodeZones for NodeView<'_> {
+    fn zone_of(&self, node_name: &str) -> NodeZone {
+        self.0.caches.nodes.zone_of(node_name)
+    }
+
+    fn zone_cpu_shares(&self) -> Option<BTreeMap<String, f64>> {
+        self.0
+            .zone_shares
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 

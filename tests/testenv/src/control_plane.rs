@@ -7,7 +7,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use tracing::instrument::WithSubscriber;
 
 use crate::assets::{Assets, MissingAssets};
-use crate::certs::{self, Ca};
+use portico_webhook::DevCa;
+
+use crate::certs;
 use crate::process::{self, Supervised};
 
 /// What can go wrong starting or talking to the control plane.
@@ -28,6 +30,9 @@ pub enum Error {
     /// Certificate generation failed.
     #[error("generating certificates: {0}")]
     Certs(#[from] rcgen::Error),
+    /// Making the CA or the apiserver's serving certificate failed.
+    #[error("{0}")]
+    Ca(#[from] portico_webhook::Error),
     /// A child exited during start-up.
     #[error("{name} exited during start-up ({status}); last log lines:\n{log_tail}")]
     Exited {
@@ -104,7 +109,7 @@ pub struct ControlPlane {
     dir: PathBuf,
     server: String,
     kubeconfig: PathBuf,
-    ca: Ca,
+    ca: DevCa,
     config: ControlPlaneConfig,
 }
 
@@ -171,15 +176,15 @@ impl ControlPlane {
         let mut etcd = spawn_logged("etcd", etcd_cmd, &dir)?;
         wait_etcd(&mut etcd, etcd_port, config.startup_timeout)?;
 
-        let ca = Ca::new("portico-testenv-ca")?;
-        let serving =
+        let ca = DevCa::new("portico-testenv-ca")?;
+        let (serving_cert, serving_key) =
             ca.issue_serving(&["127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc"])?;
         let (sa_key, sa_pub) = certs::signing_key_pem()?;
         let token = random_token().map_err(io("reading /dev/urandom"))?;
         let files = [
             ("ca.crt", ca.pem().to_owned()),
-            ("apiserver.crt", serving.cert_pem.clone()),
-            ("apiserver.key", serving.key_pem.clone()),
+            ("apiserver.crt", serving_cert),
+            ("apiserver.key", serving_key),
             ("sa.key", sa_key),
             ("sa.pub", sa_pub),
             ("tokens.csv", format!("{token},admin,admin,system:masters\n")),
@@ -339,7 +344,7 @@ impl ControlPlane {
     }
 
     /// The CA that signed the apiserver's certificate; it can sign webhook certificates too.
-    pub fn ca(&self) -> &Ca {
+    pub fn ca(&self) -> &DevCa {
         &self.ca
     }
 

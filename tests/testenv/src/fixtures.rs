@@ -1,8 +1,12 @@
 //! What a bare apiserver lacks and tests need: namespaces with their `default` ServiceAccount,
 //! Nodes with zone labels, and Pods whose status a kubelet would have written.
 
-use k8s_openapi::api::core::v1::{Container, ContainerPort, Namespace, Node, Pod, PodSpec, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, Namespace, Node, Pod, PodSpec, Service, ServiceAccount, ServicePort,
+    ServiceSpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -43,6 +47,28 @@ pub async fn namespace(client: &kube::Client, name: &str) -> kube::Result<()> {
 }
 
 /// Creates a Node, with the zone label when given.
+/// A ClusterIP Service `name` selecting `app=<app>`, with one port `http` (80) to
+/// `target_port`.
+pub fn http_service(name: &str, app: &str, target_port: IntOrString) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some([("app".to_owned(), app.to_owned())].into()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(target_port),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 pub async fn node(client: &kube::Client, name: &str, zone: Option<&str>) -> kube::Result<()> {
     let labels = zone.map(|z| BTreeMap::from([(ZONE_LABEL.to_owned(), z.to_owned())]));
     let node = Node {

@@ -14,6 +14,5 @@ mod process;
 mod shared;
 
 pub use assets::{Assets, MissingAssets};
-pub use certs::{Ca, ServingCert};
 pub use control_plane::{ControlPlane, ControlPlaneConfig, Error};
 pub use shared::{shared, skip_notice};

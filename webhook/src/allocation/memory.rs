@@ -7,7 +7,7 @@ use k8s_openapi::jiff::Timestamp;
 use portico_allocators::{IpAllocator, PortAllocator, Refusal};
 
 use super::AllocationConfig;
-use super::plan::{Assignment, IpFamily, Operation, ServicePlan, plan_service};
+use super::plan::{Assignment, IpFamily, Operation, ServicePlan, plan_service, review_name};
 use super::pool::RangeState;
 use super::service::{Decision, Denial, service_request};
 use crate::review::{AdmissionRequest, Verdict};
@@ -101,17 +101,7 @@ impl MemoryAllocator {
             Ok(None) => return Verdict::allow(),
             Err(message) => return Verdict::deny(status::bad_request(message)),
         };
-        let name = req
-            .new
-            .as_ref()
-            .or(req.old.as_ref())
-            .and_then(|s| {
-                s.metadata
-                    .name
-                    .clone()
-                    .or_else(|| s.metadata.generate_name.clone())
-            })
-            .unwrap_or_default();
+        let name = review_name(req.new.as_ref(), req.old.as_ref());
         let mut target = self.clone();
         let decision = match target.decide(req.op, req.new.as_ref(), req.old.as_ref(), expires) {
             Ok((plan, assignment, patch)) => {

@@ -473,6 +473,18 @@ fn service_ref(s: &Service) -> ServiceRef {
 }
 
 /// `spec.type`, defaulted.
+/// The name a denial reports for the Service under review: its name, else its generateName.
+pub(crate) fn review_name(new: Option<&Service>, old: Option<&Service>) -> String {
+    new.or(old)
+        .and_then(|s| {
+            s.metadata
+                .name
+                .clone()
+                .or_else(|| s.metadata.generate_name.clone())
+        })
+        .unwrap_or_default()
+}
+
 pub(crate) fn service_type(spec: &ServiceSpec) -> &str {
     spec.type_.as_deref().unwrap_or("ClusterIP")
 }

@@ -13,7 +13,7 @@ use kube::core::response::Status;
 use portico_allocators::{IpAllocator, PortAllocator, Refusal};
 
 use super::metrics::AllocationMetrics;
-use super::plan::{Assignment, IpFamily, Operation, ServicePlan, Value, Want, plan_service};
+use super::plan::{Assignment, IpFamily, Operation, ServicePlan, Value, Want, plan_service, review_name};
 use super::pool::{Pool, RangeKind, RangeState};
 use super::repair::{self, RepairReport};
 use super::store::{AllocationStore, expiry};
@@ -239,15 +239,7 @@ impl ServiceAllocator {
         old: Option<&Service>,
         dry_run: bool,
     ) -> Result<Decision, AllocationError> {
-        let name = new
-            .or(old)
-            .and_then(|s| {
-                s.metadata
-                    .name
-                    .clone()
-                    .or_else(|| s.metadata.generate_name.clone())
-            })
-            .unwrap_or_default();
+        let name = review_name(new, old);
         let plan = match plan_service(op, new, old, &self.config.families()) {
             Ok(plan) => plan,
             Err(refusals) => return Ok(Decision::Deny(Denial { name, refusals })),
@@ -285,23 +277,22 @@ impl ServiceAllocator {
                     for c in claims {
                         self.count(store.range(), RangeKind::ClusterIp, &c.want, true, dry_run);
                     }
-                    taken_ips.push((family, ips.iter().map(|(_, ip)| *ip).collect()));
+                    // A dry run took nothing, so it leaves nothing to revert.
+                    if !dry_run {
+                        taken_ips.push((family, ips.iter().map(|(_, ip)| *ip).collect()));
+                    }
                     assignment.ips.extend(ips);
                 }
                 Ok(Err(refusal)) => {
                     self.count_refusal(store.range(), RangeKind::ClusterIp, &refusal, dry_run);
-                    if !dry_run {
-                        self.revert(&plan, &taken_ips).await;
-                    }
+                    self.revert(&plan, &taken_ips).await;
                     return Ok(Decision::Deny(Denial {
                         name,
                         refusals: vec![refusal],
                     }));
                 }
                 Err(failure) => {
-                    if !dry_run {
-                        self.revert(&plan, &taken_ips).await;
-                    }
+                    self.revert(&plan, &taken_ips).await;
                     return Err(failure.into());
                 }
             }
@@ -323,18 +314,14 @@ impl ServiceAllocator {
                 }
                 Ok(Err(refusal)) => {
                     self.count_refusal(self.ports.range(), RangeKind::NodePort, &refusal, dry_run);
-                    if !dry_run {
-                        self.revert(&plan, &taken_ips).await;
-                    }
+                    self.revert(&plan, &taken_ips).await;
                     return Ok(Decision::Deny(Denial {
                         name,
                         refusals: vec![refusal],
                     }));
                 }
                 Err(failure) => {
-                    if !dry_run {
-                        self.revert(&plan, &taken_ips).await;
-                    }
+                    self.revert(&plan, &taken_ips).await;
                     return Err(failure.into());
                 }
             }
