@@ -37,6 +37,20 @@ async fn start(cp: &portico_testenv::ControlPlane, identity: &str) -> PorticoPro
     .await
 }
 
+/// Ready pods `web-<i>` for `app=web`, with IP 10.250.0.<i>.
+async fn ready_pods(client: &kube::Client, range: std::ops::Range<usize>) {
+    for i in range {
+        TestPod::new(&format!("web-{i}"))
+            .label("app", "web")
+            .node("ha-node")
+            .ip(&format!("10.250.0.{i}"))
+            .ready(true)
+            .create(client, NS)
+            .await
+            .expect("pod");
+    }
+}
+
 async fn is_leader(p: &PorticoProcess) -> bool {
     // The two gauges are read one after the other within a scrape: leadership may change in
     // between, so they must agree on a second scrape at the latest.
@@ -99,16 +113,7 @@ async fn killing_the_leader_hands_over_without_double_writes() {
         .create(&PostParams::default(), &svc)
         .await
         .expect("service");
-    for i in 0..5 {
-        TestPod::new(&format!("web-{i}"))
-            .label("app", "web")
-            .node("ha-node")
-            .ip(&format!("10.250.0.{i}"))
-            .ready(true)
-            .create(&client, NS)
-            .await
-            .expect("pod");
-    }
+    ready_pods(&client, 0..5).await;
     eventually(20, "slices from the leader", || async {
         (ready_ips(&client).await.len() == 5).then_some(())
     })
@@ -137,16 +142,7 @@ async fn killing_the_leader_hands_over_without_double_writes() {
         "took over in {takeover:?}, lease is 3s"
     );
 
-    for i in 5..8 {
-        TestPod::new(&format!("web-{i}"))
-            .label("app", "web")
-            .node("ha-node")
-            .ip(&format!("10.250.0.{i}"))
-            .ready(true)
-            .create(&client, NS)
-            .await
-            .expect("pod");
-    }
+    ready_pods(&client, 5..8).await;
     let want: BTreeSet<String> = (0..8).map(|i| format!("10.250.0.{i}")).collect();
     let ips = eventually(20, "the new leader's writes", || async {
         let ips = ready_ips(&client).await;

@@ -78,6 +78,20 @@ impl Candidate {
         self.working.load(Ordering::SeqCst)
     }
 
+    /// Waits at most `within` for `run_elected` to end with a loss whose reason contains `why`,
+    /// and checks that the work stopped and the gauge dropped on the way.
+    async fn expect_loss(self, within: Duration, why: &str) {
+        let result = tokio::time::timeout(within, self.handle)
+            .await
+            .expect("the leader gives up in time")
+            .expect("run_elected panicked");
+        match result {
+            Err(LeaderError::Lost { reason, .. }) => assert!(reason.contains(why), "{reason}"),
+            other => panic!("expected a loss, got {other:?}"),
+        }
+        assert!(!self.working.load(Ordering::SeqCst) && self.gauge.get() == 0);
+    }
+
     async fn stop(self) -> Result<(), LeaderError> {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), self.handle)
@@ -236,17 +250,8 @@ async fn a_leader_whose_lease_is_taken_stops_at_once() {
     };
 
     // The leader notices at its next renewal and stops its work before returning.
-    let a_working = a.working.clone();
-    let result = tokio::time::timeout(Duration::from_secs(3), a.handle)
-        .await
-        .expect("the robbed leader returns")
-        .expect("run_elected panicked");
+    a.expect_loss(Duration::from_secs(3), "intruder").await;
     let noticed = stolen.elapsed();
-    match result {
-        Err(LeaderError::Lost { reason, .. }) => assert!(reason.contains("intruder"), "{reason}"),
-        other => panic!("expected a loss, got {other:?}"),
-    }
-    assert!(!a_working.load(Ordering::SeqCst) && a.gauge.get() == 0);
     assert!(
         noticed < Duration::from_secs(1),
         "the loss was noticed after {noticed:?}"
@@ -354,17 +359,8 @@ async fn partitioned_leader_steps_down_before_takeover(ns: &str, reset: bool) {
 
     let cut = Instant::now();
     proxy.cut.cancel();
-    let a_working = a.working.clone();
-    let result = tokio::time::timeout(Duration::from_secs(5), a.handle)
-        .await
-        .expect("the partitioned leader gives up")
-        .expect("run_elected panicked");
+    a.expect_loss(Duration::from_secs(5), "renew deadline").await;
     let stepped_down = cut.elapsed();
-    match result {
-        Err(LeaderError::Lost { reason, .. }) => assert!(reason.contains("renew deadline"), "{reason}"),
-        other => panic!("expected a loss, got {other:?}"),
-    }
-    assert!(!a_working.load(Ordering::SeqCst) && a.gauge.get() == 0);
     // The deadline runs from the last successful renewal, at most one retry period before the
     // cut.
     assert!(
