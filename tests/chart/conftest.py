@@ -5,11 +5,12 @@ The install tests need a running kube-apiserver (RBAC on, admin kubeconfig). In 
 1. `PORTICO_TEST_KUBECONFIG`: a kubeconfig of a running test apiserver (e.g. the one
    `scripts/dev` prints). Nothing is started or stopped.
 2. Otherwise, when a built `portico` binary (`PORTICO_BIN`, else the newest of
-   target/{debug,release}/portico) and kube-apiserver (`KUBEBUILDER_ASSETS`, default
-   /usr/local/kubebuilder/bin) are there: `portico dev --no-sample`, the repository's own
+   target/{debug,release}/portico) is there: `portico dev --no-sample`, the repository's own
    harness (etcd + kube-apiserver, Portico on it), for the session; its kubeconfig is read from
    the `export KUBECONFIG=...` line it prints once Portico is running (its CRD Established,
    its webhooks registered): the tests adopt that CRD into their release, so must not race it.
+   It finds kube-apiserver as the Rust harness does (`KUBEBUILDER_ASSETS`, else the cache of
+   `scripts/build-k8s`) and says so when there is none.
 3. Otherwise the install tests are skipped with a message saying so;
    `PORTICO_REQUIRE_INTEGRATION=1` turns that skip into a failure, as for the Rust suite.
 """
@@ -49,11 +50,6 @@ def _portico_binary() -> Path | None:
     candidates = [REPO / "target" / p / "portico" for p in ("debug", "release")]
     existing = [c for c in candidates if c.is_file() and os.access(c, os.X_OK)]
     return max(existing, key=lambda c: c.stat().st_mtime) if existing else None
-
-
-def _apiserver_present() -> bool:
-    assets = Path(os.environ.get("KUBEBUILDER_ASSETS", "/usr/local/kubebuilder/bin"))
-    return (assets / "kube-apiserver").is_file()
 
 
 class _DevControlPlane:
@@ -125,11 +121,6 @@ def kubeconfig() -> Iterator[Path]:
         _unavailable(
             "no PORTICO_TEST_KUBECONFIG and no built portico binary (cargo build, or PORTICO_BIN) "
             "to start `portico dev` with"
-        )
-    if not _apiserver_present():
-        _unavailable(
-            "no PORTICO_TEST_KUBECONFIG, and KUBEBUILDER_ASSETS="
-            f"{os.environ.get('KUBEBUILDER_ASSETS', '/usr/local/kubebuilder/bin')} has no kube-apiserver"
         )
     dev = _DevControlPlane(binary)
     try:

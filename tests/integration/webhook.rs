@@ -331,13 +331,14 @@ fn portico_message(kind: &str, name: &str, errs: &[FieldError]) -> String {
     portico_webhook::status::invalid("", kind, name, errs).message
 }
 
+/// kubectl from the harness's assets or `PATH`; missing it is a failure where the suite must
+/// run whole (`PORTICO_REQUIRE_INTEGRATION`).
 fn kubectl() -> Option<std::path::PathBuf> {
-    let from_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("kubectl"))
-            .find(|p| p.is_file())
-    });
-    from_path.or_else(|| Some(Path::new("/usr/bin/kubectl").to_owned()).filter(|p| p.is_file()))
+    let found = portico_testenv::Assets::discover().ok().and_then(|a| a.kubectl);
+    if found.is_none() && portico_testenv::integration_required() {
+        panic!("{} is set but there is no kubectl", portico_testenv::REQUIRE_ENV);
+    }
+    found
 }
 
 /// Runs `kubectl create -f -` with `obj`, without blocking the runtime the webhook serves on.

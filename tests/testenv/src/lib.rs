@@ -1,10 +1,11 @@
 //! An envtest-style local control plane: etcd and kube-apiserver as child processes on loopback.
 //!
 //! Portico's controllers and webhook are judged by what a real apiserver ends up holding, so the
-//! integration suite and `portico dev` both start one from here. The binaries come from the
-//! directory named by `KUBEBUILDER_ASSETS` (default `/usr/local/kubebuilder/bin`, the envtest
-//! convention); etcd may also come from `PATH`. When kube-apiserver is absent, [`Assets::discover`]
-//! says so in one line and callers skip rather than fail.
+//! integration suite and `portico dev` both start one from here. The binaries are those
+//! `scripts/build-k8s` builds from the `k8s.io/kubernetes` Go module into its cache (the pinned
+//! release, [`PINNED_VERSION`]), or those in `KUBEBUILDER_ASSETS` (the envtest convention) when it
+//! is set. When kube-apiserver is absent, [`Assets::discover`] says so in one line and callers
+//! skip rather than fail, unless `PORTICO_REQUIRE_INTEGRATION` is set.
 
 mod assets;
 mod certs;
@@ -13,6 +14,6 @@ pub mod fixtures;
 mod process;
 mod shared;
 
-pub use assets::{Assets, MissingAssets};
+pub use assets::{Assets, MissingAssets, PINNED_VERSION, VERSION_ENV, cache_dir};
 pub use control_plane::{ControlPlane, ControlPlaneConfig, Error};
-pub use shared::{shared, skip_notice};
+pub use shared::{REQUIRE_ENV, integration_required, shared, skip_notice};
