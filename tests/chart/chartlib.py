@@ -11,6 +11,7 @@ import os
 import re
 import ssl
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -152,6 +153,14 @@ class KubeError(Exception):
         self.body = body
 
 
+def _retry_after(body: str) -> float:
+    """`details.retryAfterSeconds` of a Status body, 1 s when it has none."""
+    try:
+        return float(json.loads(body)["details"]["retryAfterSeconds"])
+    except (ValueError, KeyError, TypeError):
+        return 1.0
+
+
 class Kube:
     """Just enough of a client: JSON requests with the kubeconfig's current context (bearer
     token or client certificate; CA file or data)."""
@@ -209,7 +218,20 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Any:
+        """One API call. A 429 is retried after the delay the apiserver asks for, as client-go
+        does (up to 10 times): from 1.34 a resource whose watch cache is still filling, such as
+        a CRD just created, answers "storage is (re)initializing" for a moment."""
         data = None if body is None else json.dumps(body).encode()
+        for attempt in range(10):
+            try:
+                return self._request_once(method, path, data, content_type)
+            except KubeError as e:
+                if e.status != 429 or attempt == 9:
+                    raise
+                time.sleep(_retry_after(e.body))
+        raise AssertionError("unreachable")
+
+    def _request_once(self, method: str, path: str, data: bytes | None, content_type: str) -> Any:
         if self.impersonate_user:
             return self._request_impersonating(method, path, data, content_type)
         req = urllib.request.Request(self.server + path, data=data, method=method)

@@ -39,8 +39,16 @@ impl Assets {
     /// etcd may also come from `PATH`.
     pub fn discover() -> Result<Self, MissingAssets> {
         match std::env::var("KUBEBUILDER_ASSETS").ok().filter(|d| !d.is_empty()) {
-            Some(dir) => Self::in_dir(Path::new(&dir), "KUBEBUILDER_ASSETS", "point it at a directory with kube-apiserver"),
-            None => Self::in_dir(&cache_dir(), "the build cache", "run scripts/build-k8s, or set KUBEBUILDER_ASSETS"),
+            Some(dir) => Self::in_dir(
+                Path::new(&dir),
+                "KUBEBUILDER_ASSETS",
+                "point it at a directory with kube-apiserver",
+            ),
+            None => Self::in_dir(
+                &cache_dir(),
+                "the build cache",
+                "run scripts/build-k8s, or set KUBEBUILDER_ASSETS",
+            ),
         }
     }
 
@@ -75,7 +83,11 @@ impl Assets {
 /// `scripts/build-k8s`'s directory for the selected release:
 /// `${PORTICO_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/portico/k8s}/v<version>`.
 pub fn cache_dir() -> PathBuf {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let base = var("PORTICO_K8S_CACHE").unwrap_or_else(|| {
         var("XDG_CACHE_HOME")
             .or_else(|| var("HOME").map(|h| h.join(".cache")))
