@@ -263,13 +263,14 @@ async fn slices_and_endpoints_follow_pods() {
             .filter(|ep| endpoint_ips(ep).0.len() == 250)
     })
     .await;
+    let ep_labels = ep.metadata.labels.unwrap_or_default();
+    assert_eq!(ep_labels.get("team").map(String::as_str), Some("portico"));
+    // 1.33+ (KEP-4974): the Endpoints controller marks what it writes.
     assert_eq!(
-        ep.metadata
-            .labels
-            .unwrap_or_default()
-            .get("team")
+        ep_labels
+            .get("endpoints.kubernetes.io/managed-by")
             .map(String::as_str),
-        Some("portico")
+        Some("endpoint-controller")
     );
 
     // Readiness flips show as conditions, not removals.
@@ -772,6 +773,95 @@ async fn a_slice_deleted_while_the_watch_was_down_is_recreated() {
         let s = slices(&client, ns, "web").await;
         (summarize(&s).0 == ips(0..5) && s.iter().all(|x| x.metadata.name.as_ref() != Some(&written)))
             .then_some(())
+    })
+    .await;
+    ctl.stop().await;
+}
+
+/// (zone hints, node hints) of every endpoint of `svc`'s slices, as the apiserver stored them.
+async fn hints(client: &kube::Client, ns: &str, svc: &str) -> Vec<(Vec<String>, Vec<String>)> {
+    let mut out: Vec<_> = slices(client, ns, svc)
+        .await
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .map(|e| {
+            let h = e.hints.clone().unwrap_or_default();
+            (
+                h.for_zones
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|z| z.name)
+                    .collect(),
+                h.for_nodes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|n| n.name)
+                    .collect(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `spec.trafficDistribution` as 1.37 defines it: `PreferSameNode` hints each ready endpoint to
+/// its zone and node, `PreferSameZone` and its deprecated name `PreferClose` to its zone only,
+/// and no value removes the hints. The apiserver stores `forNodes` (1.33+), so this runs only
+/// where it does.
+#[tokio::test]
+async fn traffic_distribution_values_of_current_releases() {
+    let ns = "ctl-traffic";
+    let Some((_cp, client)) = setup(ns).await else {
+        return;
+    };
+    let nodes = nodes(&client, ns).await;
+    pods(&client, ns, &nodes, "td", 0, 3).await;
+    let ctl = Controllers::start(&client, ns, |_| {});
+    let services = Api::<Service>::namespaced(client.clone(), ns);
+    let mut svc = service("td", "td", IntOrString::Int(8080));
+    svc.spec.as_mut().expect("spec").traffic_distribution = Some("PreferSameNode".into());
+    services
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("service");
+    let zone_and_node = |i: usize| {
+        (
+            vec![format!("zone-{}", ["a", "b", "c"][i])],
+            vec![nodes[i].clone()],
+        )
+    };
+    let want: Vec<_> = (0..3).map(zone_and_node).collect();
+    eventually(20, "PreferSameNode hints", || async {
+        (hints(&client, ns, "td").await == want).then_some(())
+    })
+    .await;
+
+    for value in ["PreferSameZone", "PreferClose"] {
+        services
+            .patch(
+                "td",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"trafficDistribution": value}})),
+            )
+            .await
+            .expect("patch trafficDistribution");
+        let want: Vec<_> = (0..3).map(|i| (zone_and_node(i).0, vec![])).collect();
+        eventually(20, &format!("{value} hints"), || async {
+            (hints(&client, ns, "td").await == want).then_some(())
+        })
+        .await;
+    }
+
+    services
+        .patch(
+            "td",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"trafficDistribution": null}})),
+        )
+        .await
+        .expect("remove trafficDistribution");
+    eventually(20, "hints removed", || async {
+        (hints(&client, ns, "td").await == vec![(vec![], vec![]); 3]).then_some(())
     })
     .await;
     ctl.stop().await;

@@ -9,6 +9,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::IPAddress;
 use kube::api::{Api, DeleteParams, PostParams};
 use portico_testenv::ControlPlane;
 use portico_testenv::fixtures::TestPod;
@@ -172,6 +173,28 @@ async fn one_command_wires_allocation_validation_and_controllers() {
     assert!(
         (256..4095).contains(&offset),
         "{ip_a} is in Portico's dynamic band"
+    );
+    // The apiserver (1.33+, KEP-1880) records the address Portico picked as its own IPAddress,
+    // named after it, managed by its allocator and pointing at the Service.
+    let record = Api::<IPAddress>::all(client.clone())
+        .get(&ip_a)
+        .await
+        .expect("the apiserver's IPAddress for a's clusterIP");
+    let labels = record.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("ipaddress.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("ipallocator.k8s.io")
+    );
+    let parent = record.spec.expect("spec").parent_ref;
+    assert_eq!(
+        (
+            parent.resource.as_str(),
+            parent.namespace.as_deref(),
+            parent.name.as_str()
+        ),
+        ("services", Some(ns), "a")
     );
     let b = services
         .create(&PostParams::default(), &service("b", serde_json::json!({})))
