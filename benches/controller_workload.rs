@@ -8,6 +8,7 @@
 //! ```
 //!
 //! `--workload` is W3 (default), W4, W5 or all; any other argument is passed to `portico run`.
+//! `PORTICO_BENCH_WRAP` names a command to run Portico under (a heap profiler).
 //! Workloads: Nodes in 3 zones and Services whose sizes cycle 10, 50, 100, 101, 250 pods: W3 =
 //! 50 Services / 5,110 pods / 50 Nodes, W4 = 200 / 20,440 / 100, W5 = 500 / 51,100 / 500.
 //!
@@ -118,7 +119,19 @@ impl Proc {
         let log = std::fs::File::create(&log_path).expect("log");
         let mut cmd = match which {
             Controller::Portico => {
-                let mut c = Command::new(env!("CARGO_BIN_EXE_portico"));
+                // PORTICO_BENCH_WRAP runs Portico under a profiler, e.g. `valgrind
+                // --tool=massif --massif-out-file=/tmp/portico.massif` (its CPU and RSS figures
+                // are then the profiler's).
+                let wrap = std::env::var("PORTICO_BENCH_WRAP").unwrap_or_default();
+                let mut words = wrap.split_whitespace();
+                let mut c = match words.next() {
+                    Some(program) => {
+                        let mut c = Command::new(program);
+                        c.args(words).arg(env!("CARGO_BIN_EXE_portico"));
+                        c
+                    }
+                    None => Command::new(env!("CARGO_BIN_EXE_portico")),
+                };
                 c.args([
                     "run",
                     "--webhook=false",
@@ -218,7 +231,9 @@ struct Seen {
 
 impl Seen {
     fn apply(&mut self, s: &EndpointSlice, now: Instant) {
-        let Some(name) = s.metadata.name.clone() else { return };
+        let Some(name) = s.metadata.name.clone() else {
+            return;
+        };
         let svc = s
             .metadata
             .labels
@@ -267,10 +282,7 @@ impl Seen {
     }
 
     fn refresh(&mut self, pod: &str, now: Instant) {
-        let current = self
-            .pod_slices
-            .get(pod)
-            .and_then(|m| m.values().next().copied());
+        let current = self.pod_slices.get(pod).and_then(|m| m.values().next().copied());
         let entry = self.state.entry(pod.to_owned()).or_insert((None, now));
         if entry.0 != current {
             *entry = (current, now);
@@ -439,9 +451,13 @@ async fn run(w: Workload, which: Controller, extra: &[String]) -> Vec<(Phase, Ph
     bench.initial_sync().await;
     let first_fifth = |n: usize, i: usize| i < n / 5;
     let every_fifth = |_: usize, i: usize| i.is_multiple_of(5);
-    bench.flip("flip a contiguous fifth to not Ready", &first_fifth, false).await;
+    bench
+        .flip("flip a contiguous fifth to not Ready", &first_fifth, false)
+        .await;
     bench.flip("... and back to Ready", &first_fifth, true).await;
-    bench.flip("flip every fifth pod to not Ready", &every_fifth, false).await;
+    bench
+        .flip("flip every fifth pod to not Ready", &every_fifth, false)
+        .await;
     bench.flip("... and back to Ready", &every_fifth, true).await;
     bench.scale_up().await;
     bench.scale_down().await;
@@ -492,9 +508,7 @@ impl Bench {
                 Change::Status(s, i, _) | Change::Delete(s, i) => pod_name(s, i),
             })
             .collect();
-        let layout_floor = mark
-            .is_none()
-            .then(|| self.watch.lock().slices_holding(&pods));
+        let layout_floor = mark.is_none().then(|| self.watch.lock().slices_holding(&pods));
         let mark = match mark {
             Some(m) => m,
             None => self.mark().await,
@@ -657,8 +671,7 @@ impl Bench {
             .create(&PostParams::default(), &s)
             .await
             .expect("service");
-        self.uids
-            .insert(svc, created.metadata.uid.unwrap_or_default());
+        self.uids.insert(svc, created.metadata.uid.unwrap_or_default());
     }
 
     async fn create_pods(&self, pods: &[(usize, usize)]) {
@@ -699,7 +712,8 @@ impl Bench {
             2 * self.w.services,
         );
         let changes = all.iter().map(|&(s, i)| Change::Status(s, i, true)).collect();
-        self.phase("initial sync".into(), floor, changes, Some(mark)).await;
+        self.phase("initial sync".into(), floor, changes, Some(mark))
+            .await;
     }
 
     /// Flips `pick(size, i)` of each Service to `ready`. Floor: the flipped pods of a Service
@@ -711,7 +725,11 @@ impl Bench {
             let k = (0..n).filter(|&i| pick(n, i)).count();
             floor_s += k.div_ceil(MAX_PER_SLICE);
             floor_e += usize::from(k > 0);
-            changes.extend((0..n).filter(|&i| pick(n, i)).map(|i| Change::Status(s, i, ready)));
+            changes.extend(
+                (0..n)
+                    .filter(|&i| pick(n, i))
+                    .map(|i| Change::Status(s, i, ready)),
+            );
         }
         self.phase(name.into(), (floor_s, floor_e), changes, None).await;
     }
@@ -726,8 +744,13 @@ impl Bench {
         self.create_pods(&new).await;
         let floor = self.scale_floor();
         let changes = new.iter().map(|&(s, i)| Change::Status(s, i, true)).collect();
-        self.phase("scale every Service up by 10 %".into(), floor, changes, Some(mark))
-            .await;
+        self.phase(
+            "scale every Service up by 10 %".into(),
+            floor,
+            changes,
+            Some(mark),
+        )
+        .await;
     }
 
     fn scale_floor(&self) -> (usize, usize) {
