@@ -230,6 +230,8 @@ struct Seen {
 }
 
 impl Seen {
+    /// A slice added or changed: its pods' states change only where they really differ, so a
+    /// rewrite of a slice leaves the timestamps of the pods it did not change alone.
     fn apply(&mut self, s: &EndpointSlice, now: Instant) {
         let Some(name) = s.metadata.name.clone() else {
             return;
@@ -256,29 +258,40 @@ impl Seen {
                 Some((pod, e.conditions.as_ref().and_then(|c| c.ready) == Some(true)))
             })
             .collect();
-        self.remove(&name, now);
+        let mut touched: Vec<String> = self.forget(&name);
         for (pod, ready) in &pods {
             self.pod_slices
                 .entry(pod.clone())
                 .or_default()
                 .insert(name.clone(), *ready);
+            touched.push(pod.clone());
         }
-        let touched: Vec<String> = pods.iter().map(|(p, _)| p.clone()).collect();
         self.slices.insert(name, (svc, owner, pods));
         for pod in touched {
             self.refresh(&pod, now);
         }
     }
 
+    /// A slice deleted.
     fn remove(&mut self, slice: &str, now: Instant) {
-        if let Some((_, _, pods)) = self.slices.remove(slice) {
-            for (pod, _) in pods {
+        for pod in self.forget(slice) {
+            self.refresh(&pod, now);
+        }
+    }
+
+    /// Drops `slice` from the maps, returning the pods it held (states not yet refreshed).
+    fn forget(&mut self, slice: &str) -> Vec<String> {
+        let Some((_, _, pods)) = self.slices.remove(slice) else {
+            return Vec::new();
+        };
+        pods.into_iter()
+            .map(|(pod, _)| {
                 if let Some(m) = self.pod_slices.get_mut(&pod) {
                     m.remove(slice);
                 }
-                self.refresh(&pod, now);
-            }
-        }
+                pod
+            })
+            .collect()
     }
 
     fn refresh(&mut self, pod: &str, now: Instant) {
@@ -318,18 +331,35 @@ impl SliceWatch {
             let seen = seen.clone();
             async move {
                 let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+                // Slices listed by the current (re)list: on its end, those not in it are gone.
+                let mut listed: HashSet<String> = HashSet::new();
                 while let Some(ev) = events.next().await {
                     let now = Instant::now();
                     let Ok(ev) = ev else { continue };
                     let mut seen = seen.lock().expect("seen");
                     match ev {
-                        watcher::Event::Apply(s) | watcher::Event::InitApply(s) => seen.apply(&s, now),
+                        watcher::Event::Apply(s) => seen.apply(&s, now),
+                        watcher::Event::InitApply(s) => {
+                            listed.extend(s.metadata.name.clone());
+                            seen.apply(&s, now);
+                        }
                         watcher::Event::Delete(s) => {
                             if let Some(n) = s.metadata.name.as_deref() {
                                 seen.remove(n, now);
                             }
                         }
-                        watcher::Event::Init | watcher::Event::InitDone => {}
+                        watcher::Event::Init => listed.clear(),
+                        watcher::Event::InitDone => {
+                            let gone: Vec<String> = seen
+                                .slices
+                                .keys()
+                                .filter(|n| !listed.contains(*n))
+                                .cloned()
+                                .collect();
+                            for n in gone {
+                                seen.remove(&n, now);
+                            }
+                        }
                     }
                 }
             }
@@ -919,6 +949,12 @@ async fn main() {
             return;
         }
     };
+    if against_kcm && assets.kube_controller_manager.is_none() {
+        println!(
+            "controller_workload: --against kcm needs kube-controller-manager beside kube-apiserver (scripts/build-k8s)"
+        );
+        std::process::exit(2);
+    }
     let workloads: Vec<Workload> = WORKLOADS
         .iter()
         .copied()
