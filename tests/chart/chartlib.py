@@ -219,7 +219,7 @@ class Kube:
         content_type: str = "application/json",
     ) -> Any:
         """One API call. A 429 is retried after the delay the apiserver asks for, as client-go
-        does (up to 10 times): from 1.34 a resource whose watch cache is still filling, such as
+        does (up to 10 times): from 1.31 a resource whose watch cache is still filling, such as
         a CRD just created, answers "storage is (re)initializing" for a moment."""
         data = None if body is None else json.dumps(body).encode()
         for attempt in range(10):

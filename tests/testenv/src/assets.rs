@@ -16,7 +16,7 @@ pub struct Assets {
 
 /// The binaries are not there: the one-line reason callers print when they skip.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{source_name}={dir} has no {binary} ({hint})")]
+#[error("{source_name}{dir} has no {binary} ({hint})")]
 pub struct MissingAssets {
     /// The directory that was searched.
     pub dir: String,
@@ -26,8 +26,11 @@ pub struct MissingAssets {
     hint: &'static str,
 }
 
-/// The Kubernetes release `scripts/build-k8s` builds and the suite is proven against.
-pub const PINNED_VERSION: &str = include_str!("../../k8s/VERSION");
+/// The Kubernetes release `scripts/build-k8s` builds and the suite is proven against, as
+/// `tests/k8s/VERSION` says (`1.37.2`).
+pub fn pinned_version() -> &'static str {
+    include_str!("../../k8s/VERSION").trim()
+}
 
 /// Overrides the release whose cached build is used (`1.34.4`); `scripts/build-k8s` reads it
 /// too.
@@ -35,18 +38,18 @@ pub const VERSION_ENV: &str = "PORTICO_K8S_VERSION";
 
 impl Assets {
     /// The binaries of the envtest convention's `KUBEBUILDER_ASSETS` when it is set, else those
-    /// `scripts/build-k8s` put in its cache for [`PINNED_VERSION`] (or `PORTICO_K8S_VERSION`).
+    /// `scripts/build-k8s` put in its cache for [`pinned_version`] (or `PORTICO_K8S_VERSION`).
     /// etcd may also come from `PATH`.
     pub fn discover() -> Result<Self, MissingAssets> {
         match std::env::var("KUBEBUILDER_ASSETS").ok().filter(|d| !d.is_empty()) {
             Some(dir) => Self::in_dir(
                 Path::new(&dir),
-                "KUBEBUILDER_ASSETS",
+                "KUBEBUILDER_ASSETS=",
                 "point it at a directory with kube-apiserver",
             ),
             None => Self::in_dir(
                 &cache_dir(),
-                "the build cache",
+                "scripts/build-k8s's cache ",
                 "run scripts/build-k8s, or set KUBEBUILDER_ASSETS",
             ),
         }
@@ -96,7 +99,7 @@ pub fn cache_dir() -> PathBuf {
     });
     let version = std::env::var(VERSION_ENV).unwrap_or_default();
     let version = match version.trim().trim_start_matches('v') {
-        "" => PINNED_VERSION.trim(),
+        "" => pinned_version(),
         v => v,
     };
     base.join(format!("v{version}"))
@@ -123,7 +126,7 @@ mod tests {
     #[test]
     fn names_the_missing_binary_and_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Assets::in_dir(dir.path(), "KUBEBUILDER_ASSETS", "x").unwrap_err();
+        let err = Assets::in_dir(dir.path(), "KUBEBUILDER_ASSETS=", "x").unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with(&format!(
             "KUBEBUILDER_ASSETS={} has no kube-apiserver",
@@ -134,11 +137,19 @@ mod tests {
     #[test]
     fn the_pinned_release_is_what_the_go_module_requires() {
         let go_mod = include_str!("../../k8s/go.mod");
-        let wanted = format!("k8s.io/kubernetes v{}", PINNED_VERSION.trim());
+        let wanted = format!("k8s.io/kubernetes v{}", pinned_version());
         let required = go_mod.lines().any(|l| {
             let l = l.trim().trim_start_matches("require ");
             l == wanted || l.starts_with(&format!("{wanted} "))
         });
         assert!(required, "tests/k8s/go.mod does not require {wanted}");
+        let staging = format!(
+            "k8s.io/api => k8s.io/api v0.{}",
+            pinned_version().trim_start_matches("1.")
+        );
+        assert!(
+            go_mod.lines().any(|l| l.trim() == staging),
+            "tests/k8s/go.mod does not pin the staging modules: `{staging}`"
+        );
     }
 }
