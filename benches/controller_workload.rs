@@ -221,8 +221,8 @@ fn pod_ip(svc: usize, i: usize) -> String {
 /// when), and each slice's Service and owner.
 #[derive(Default)]
 struct Seen {
-    /// slice name -> (service name, owner uid, pods with their ready condition).
-    slices: HashMap<String, (String, String, Vec<(String, bool)>)>,
+    /// slice name -> what it holds.
+    slices: HashMap<String, SliceSeen>,
     /// pod -> slices listing it, with the ready condition there.
     pod_slices: HashMap<String, HashMap<String, bool>>,
     /// pod -> (ready in the slices, or None when in none; when that last changed).
@@ -266,7 +266,14 @@ impl Seen {
                 .insert(name.clone(), *ready);
             touched.push(pod.clone());
         }
-        self.slices.insert(name, (svc, owner, pods));
+        self.slices.insert(
+            name,
+            SliceSeen {
+                service: svc,
+                owner_uid: owner,
+                pods,
+            },
+        );
         for pod in touched {
             self.refresh(&pod, now);
         }
@@ -281,10 +288,11 @@ impl Seen {
 
     /// Drops `slice` from the maps, returning the pods it held (states not yet refreshed).
     fn forget(&mut self, slice: &str) -> Vec<String> {
-        let Some((_, _, pods)) = self.slices.remove(slice) else {
+        let Some(seen) = self.slices.remove(slice) else {
             return Vec::new();
         };
-        pods.into_iter()
+        seen.pods
+            .into_iter()
             .map(|(pod, _)| {
                 if let Some(m) = self.pod_slices.get_mut(&pod) {
                     m.remove(slice);
@@ -306,9 +314,17 @@ impl Seen {
     fn slices_holding(&self, pods: &HashSet<String>) -> usize {
         self.slices
             .values()
-            .filter(|(_, _, p)| p.iter().any(|(pod, _)| pods.contains(pod)))
+            .filter(|s| s.pods.iter().any(|(pod, _)| pods.contains(pod)))
             .count()
     }
+}
+
+/// One slice as the watch last saw it.
+struct SliceSeen {
+    service: String,
+    owner_uid: String,
+    /// Pods with their ready condition.
+    pods: Vec<(String, bool)>,
 }
 
 /// The watch, running until dropped.
@@ -653,9 +669,9 @@ impl Bench {
             let want: HashMap<String, (usize, usize)> = {
                 let seen = self.watch.lock();
                 let mut want: HashMap<String, (usize, usize)> = HashMap::new();
-                for (svc, _, pods) in seen.slices.values() {
-                    let e = want.entry(svc.clone()).or_default();
-                    for (_, ready) in pods {
+                for slice in seen.slices.values() {
+                    let e = want.entry(slice.service.clone()).or_default();
+                    for (_, ready) in &slice.pods {
                         if *ready {
                             e.0 += 1;
                         } else {
@@ -830,10 +846,10 @@ impl Bench {
                 let seen = self.watch.lock();
                 let mut per_svc: HashMap<&str, usize> = HashMap::new();
                 let mut stale = false;
-                for (svc, owner, pods) in seen.slices.values() {
-                    if names.contains(svc) {
-                        stale |= old.contains(owner);
-                        *per_svc.entry(svc.as_str()).or_default() += pods.len();
+                for slice in seen.slices.values() {
+                    if names.contains(&slice.service) {
+                        stale |= old.contains(&slice.owner_uid);
+                        *per_svc.entry(slice.service.as_str()).or_default() += slice.pods.len();
                     }
                 }
                 !stale
