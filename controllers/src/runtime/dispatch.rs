@@ -359,9 +359,15 @@ fn on_endpoints(ctx: &Context, w: &mut Writer<Endpoints>, e: Event<Endpoints>) {
     w.apply_watcher_event(&e);
     match &e {
         // As upstream, only deletions requeue: an edit by hand is reverted at the next sync.
+        // Unlike upstream, only for a Service still there: for a Service that is gone this is
+        // the deletion its sync made, and syncing again would only send a second DELETE (404).
+        // A Service that comes back requeues itself.
         Event::Delete(ep) => {
             if let (Some(ns), Some(name)) = (ep.metadata.namespace.as_ref(), ep.metadata.name.as_ref()) {
-                ctx.enqueue(Which::Endpoints, ServiceKey::new(ns, name), Duration::ZERO);
+                let key = ServiceKey::new(ns, name);
+                if super::cached_service(ctx, &key).is_some() {
+                    ctx.enqueue(Which::Endpoints, key, Duration::ZERO);
+                }
             }
         }
         Event::InitDone => ctx.enqueue_all_services(),
