@@ -388,35 +388,19 @@ impl SliceWatch {
     }
 }
 
-/// Writes per (resource, verb), from the apiserver's metrics.
+/// Writes per (resource, verb), from the apiserver's `apiserver_request_total`.
 async fn writes(client: &kube::Client) -> BTreeMap<(String, String), u64> {
-    let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
-    let text = client.request_text(req).await.expect("apiserver /metrics");
     let mut out = BTreeMap::new();
-    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
-        let label = |name: &str| {
-            let key = format!("{name}=\"");
-            let start = line.find(&key)? + key.len();
-            Some(line[start..].split('"').next()?.to_owned())
-        };
-        let (Some(verb), Some(resource)) = (label("verb"), label("resource")) else {
-            continue;
-        };
-        if !matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "DELETE") {
-            continue;
+    for r in fixtures::apiserver_requests(client)
+        .await
+        .expect("apiserver /metrics")
+    {
+        if matches!(r.verb.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
+            && matches!(r.resource.as_str(), "endpointslices" | "endpoints")
+            && r.subresource.is_empty()
+        {
+            *out.entry((r.resource, r.verb)).or_default() += r.count;
         }
-        if !matches!(resource.as_str(), "endpointslices" | "endpoints") {
-            continue;
-        }
-        if label("subresource").is_some_and(|s| !s.is_empty()) {
-            continue;
-        }
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        *out.entry((resource, verb)).or_default() += value as u64;
     }
     out
 }

@@ -613,19 +613,17 @@ async fn an_apiserver_restart_loses_nothing() {
 
 /// DELETE requests for Endpoints the apiserver answered, by code: (2xx, 404).
 async fn endpoints_deletes(client: &kube::Client) -> (u64, u64) {
-    let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
-    let text = client.request_text(req).await.expect("apiserver /metrics");
     let (mut ok, mut not_found) = (0, 0);
-    for line in text.lines().filter(|l| {
-        l.starts_with("apiserver_request_total{")
-            && l.contains(r#"resource="endpoints""#)
-            && l.contains(r#"verb="DELETE""#)
-    }) {
-        let n: u64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0);
-        if line.contains(r#"code="404""#) {
-            not_found += n;
-        } else if line.contains(r#"code="2"#) {
-            ok += n;
+    for r in fixtures::apiserver_requests(client)
+        .await
+        .expect("apiserver /metrics")
+    {
+        if r.resource == "endpoints" && r.verb == "DELETE" {
+            match r.code.as_str() {
+                "404" => not_found += r.count,
+                c if c.starts_with('2') => ok += r.count,
+                _ => {}
+            }
         }
     }
     (ok, not_found)

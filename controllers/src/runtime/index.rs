@@ -81,17 +81,12 @@ where
             .unwrap_or_default()
     }
 
-    /// The objects of namespace `ns` carrying every label of `selector` that `keep` accepts:
-    /// read from the label index, so the cost is that of the smallest set of objects one of
-    /// the selector's labels names. An empty selector names every object of the namespace.
-    pub(crate) fn select(
-        &self,
-        ns: &str,
-        selector: &BTreeMap<String, String>,
-        mut keep: impl FnMut(&K) -> bool,
-    ) -> Vec<Arc<K>> {
+    /// The objects of namespace `ns` carrying every label of `selector`: read from the label
+    /// index, so the cost is that of the smallest set of objects one of the selector's labels
+    /// names. An empty selector names every object of the namespace.
+    pub(crate) fn select(&self, ns: &str, selector: &BTreeMap<String, String>) -> Vec<Arc<K>> {
         if selector.is_empty() {
-            return self.filter(ns, keep);
+            return self.filter(ns, |_| true);
         }
         let inner = self.read();
         let (Some(by_key), Some(objs)) = (inner.labels.get(ns), inner.objs.get(ns)) else {
@@ -113,7 +108,6 @@ where
                     .as_ref()
                     .is_some_and(|l| selector.iter().all(|(k, v)| l.get(k) == Some(v)))
             })
-            .filter(|o| keep(o))
             .cloned()
             .collect()
     }
@@ -263,11 +257,11 @@ mod tests {
         let stored = store.get(&ObjectRef::new("p3").within("a")).unwrap();
         assert!(Arc::ptr_eq(&shared[0], &stored), "the store's Arc, not a copy");
         let db: BTreeMap<String, String> = [("app".to_owned(), "db".to_owned())].into();
-        assert_eq!(names(index.select("a", &db, |_| true)), ["p1", "p3"]);
-        assert!(index.select("b", &db, |_| true).is_empty());
+        assert_eq!(names(index.select("a", &db)), ["p1", "p3"]);
+        assert!(index.select("b", &db).is_empty());
         let web: BTreeMap<String, String> = [("app".to_owned(), "web".to_owned())].into();
         assert!(
-            index.select("a", &web, |_| true).is_empty(),
+            index.select("a", &web).is_empty(),
             "p1's old label is no longer indexed"
         );
         let two = [
@@ -275,13 +269,10 @@ mod tests {
             ("tier".to_owned(), "x".to_owned()),
         ]
         .into();
-        assert!(
-            index.select("a", &two, |_| true).is_empty(),
-            "every label must match"
-        );
+        assert!(index.select("a", &two).is_empty(), "every label must match");
         apply(Event::Delete(pod("a", "p1", "db")));
         assert_eq!(names(index.filter("a", |_| true)), ["p3"]);
-        assert_eq!(names(index.select("a", &db, |_| true)), ["p3"]);
+        assert_eq!(names(index.select("a", &db)), ["p3"]);
 
         // A relist that misses p3 (deleted while the watch was down) drops it here too.
         apply(Event::Init);

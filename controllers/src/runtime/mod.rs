@@ -544,13 +544,11 @@ pub(crate) fn cached_service(ctx: &Context, key: &ServiceKey) -> Option<Arc<Serv
         .get(&reflector::ObjectRef::new(&key.name).within(&key.namespace))
 }
 
-/// The cached pods a Service selects, from the label index.
+/// The cached pods a Service selects (as [`crate::selects`] decides), from the label index.
 pub(crate) fn selected_pods(ctx: &Context, svc: &Service) -> Vec<Arc<Pod>> {
     let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
     let Some(selector) = svc.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
         return Vec::new();
     };
-    ctx.caches
-        .pods_by_ns
-        .select(ns, selector, |p| crate::selects(svc, p))
+    ctx.caches.pods_by_ns.select(ns, selector)
 }

@@ -212,3 +212,84 @@ pub async fn set_status(
     )
     .await
 }
+
+/// One sample of the apiserver's `apiserver_request_total` (labels absent there are empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestCount {
+    /// `resource`, e.g. `endpointslices`.
+    pub resource: String,
+    /// `subresource`, e.g. `status`.
+    pub subresource: String,
+    /// `verb`: `POST`, `PUT`, `PATCH`, `DELETE`, `GET`, ...
+    pub verb: String,
+    /// The HTTP status `code` answered.
+    pub code: String,
+    /// How many such requests so far.
+    pub count: u64,
+}
+
+/// Every `apiserver_request_total` sample of the apiserver's `/metrics`: how the benches and
+/// tests count the API requests a controller made.
+pub async fn apiserver_requests(client: &kube::Client) -> kube::Result<Vec<RequestCount>> {
+    let req = http::Request::get("/metrics")
+        .body(Vec::new())
+        .map_err(kube::Error::HttpError)?;
+    Ok(parse_request_counts(&client.request_text(req).await?))
+}
+
+fn parse_request_counts(text: &str) -> Vec<RequestCount> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("apiserver_request_total{"))
+        .filter_map(|rest| {
+            let (labels, value) = rest.rsplit_once("} ")?;
+            let label = |name: &str| {
+                let key = format!("{name}=\"");
+                // Labels are `k="v"` joined by commas; match a whole key, not a suffix of one.
+                let start = labels
+                    .match_indices(&key)
+                    .find(|(i, _)| *i == 0 || labels.as_bytes()[i - 1] == b',')?
+                    .0
+                    + key.len();
+                Some(labels[start..].split('"').next()?.to_owned())
+            };
+            Some(RequestCount {
+                resource: label("resource").unwrap_or_default(),
+                subresource: label("subresource").unwrap_or_default(),
+                verb: label("verb").unwrap_or_default(),
+                code: label("code").unwrap_or_default(),
+                count: value.trim().parse::<f64>().ok()? as u64,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_counts_read_whole_label_names() {
+        let text = "# HELP apiserver_request_total x\n\
+            apiserver_request_total{code=\"404\",component=\"apiserver\",resource=\"endpoints\",scope=\"resource\",subresource=\"\",verb=\"DELETE\",version=\"v1\"} 2\n\
+            apiserver_request_total{code=\"200\",resource=\"pods\",subresource=\"status\",verb=\"PATCH\"} 7\n\
+            apiserver_requested_deprecated_apis{resource=\"endpoints\"} 1\n";
+        let got = super::parse_request_counts(text);
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (
+                got[0].resource.as_str(),
+                got[0].subresource.as_str(),
+                got[0].verb.as_str(),
+                got[0].code.as_str(),
+                got[0].count
+            ),
+            ("endpoints", "", "DELETE", "404", 2)
+        );
+        assert_eq!(
+            (
+                got[1].resource.as_str(),
+                got[1].subresource.as_str(),
+                got[1].count
+            ),
+            ("pods", "status", 7)
+        );
+    }
+}
