@@ -10,9 +10,10 @@ use anyhow::Context as _;
 use clap::Args;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use portico_webhook::allocation::{
+use portico_allocation::{
     AllocationConfig, AllocationMetrics, Repair, RepairConfig, ServiceAllocator, install_crds,
 };
+use portico_webhook::allocation_adapter::AllocatingMutator;
 use portico_webhook::bootstrap::{CertBootstrap, service_sans};
 use portico_webhook::validation::Options;
 use portico_webhook::{
@@ -69,19 +70,36 @@ pub struct WebhookArgs {
     /// Instead, send only these namespaces' objects (self-registered configurations only).
     #[arg(long, value_delimiter = ',', env = "PORTICO_WEBHOOK_NAMESPACES")]
     pub webhook_namespaces: Vec<String>,
-    /// Service CIDRs Portico allocates clusterIPs from (one, or two of different families).
-    /// Each must lie inside the apiserver's own `--service-cluster-ip-range`, which then accepts
-    /// Portico's choices. Without it Portico allocates nothing and only validates.
+    /// Allocate clusterIPs and nodePorts in the mutating webhook. On Kubernetes 1.33+ the
+    /// clusterIP ranges are the apiserver's ready ServiceCIDRs, followed at run time; before,
+    /// `--service-cluster-ip-range` is required. Implied by `--service-cluster-ip-range`.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, env = "PORTICO_ALLOCATION")]
+    pub allocation: bool,
+    /// Service CIDRs (one, or two of different families). On 1.33+ they narrow where new
+    /// clusterIPs come from and must lie inside the apiserver's ServiceCIDRs (checked at start);
+    /// explicit clusterIPs the apiserver accepts stay accepted unless
+    /// `--refuse-outside-service-cluster-ip-range`. Before 1.33 they are the ranges, inside the
+    /// apiserver's own `--service-cluster-ip-range`.
     #[arg(long, env = "PORTICO_SERVICE_CLUSTER_IP_RANGE")]
     pub service_cluster_ip_range: Option<String>,
-    /// Node ports Portico allocates from; must lie inside the apiserver's range.
+    /// Also refuse explicit clusterIPs outside `--service-cluster-ip-range` that the apiserver
+    /// would accept (422, "the provided network does not match the current range").
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, env = "PORTICO_REFUSE_OUTSIDE_SERVICE_CLUSTER_IP_RANGE")]
+    pub refuse_outside_service_cluster_ip_range: bool,
+    /// Node ports Portico allocates from: the apiserver's `--service-node-port-range` (which no
+    /// API shows), or a range inside it.
     #[arg(long, default_value = "30000-32767", env = "PORTICO_SERVICE_NODE_PORT_RANGE")]
     pub service_node_port_range: String,
-    /// How often the repair loop reconciles the allocations with the Services that exist.
+    /// How long a value handed out in an admission stays claimed for a Service that has not
+    /// appeared yet (a refused or abandoned request frees it after this).
+    #[arg(long, default_value = "30s", value_parser = crate::run::parse_duration, env = "PORTICO_ALLOCATION_CLAIM_TTL")]
+    pub allocation_claim_ttl: Duration,
+    /// How often the repair loop reports what the holdings show (duplicates, values outside
+    /// every range, lapsed claims).
     #[arg(long, default_value = "60s", value_parser = crate::run::parse_duration, env = "PORTICO_REPAIR_INTERVAL")]
     pub repair_interval: Duration,
-    /// Report Services whose clusterIP or nodePort lies outside Portico's ranges (Events and
-    /// metrics). Turn off when Portico manages only a sub-range of the apiserver's.
+    /// Report Services whose clusterIP or nodePort lies outside every range (Events and
+    /// metrics).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PORTICO_REPAIR_REPORT_OUT_OF_RANGE")]
     pub repair_report_out_of_range: bool,
     /// Install (server-side apply) the RangeAllocation CRD at start-up. The chart installs it
@@ -189,20 +207,24 @@ pub async fn start(
         }
     };
     let mut handlers = Handlers::new(Validator::new(Options::default()).with_pods(pods));
-    let allocating = args.service_cluster_ip_range.is_some();
+    let allocating = args.allocation || args.service_cluster_ip_range.is_some();
     let mut repair_loop = None;
-    if let Some(ranges) = &args.service_cluster_ip_range {
-        let config = AllocationConfig::parse(ranges, &args.service_node_port_range)
+    if allocating {
+        let ranges = args.service_cluster_ip_range.as_deref().unwrap_or_default();
+        let mut config = AllocationConfig::parse(ranges, &args.service_node_port_range)
             .context("--service-cluster-ip-range / --service-node-port-range")?;
+        config.refuse_outside_range = args.refuse_outside_service_cluster_ip_range;
+        config.claim_ttl = args.allocation_claim_ttl;
         let metrics = AllocationMetrics::new(registry).context("registering allocation metrics")?;
         let allocator = Arc::new(
             ServiceAllocator::start(client.clone(), config, Some(metrics))
                 .await
                 .context("starting the allocators")?,
         );
-        handlers = handlers.with_mutator(allocator.clone());
+        handlers = handlers.with_mutator(Arc::new(AllocatingMutator(allocator.clone())));
         let repair = Repair::new(
             allocator,
+            client.clone(),
             RepairConfig {
                 instance: std::env::var("POD_NAME").ok(),
                 report_out_of_range: args.repair_report_out_of_range,

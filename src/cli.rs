@@ -48,7 +48,7 @@ impl Command {
             Command::Dev(args) => crate::dev::run(args).await,
             Command::Run(args) => crate::run::run(args).await,
             Command::Crds => {
-                let crd = portico_webhook::allocation::crd();
+                let crd = portico_allocation::crd();
                 print!("---\n{}", serde_saphyr::to_string(&crd)?);
                 Ok(())
             }

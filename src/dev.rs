@@ -6,9 +6,9 @@ use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, PostParams};
+use portico_allocation::RangeAllocation;
 use portico_testenv::fixtures::{self, TestPod};
 use portico_testenv::{ControlPlane, ControlPlaneConfig};
-use portico_webhook::allocation::RangeAllocation;
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `portico dev`.
@@ -27,16 +27,17 @@ pub struct DevArgs {
     pub run: crate::run::RunArgs,
 }
 
-/// The local apiserver's service range when none is given; Portico allocates from the same
-/// range (its choices are then always acceptable to the apiserver).
+/// The local apiserver's service range when `--service-cluster-ip-range` is not given. Portico
+/// reads the ranges from the apiserver's ServiceCIDRs, as in any 1.33+ cluster.
 const DEV_SERVICE_RANGE: &str = "10.96.0.0/16";
 
 pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
     let web = &mut args.run.webhook;
+    web.allocation = true;
     let range = web
         .service_cluster_ip_range
-        .get_or_insert_with(|| DEV_SERVICE_RANGE.to_owned())
-        .clone();
+        .clone()
+        .unwrap_or_else(|| DEV_SERVICE_RANGE.to_owned());
     let config = ControlPlaneConfig {
         service_cluster_ip_range: range,
         service_node_port_range: web.service_node_port_range.clone(),

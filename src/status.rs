@@ -9,8 +9,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
-use portico_webhook::allocation::repair::EVENT_CONTROLLER;
-use portico_webhook::allocation::{RangeAllocation, RepairSummary};
+use portico_allocation::repair::EVENT_CONTROLLER;
+use portico_allocation::{RangeAllocation, RepairSummary};
 
 /// Flags of `portico status`.
 #[derive(Debug, Args)]
@@ -64,24 +64,14 @@ fn repair_section(ranges: &[RangeAllocation]) -> String {
         return "  none yet (the leader runs one at start and every --repair-interval)\n".to_owned();
     }
     let mut rows = vec![
-        [
-            "NAME",
-            "AT",
-            "LEAKED",
-            "RELEASED",
-            "UNKNOWN",
-            "DUPLICATES",
-            "OUT OF RANGE",
-        ]
-        .map(String::from)
-        .to_vec(),
+        ["NAME", "AT", "LEAKED", "DUPLICATES", "OUT OF RANGE"]
+            .map(String::from)
+            .to_vec(),
     ];
     let mut details = String::new();
     for (name, p) in &passes {
         let findings = [
-            ("leaked (freed)", &p.leaked),
-            ("released", &p.released),
-            ("unknown (marked)", &p.unknown),
+            ("leaked (claim lapsed)", &p.leaked),
             ("duplicate", &p.duplicates),
             ("out of range", &p.out_of_range),
         ];
@@ -102,6 +92,29 @@ fn repair_section(ranges: &[RangeAllocation]) -> String {
         }
     }
     table(&rows) + &details
+}
+
+/// RangeAllocation objects that had to be rebuilt (deleted or corrupted), if any.
+fn recovery_section(ranges: &[RangeAllocation]) -> String {
+    let lines: Vec<String> = ranges
+        .iter()
+        .filter_map(|ra| {
+            let r = ra.status.as_ref()?.last_recovery.as_ref()?;
+            Some(format!(
+                "  {} at {}: {}\n",
+                ra.metadata.name.as_deref().unwrap_or_default(),
+                r.time,
+                r.reason
+            ))
+        })
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nRECOVERED (rebuilt from a replica's claims; what is used comes from the watches)\n{}",
+        lines.concat()
+    )
 }
 
 /// The report, as text.
@@ -149,6 +162,7 @@ pub async fn render(client: &kube::Client, args: &StatusArgs) -> anyhow::Result<
         out.push_str(&table(&rows));
     }
 
+    out.push_str(&recovery_section(&ranges));
     out.push_str("\nLAST REPAIR PASS (per range, as the leader's repair loop recorded it)\n");
     out.push_str(&repair_section(&ranges));
 
@@ -244,7 +258,7 @@ pub async fn render(client: &kube::Client, args: &StatusArgs) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portico_webhook::allocation::{RangeAllocationSpec, RangeAllocationStatus, RepairFinding};
+    use portico_allocation::{RangeAllocationSpec, RangeAllocationStatus, RepairFinding};
 
     fn range(name: &str, last_repair: Option<RepairSummary>) -> RangeAllocation {
         let mut ra = RangeAllocation::new(name, RangeAllocationSpec::default());
@@ -268,25 +282,15 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0].split_whitespace().collect::<Vec<_>>(),
-            [
-                "NAME",
-                "AT",
-                "LEAKED",
-                "RELEASED",
-                "UNKNOWN",
-                "DUPLICATES",
-                "OUT",
-                "OF",
-                "RANGE"
-            ]
+            ["NAME", "AT", "LEAKED", "DUPLICATES", "OUT", "OF", "RANGE"]
         );
         assert_eq!(
             lines[1].split_whitespace().collect::<Vec<_>>(),
-            ["clusterip-ipv4", "2026-11-22T01:00:00Z", "1", "0", "0", "12", "0"]
+            ["clusterip-ipv4", "2026-11-22T01:00:00Z", "1", "12", "0"]
         );
         assert_eq!(
             lines[2],
-            "  clusterip-ipv4 leaked (freed): 10.96.0.9 default/ghost"
+            "  clusterip-ipv4 leaked (claim lapsed): 10.96.0.9 default/ghost"
         );
         assert!(
             lines[3].starts_with("  clusterip-ipv4 duplicate: 10.96.0.0 default/s0, "),
@@ -294,5 +298,21 @@ mod tests {
         );
         assert!(lines[3].ends_with(" and 2 more"), "{text}");
         assert_eq!(lines.len(), 4, "{text}");
+    }
+
+    #[test]
+    fn a_recovered_object_is_shown() {
+        let mut ra = range("nodeports", None);
+        assert!(recovery_section(std::slice::from_ref(&ra)).is_empty());
+        if let Some(st) = ra.status.as_mut() {
+            st.last_recovery = Some(portico_allocation::Recovery {
+                time: "2026-12-05T01:00:00Z".into(),
+                reason: "the object was deleted".into(),
+            });
+        }
+        assert_eq!(
+            recovery_section(&[ra]).lines().nth(2),
+            Some("  nodeports at 2026-12-05T01:00:00Z: the object was deleted")
+        );
     }
 }

@@ -164,6 +164,18 @@ impl<R: ValueRange> Allocator<R> {
         self.bitmap.restore_data(&snapshot.data)
     }
 
+    /// Where next-fit resumes, as offsets into the range: `(static band, dynamic band)`. Stored
+    /// with the claims so that a reload or a restart does not hand a just-freed value straight
+    /// back.
+    pub fn cursors(&self) -> (u32, u32) {
+        self.bitmap.cursors()
+    }
+
+    /// Restores [`cursors`](Self::cursors); a position outside its band restarts that band.
+    pub fn set_cursors(&mut self, static_cursor: u32, dynamic_cursor: u32) {
+        self.bitmap.set_cursors(static_cursor, dynamic_cursor);
+    }
+
     /// Whether both allocators have the same range, bands and held values (next-fit position
     /// aside).
     pub fn same_state(&self, other: &Self) -> bool {

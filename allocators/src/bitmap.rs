@@ -77,6 +77,25 @@ impl OffsetAllocator {
         }
     }
 
+    /// The next-fit positions `(static, dynamic)`.
+    pub(crate) fn cursors(&self) -> (u32, u32) {
+        (self.static_cursor, self.dynamic_cursor)
+    }
+
+    /// Restores next-fit positions; each is clamped into its band.
+    pub(crate) fn set_cursors(&mut self, static_cursor: u32, dynamic_cursor: u32) {
+        self.static_cursor = if static_cursor < self.static_size {
+            static_cursor
+        } else {
+            0
+        };
+        self.dynamic_cursor = if (self.static_size..self.size).contains(&dynamic_cursor) {
+            dynamic_cursor
+        } else {
+            self.static_size
+        };
+    }
+
     pub(crate) fn size(&self) -> u64 {
         u64::from(self.size)
     }

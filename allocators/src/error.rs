@@ -31,6 +31,10 @@ pub enum AllocError {
         /// The configured range.
         cidr: IpNet,
     },
+    /// The requested IP lies in no range of its family (upstream's multi-CIDR allocator,
+    /// `ErrMismatchedNetwork`, 1.33+).
+    #[error("the provided network does not match the current range")]
+    MismatchedNetwork,
     /// The requested port is outside the range (including negative or > 65535 values).
     #[error("provided port is not in the valid range. The range of valid ports is {range}")]
     PortNotInRange {

@@ -45,22 +45,24 @@ impl ErrorType {
 }
 
 /// A bad value as upstream prints it: Go `%q` for strings, `%v` for integers, and a pre-rendered
-/// form for anything else (e.g. `[]string{"10.0.0.5"}`).
+/// form for anything else (e.g. `["10.0.0.5"]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BadValue {
     /// Rendered with Go `%q`.
     Str(String),
     /// Rendered bare.
     Int(i64),
-    /// Rendered verbatim (already in Go `%#v` form).
+    /// Rendered verbatim (already in upstream's form).
     Raw(String),
 }
 
 impl BadValue {
-    /// A `[]string{...}` value, as upstream reports `spec.clusterIPs`.
+    /// A list of strings as upstream reports `spec.clusterIPs` since field errors render
+    /// composite values with Go's `json.Marshal` (1.33+ prints `["10.0.0.5"]`, where 1.24 printed
+    /// `[]string{"10.0.0.5"}`; checked against kube-apiserver 1.37 by the integration suite).
     pub fn string_list<S: AsRef<str>>(items: &[S]) -> Self {
-        let inner: Vec<String> = items.iter().map(|s| go_quote(s.as_ref())).collect();
-        BadValue::Raw(format!("[]string{{{}}}", inner.join(", ")))
+        let inner: Vec<String> = items.iter().map(|s| go_json_string(s.as_ref())).collect();
+        BadValue::Raw(format!("[{}]", inner.join(",")))
     }
 }
 
@@ -208,6 +210,20 @@ pub fn invalid_message(kind: &str, name: &str, errs: &[FieldError]) -> String {
     format!("{kind} {} is invalid: {agg}", go_quote(name))
 }
 
+/// A string as Go's `json.Marshal` writes it: JSON, with `<`, `>`, `&`, U+2028 and U+2029
+/// escaped as `\uXXXX` (Go escapes them for HTML safety by default).
+pub fn go_json_string(s: &str) -> String {
+    let json = serde_json::Value::String(s.to_owned()).to_string();
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Go's `strconv.Quote`: escapes quotes, backslashes, control and invisible characters, keeps
 /// printable Unicode as it is.
 pub fn go_quote(s: &str) -> String {
@@ -295,7 +311,7 @@ mod tests {
         );
         assert_eq!(
             e.to_string(),
-            r#"spec.clusterIPs: Invalid value: []string{"10.0.0.5"}: failed to allocate IP 10.0.0.5: provided IP is already allocated"#
+            r#"spec.clusterIPs: Invalid value: ["10.0.0.5"]: failed to allocate IP 10.0.0.5: provided IP is already allocated"#
         );
     }
 

@@ -143,7 +143,7 @@ mod tests {
         assert_eq!(fe.kind.reason(), "FieldValueInvalid");
         assert_eq!(
             r.message("foo"),
-            r#"Service "foo" is invalid: spec.clusterIPs: Invalid value: []string{"10.0.0.5"}: failed to allocate IP 10.0.0.5: provided IP is already allocated"#
+            r#"Service "foo" is invalid: spec.clusterIPs: Invalid value: ["10.0.0.5"]: failed to allocate IP 10.0.0.5: provided IP is already allocated"#
         );
     }
 
@@ -158,7 +158,7 @@ mod tests {
         });
         assert_eq!(
             r.message("foo"),
-            r#"Service "foo" is invalid: spec.clusterIPs: Invalid value: []string{"1.1.1.1", "fd00::1"}: failed to allocate IP 1.1.1.1: the provided IP (1.1.1.1) is not in the valid range. The range of valid IPs is 10.0.0.0/24"#
+            r#"Service "foo" is invalid: spec.clusterIPs: Invalid value: ["1.1.1.1","fd00::1"]: failed to allocate IP 1.1.1.1: the provided IP (1.1.1.1) is not in the valid range. The range of valid IPs is 10.0.0.0/24"#
         );
     }
 
@@ -173,7 +173,7 @@ mod tests {
         assert_eq!(
             r.field_error().map(ToString::to_string).as_deref(),
             Some(
-                r#"spec.clusterIPs: Invalid value: []string{"010.0.0.5"}: failed to allocate IP 10.0.0.5: provided IP is already allocated"#
+                r#"spec.clusterIPs: Invalid value: ["010.0.0.5"]: failed to allocate IP 10.0.0.5: provided IP is already allocated"#
             )
         );
     }

@@ -1,36 +1,35 @@
-//! ClusterIP/NodePort allocation against a real apiserver: the `RangeAllocation` CRD, the
-//! compare-and-swap store, two replicas racing, the repair loop and the restart rebuild.
+//! ClusterIP/NodePort allocation against a real apiserver (1.37): the cluster's own truth
+//! (Services of every namespace, IPAddresses, ServiceCIDRs), claims shared through the
+//! `RangeAllocation` objects, and upstream's answers word for word.
 //!
-//! The apiserver is shared with the rest of the suite, so every test allocates from its own
-//! sub-range of the apiserver's ranges (10.96.0.0/16, 30000-32767) and names its objects with
-//! its own prefix. The apiserver also hands out addresses to other tests' Services, anywhere in
-//! its range; a create that collides with one of those is retried, as a client would.
+//! The apiserver is shared with the rest of the suite. Every test names its objects with its
+//! own prefix and draws new values from its own sub-range (the clusterIP narrowing, and a
+//! node-port range inside the apiserver's); explicit values are checked against the whole
+//! cluster, as the apiserver checks them. `decide` + `create` is what the webhook and the
+//! apiserver do together (the webhook path itself is covered in `webhook.rs`).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use portico_webhook::allocation::{
-    AllocationConfig, AllocationMetrics, Decision, IpFamily, Operation, RangeAllocation, Repair,
-    RepairConfig, ServiceAllocator, ServiceScope, Value, apply_patch, install_crds,
+use k8s_openapi::api::networking::v1::ServiceCIDR;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use portico_allocation::{
+    AllocationConfig, AllocationMetrics, Decision, Operation, RangeAllocation, ServiceAllocator, Value,
+    apply_patch, install_crds,
 };
 use serde_json::json;
 
 use crate::support::{eventually, setup};
 
-fn config(prefix: &str, cidr: &str, ports: &str, scope: Option<&str>, grace: Duration) -> AllocationConfig {
-    let mut c = AllocationConfig::parse(cidr, ports).expect("configuration");
+fn config(prefix: &str, narrowing: &str, ports: &str, ttl: Duration) -> AllocationConfig {
+    let mut c = AllocationConfig::parse(narrowing, ports).expect("configuration");
     c.object_prefix = prefix.to_owned();
-    c.pending_grace = grace;
-    c.scope = ServiceScope {
-        namespace: scope.map(str::to_owned),
-        label_selector: None,
-    };
+    c.claim_ttl = ttl;
     c
 }
 
@@ -101,530 +100,717 @@ fn refusal(d: Decision) -> (u16, String) {
 }
 
 /// What the mutating webhook and the apiserver do together: decide on `replica`, apply the
-/// patch, create. A value the apiserver already gave to another test's Service is retried with
-/// a fresh decision (the refused claim expires). Returns the stored Service and every value
-/// handed out for it.
+/// patch, create. Any refusal, by Portico or by the apiserver, is an error: a value Portico
+/// hands out must be one the apiserver accepts.
 async fn admit_and_create(
     replica: &ServiceAllocator,
     client: &kube::Client,
     svc: &Service,
-) -> (Service, Vec<Value>) {
+) -> Result<Service, String> {
     let ns = svc.metadata.namespace.clone().expect("namespace");
     let api: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let mut handed_out = Vec::new();
-    for _ in 0..5 {
-        let decision = replica
-            .decide(Operation::Create, Some(svc), None, false)
-            .await
-            .expect("decide");
-        let Decision::Allow { patch, allocated, .. } = decision else {
-            panic!("refused: {decision:?}");
-        };
-        handed_out.extend(allocated);
-        let object = apply_patch(svc, &patch).expect("patch applies");
-        match api.create(&PostParams::default(), &object).await {
-            Ok(created) => return (created, handed_out),
-            Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("already allocated") => continue,
-            Err(e) => panic!("create {}: {e}", svc.metadata.name.as_deref().unwrap_or_default()),
-        }
+    let decision = replica
+        .decide(Operation::Create, Some(svc), None, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Decision::Allow { patch, .. } = decision else {
+        return Err(format!("refused by Portico: {decision:?}"));
+    };
+    let object = apply_patch(svc, &patch).expect("patch applies");
+    api.create(&PostParams::default(), &object)
+        .await
+        .map_err(|e| format!("refused by the apiserver: {e}"))
+}
+
+/// What the apiserver answers to `svc` on its own (no webhook in this namespace).
+async fn apiserver_answer(client: &kube::Client, svc: &Service) -> (u16, String) {
+    let ns = svc.metadata.namespace.clone().expect("namespace");
+    let api: Api<Service> = Api::namespaced(client.clone(), &ns);
+    match api.create(&PostParams::default(), svc).await {
+        Err(kube::Error::Api(s)) => (s.code, s.message),
+        Ok(created) => panic!("the apiserver accepted {:?}", created.metadata.name),
+        Err(e) => panic!("create: {e}"),
     }
-    panic!("five collisions in a row")
 }
 
 #[tokio::test]
-async fn allocation_refuses_bad_cluster_ips_and_fills_the_dynamic_band_first() {
-    const NS: &str = "alloc-basic";
+async fn refusals_are_the_apiservers_own_word_for_word() {
+    const NS: &str = "alloc-parity";
     let Some((_cp, client)) = setup(NS).await else {
         return;
     };
-    // 254 addresses, static band .1-.16; 100 ports, static band 31900-31915.
+    // The apiserver's whole node-port range: an out-of-range port is out of its range too.
     let alloc = start(
         &client,
         config(
-            "it-basic-",
+            "it-parity-",
             "10.96.201.0/24",
-            "31900-31999",
-            None,
-            Duration::from_secs(60),
+            "30000-32767",
+            Duration::from_secs(30),
         ),
     )
     .await;
-    let objects: Api<RangeAllocation> = Api::all(client.clone());
-    let stored = objects
-        .get("it-basic-clusterip-ipv4")
-        .await
-        .expect("object created");
-    assert_eq!(stored.spec.range, "10.96.201.0/24");
-    assert!(objects.get("it-basic-nodeports").await.is_ok());
-
-    // No clusterIP: one from the dynamic band, and the apiserver accepts it.
-    let (auto, _) = admit_and_create(
-        &alloc,
-        &client,
-        &service(NS, "auto", json!({"ports": [{"port": 80}]})),
-    )
-    .await;
-    let ip = cluster_ip(&auto);
-    let octets = match ip {
-        IpAddr::V4(v4) => v4.octets(),
-        IpAddr::V6(_) => panic!("IPv4 expected"),
-    };
-    assert_eq!(octets[..3], [10, 96, 201]);
-    assert!((17..=254).contains(&octets[3]), "{ip} in the dynamic band");
-
-    // Taken, outside, network address: 422 with the apiserver's message.
-    let taken = service(
-        NS,
-        "taken",
-        json!({"clusterIP": ip.to_string(), "clusterIPs": [ip.to_string()], "ports": [{"port": 80}]}),
-    );
-    let d = alloc
-        .decide(Operation::Create, Some(&taken), None, false)
-        .await
-        .expect("decide");
-    assert_eq!(
-        refusal(d),
-        (
-            422,
-            format!(
-                r#"Service "taken" is invalid: spec.clusterIPs: Invalid value: []string{{"{ip}"}}: failed to allocate IP {ip}: provided IP is already allocated"#
-            )
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    let holder = services
+        .create(
+            &PostParams::default(),
+            &service(NS, "holder", json!({"type": "NodePort", "ports": [{"port": 80}]})),
         )
-    );
-    for (requested, why) in [
+        .await
+        .expect("a Service the apiserver allocates for");
+    let (held_ip, held_port) = (cluster_ip(&holder).to_string(), node_ports(&holder)[0]);
+    eventually(10, "the watch to see the holder", || {
+        let alloc = Arc::clone(&alloc);
+        let ip: IpAddr = held_ip.parse().expect("ip");
+        async move { alloc.held().await.ok()?.contains(&Value::Ip(ip)).then_some(()) }
+    })
+    .await;
+    let cases = [
         (
-            "10.96.202.5",
-            "the provided IP (10.96.202.5) is not in the valid range",
+            "taken-ip",
+            json!({"clusterIP": held_ip, "clusterIPs": [held_ip], "ports": [{"port": 80}]}),
         ),
         (
-            "10.96.201.0",
-            "the provided IP (10.96.201.0) is not in the valid range",
-        ),
-    ] {
-        let svc = service(
-            NS,
             "outside",
-            json!({"clusterIP": requested, "clusterIPs": [requested], "ports": [{"port": 80}]}),
-        );
-        let (code, message) = refusal(
+            json!({"clusterIP": "10.250.0.5", "clusterIPs": ["10.250.0.5"], "ports": [{"port": 80}]}),
+        ),
+        (
+            "network",
+            json!({"clusterIP": "10.96.0.0", "clusterIPs": ["10.96.0.0"], "ports": [{"port": 80}]}),
+        ),
+        (
+            "broadcast",
+            json!({"clusterIP": "10.96.255.255", "clusterIPs": ["10.96.255.255"], "ports": [{"port": 80}]}),
+        ),
+        (
+            "taken-port",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": held_port}]}),
+        ),
+        (
+            "far-port",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 40000}]}),
+        ),
+    ];
+    for (name, spec) in cases {
+        let svc = service(NS, name, spec);
+        let ours = refusal(
             alloc
                 .decide(Operation::Create, Some(&svc), None, false)
                 .await
                 .expect("decide"),
         );
-        assert_eq!(code, 422);
+        let theirs = apiserver_answer(&client, &svc).await;
         assert_eq!(
-            message,
-            format!(
-                r#"Service "outside" is invalid: spec.clusterIPs: Invalid value: []string{{"{requested}"}}: failed to allocate IP {requested}: {why}. The range of valid IPs is 10.96.201.0/24"#
-            )
+            ours, theirs,
+            "{name}: Portico's answer differs from the apiserver's"
         );
     }
-
-    // NodePort: the dynamic band while it has room...
-    let np = json!({"type": "NodePort", "ports": [{"port": 80}]});
-    let (first, _) = admit_and_create(&alloc, &client, &service(NS, "np-dynamic", np.clone())).await;
-    let port = node_ports(&first)[0];
-    assert!((31916..=31999).contains(&port), "{port} in the dynamic band");
-    // ... and the static band once it is full.
-    alloc
-        .port_store()
-        .update(|s| {
-            for p in 31916..=31999 {
-                let _ = s.mark(p);
-            }
-        })
-        .await
-        .expect("fill the dynamic band");
-    let (second, _) = admit_and_create(&alloc, &client, &service(NS, "np-static", np)).await;
-    let port2 = node_ports(&second)[0];
-    assert!((31900..=31915).contains(&port2), "{port2} in the static band");
-
-    // A deleted Service's values go back to the pool with the next repair pass: "auto" through
-    // its DELETE admission (which drops its pending claims), "np-dynamic" after a repair pass
-    // saw it exist (which confirms them).
-    let services: Api<Service> = Api::namespaced(client.clone(), NS);
-    let repair = Repair::new(
-        Arc::clone(&alloc),
-        RepairConfig {
-            events: false,
-            report_out_of_range: false,
-            instance: None,
-        },
-    );
-    let d = alloc
-        .decide(Operation::Delete, None, Some(&auto), false)
-        .await
-        .expect("DELETE admission");
-    assert!(
-        matches!(&d, Decision::Allow { patch, .. } if patch.0.is_empty()),
-        "{d:?}"
-    );
-    services
-        .delete("auto", &DeleteParams::default())
-        .await
-        .expect("delete auto");
-    let report = repair.run_once().await.expect("repair");
-    assert!(report.released.contains(&Value::Ip(ip)), "{report:?}");
-    assert!(report.confirmed.contains(&Value::Port(port)), "{report:?}");
-    assert!(!report.released.contains(&Value::Port(port)), "{report:?}");
-    services
-        .delete("np-dynamic", &DeleteParams::default())
-        .await
-        .expect("delete np-dynamic");
-    let report = repair.run_once().await.expect("repair");
-    assert!(report.released.contains(&Value::Port(port)), "{report:?}");
-    assert!(
-        report.released.contains(&Value::Ip(cluster_ip(&first))),
-        "{report:?}"
-    );
-    let state = alloc
-        .ip_store(IpFamily::V4)
-        .expect("v4")
-        .read()
-        .await
-        .expect("read");
-    assert!(!state.pool().has(ip));
-    let reuse = service(
+    // What the apiserver accepts, Portico accepts: an explicit address outside the narrowing.
+    let wide = service(
         NS,
-        "reuse",
-        json!({"clusterIP": ip.to_string(), "clusterIPs": [ip.to_string()], "ports": [{"port": 80}]}),
+        "wide",
+        json!({"clusterIP": "10.96.202.77", "clusterIPs": ["10.96.202.77"], "ports": [{"port": 80}]}),
     );
-    let (reused, _) = admit_and_create(&alloc, &client, &reuse).await;
-    assert_eq!(cluster_ip(&reused), ip);
+    let created = admit_and_create(&alloc, &client, &wide)
+        .await
+        .expect("accepted like upstream");
+    assert_eq!(cluster_ip(&created).to_string(), "10.96.202.77");
 }
 
 #[tokio::test]
-async fn two_replicas_race_200_creates_without_duplicates_or_leaks() {
+async fn a_deleted_services_values_are_free_again_within_a_second() {
+    const NS: &str = "alloc-reuse";
+    let Some((_cp, client)) = setup(NS).await else {
+        return;
+    };
+    let alloc = start(
+        &client,
+        config(
+            "it-reuse-",
+            "10.96.203.0/24",
+            "30300-30399",
+            Duration::from_secs(30),
+        ),
+    )
+    .await;
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    let spec = json!({"type": "NodePort", "clusterIP": "10.96.203.77", "clusterIPs": ["10.96.203.77"],
+                      "ports": [{"port": 80, "nodePort": 30377}]});
+    for round in 0..3 {
+        let first = admit_and_create(
+            &alloc,
+            &client,
+            &service(NS, &format!("first-{round}"), spec.clone()),
+        )
+        .await
+        .expect("first create");
+        assert_eq!(node_ports(&first), [30377]);
+        // Let the watch see it holding the values: the next request for them is refused.
+        let second = service(NS, &format!("second-{round}"), spec.clone());
+        eventually(10, "the watch to see the first Service", || {
+            let alloc = Arc::clone(&alloc);
+            let second = second.clone();
+            async move {
+                let d = alloc
+                    .decide(Operation::Create, Some(&second), None, true)
+                    .await
+                    .ok()?;
+                matches!(d, Decision::Deny(_)).then_some(())
+            }
+        })
+        .await;
+        services
+            .delete(&format!("first-{round}"), &DeleteParams::default())
+            .await
+            .expect("delete");
+        let deleted = Instant::now();
+        loop {
+            match admit_and_create(&alloc, &client, &second).await {
+                Ok(created) => {
+                    assert_eq!(node_ports(&created), [30377]);
+                    assert_eq!(cluster_ip(&created).to_string(), "10.96.203.77");
+                    break;
+                }
+                Err(e) => assert!(
+                    deleted.elapsed() < Duration::from_secs(1),
+                    "still refused after 1 s: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "round {round}: delete then recreate of the same values took {:?}",
+            deleted.elapsed()
+        );
+        services
+            .delete(&format!("second-{round}"), &DeleteParams::default())
+            .await
+            .expect("delete");
+        eventually(10, "the values to be free", || {
+            let alloc = Arc::clone(&alloc);
+            async move { (!alloc.held().await.ok()?.contains(&Value::Port(30377))).then_some(()) }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn values_the_apiserver_assigned_on_its_own_are_never_handed_out() {
+    const NS: &str = "alloc-outside";
+    let Some((_cp, client)) = setup(NS).await else {
+        return;
+    };
+    let alloc = start(
+        &client,
+        config(
+            "it-outside-",
+            "10.96.204.0/24",
+            "30400-30499",
+            Duration::from_secs(30),
+        ),
+    )
+    .await;
+    // kube-system is never sent to the webhook: Services there get values from the apiserver
+    // alone, here exactly the ones Portico would hand out next.
+    let system: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    for i in 0..5 {
+        let plain = service(
+            NS,
+            &format!("plain-{i}"),
+            json!({"type": "NodePort", "ports": [{"port": 80}]}),
+        );
+        let Decision::Allow { patch, .. } = alloc
+            .decide(Operation::Create, Some(&plain), None, true)
+            .await
+            .expect("dry run")
+        else {
+            panic!("dry run refused");
+        };
+        let next = apply_patch(&plain, &patch).expect("patch");
+        let (ip, port) = (cluster_ip(&next).to_string(), node_ports(&next)[0]);
+        system
+            .create(
+                &PostParams::default(),
+                &service(
+                    "kube-system",
+                    &format!("it-outside-{i}"),
+                    json!({"type": "NodePort", "clusterIP": ip, "clusterIPs": [ip],
+                    "ports": [{"port": 80, "nodePort": port}]}),
+                ),
+            )
+            .await
+            .expect("the apiserver takes the values itself");
+        // No wait for the watch: the create must succeed now or after the watch caught up, but
+        // never with the kube-system Service's values.
+        let mut tries = 0;
+        let created = loop {
+            tries += 1;
+            match admit_and_create(&alloc, &client, &plain).await {
+                Ok(c) => break c,
+                Err(e) if tries < 50 && e.contains("already allocated") => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("create {i}: {e}"),
+            }
+        };
+        assert_ne!(cluster_ip(&created).to_string(), ip);
+        assert_ne!(node_ports(&created)[0], port);
+        eprintln!(
+            "round {i}: {tries} attempt(s) (more than 1: the watch had not seen the kube-system Service yet)"
+        );
+    }
+    for i in 0..5 {
+        let _ = system
+            .delete(&format!("it-outside-{i}"), &DeleteParams::default())
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_update_keeps_the_shared_node_port_of_a_tcp_udp_pair() {
+    const NS: &str = "alloc-update";
+    let Some((_cp, client)) = setup(NS).await else {
+        return;
+    };
+    let alloc = start(
+        &client,
+        config(
+            "it-update-",
+            "10.96.205.0/24",
+            "30500-30599",
+            Duration::from_secs(30),
+        ),
+    )
+    .await;
+    let ports = json!([{"name": "dns-tcp", "port": 53, "protocol": "TCP"}, {"name": "dns", "port": 53, "protocol": "UDP"}]);
+    let created = admit_and_create(
+        &alloc,
+        &client,
+        &service(NS, "dns", json!({"type": "NodePort", "ports": ports})),
+    )
+    .await
+    .expect("create");
+    let shared = node_ports(&created);
+    assert_eq!(shared.len(), 2);
+    assert_eq!(shared[0], shared[1], "TCP and UDP share one node port");
+    // A full update (PUT) that omits the node ports, as `kubectl replace` of a hand-written file.
+    let mut new = service(
+        NS,
+        "dns",
+        json!({"type": "NodePort", "clusterIP": cluster_ip(&created).to_string(), "ports": ports}),
+    );
+    new.metadata.resource_version = created.metadata.resource_version.clone();
+    let Decision::Allow { patch, allocated, .. } = alloc
+        .decide(Operation::Update, Some(&new), Some(&created), false)
+        .await
+        .expect("decide")
+    else {
+        panic!("update refused");
+    };
+    assert!(allocated.is_empty(), "nothing new taken: {allocated:?}");
+    let replaced = Api::<Service>::namespaced(client.clone(), NS)
+        .replace(
+            "dns",
+            &PostParams::default(),
+            &apply_patch(&new, &patch).expect("patch"),
+        )
+        .await
+        .expect("replace");
+    assert_eq!(
+        node_ports(&replaced),
+        shared,
+        "as upstream's patchAllocatedValues keeps them"
+    );
+}
+
+#[tokio::test]
+async fn claims_lapse_at_their_ttl() {
+    const NS: &str = "alloc-ttl";
+    let Some((_cp, client)) = setup(NS).await else {
+        return;
+    };
+    let alloc = start(
+        &client,
+        config("it-ttl-", "10.96.206.0/24", "30600-30699", Duration::from_secs(1)),
+    )
+    .await;
+    let abandoned = service(
+        NS,
+        "abandoned",
+        json!({"type": "NodePort", "ports": [{"port": 80}]}),
+    );
+    let Decision::Allow { allocated, .. } = alloc
+        .decide(Operation::Create, Some(&abandoned), None, false)
+        .await
+        .expect("decide")
+    else {
+        panic!("refused");
+    };
+    let port = allocated
+        .iter()
+        .find_map(|v| match v {
+            Value::Port(p) => Some(*p),
+            Value::Ip(_) => None,
+        })
+        .expect("a node port");
+    let wants = service(
+        NS,
+        "wants",
+        json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": port}]}),
+    );
+    let (code, _) = refusal(
+        alloc
+            .decide(Operation::Create, Some(&wants), None, false)
+            .await
+            .expect("decide"),
+    );
+    assert_eq!(code, 422, "claimed for the abandoned request");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let created = admit_and_create(&alloc, &client, &wants)
+        .await
+        .expect("free once the claim lapsed");
+    assert_eq!(node_ports(&created), [port]);
+}
+
+#[tokio::test]
+async fn a_service_cidr_added_at_run_time_is_used_and_its_removal_too() {
+    const NS: &str = "alloc-cidr";
+    let Some((_cp, client)) = setup(NS).await else {
+        return;
+    };
+    let alloc = start(
+        &client,
+        config(
+            "it-cidr-",
+            "10.96.207.0/24",
+            "30700-30799",
+            Duration::from_secs(30),
+        ),
+    )
+    .await;
+    let cidrs: Api<ServiceCIDR> = Api::all(client.clone());
+    let svc = service(
+        NS,
+        "extra",
+        json!({"clusterIP": "10.99.0.5", "clusterIPs": ["10.99.0.5"], "ports": [{"port": 80}]}),
+    );
+    let (code, message) = refusal(
+        alloc
+            .decide(Operation::Create, Some(&svc), None, false)
+            .await
+            .expect("decide"),
+    );
+    assert_eq!(code, 422);
+    assert!(
+        message.ends_with("the provided network does not match the current range"),
+        "{message}"
+    );
+    let extra: ServiceCIDR = serde_json::from_value(
+        json!({"metadata": {"name": "it-extra"}, "spec": {"cidrs": ["10.99.0.0/24"]}}),
+    )
+    .expect("cidr");
+    cidrs
+        .create(&PostParams::default(), &extra)
+        .await
+        .expect("create ServiceCIDR");
+    let created = eventually(10, "the new ServiceCIDR to be used", || {
+        let (alloc, client, svc) = (Arc::clone(&alloc), client.clone(), svc.clone());
+        async move { admit_and_create(&alloc, &client, &svc).await.ok() }
+    })
+    .await;
+    assert_eq!(cluster_ip(&created).to_string(), "10.99.0.5");
+    Api::<Service>::namespaced(client.clone(), NS)
+        .delete("extra", &DeleteParams::default())
+        .await
+        .expect("delete");
+    cidrs
+        .delete("it-extra", &DeleteParams::default())
+        .await
+        .expect("delete ServiceCIDR");
+    eventually(20, "the removed ServiceCIDR to be dropped", || {
+        let (alloc, svc) = (Arc::clone(&alloc), svc.clone());
+        async move {
+            let d = alloc
+                .decide(Operation::Create, Some(&svc), None, true)
+                .await
+                .ok()?;
+            matches!(d, Decision::Deny(_)).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_narrowing_outside_every_service_cidr_is_refused_at_start() {
+    const NS: &str = "alloc-narrow";
+    let Some((_cp, client)) = setup(NS).await else {
+        return;
+    };
+    install_crds(client.clone()).await.expect("CRD");
+    let err = ServiceAllocator::start(
+        client.clone(),
+        config(
+            "it-narrow-",
+            "10.43.0.0/16",
+            "30000-32767",
+            Duration::from_secs(30),
+        ),
+        None,
+    )
+    .await
+    .expect_err("outside the cluster's ServiceCIDRs");
+    assert_eq!(
+        err.to_string(),
+        "invalid allocation configuration: --service-cluster-ip-range 10.43.0.0/16 lies outside every ready ServiceCIDR of the cluster (IPv4 ranges: 10.96.0.0/16)"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_or_corrupted_range_allocation_is_rebuilt_without_handing_out_a_claimed_value() {
+    const NS: &str = "alloc-lost";
+    let Some((_cp, client)) = setup(NS).await else {
+        return;
+    };
+    let alloc = start(
+        &client,
+        config(
+            "it-lost-",
+            "10.96.208.0/24",
+            "30800-30809",
+            Duration::from_secs(30),
+        ),
+    )
+    .await;
+    let objects: Api<RangeAllocation> = Api::all(client.clone());
+    let claim = |name: &str| {
+        let alloc = Arc::clone(&alloc);
+        let svc = service(NS, name, json!({"type": "NodePort", "ports": [{"port": 80}]}));
+        async move {
+            match alloc
+                .decide(Operation::Create, Some(&svc), None, false)
+                .await
+                .expect("decide")
+            {
+                Decision::Allow { allocated, .. } => allocated,
+                d => panic!("refused: {d:?}"),
+            }
+        }
+    };
+    let first = claim("first").await;
+    let started = Instant::now();
+    objects
+        .delete("it-lost-nodeports", &DeleteParams::default())
+        .await
+        .expect("delete the object");
+    let second = claim("second").await;
+    eprintln!(
+        "first admission after the delete answered in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        first.iter().all(|v| !second.contains(v)),
+        "a claimed value handed out again: {first:?} {second:?}"
+    );
+    let rebuilt = objects.get("it-lost-nodeports").await.expect("recreated");
+    let status = rebuilt.status.expect("status");
+    let recovery = status.last_recovery.expect("the recovery is recorded");
+    assert_eq!(recovery.reason, "the object was deleted");
+    let port = |vs: &[Value]| {
+        vs.iter()
+            .find_map(|v| match v {
+                Value::Port(p) => Some(p.to_string()),
+                Value::Ip(_) => None,
+            })
+            .expect("a port")
+    };
+    assert!(
+        rebuilt.spec.pending.contains_key(&port(&first)),
+        "the first claim survived"
+    );
+    assert!(rebuilt.spec.pending.contains_key(&port(&second)));
+
+    // Unreadable entries: the object is rewritten from this replica's claims.
+    objects
+        .patch(
+            "it-lost-nodeports",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"pending": {"not-a-port": {"service": "x", "expires": "soon"}}}})),
+        )
+        .await
+        .expect("corrupt the object");
+    let third = claim("third").await;
+    assert!(
+        first.iter().chain(&second).all(|v| !third.contains(v)),
+        "a claimed value handed out again after the corruption"
+    );
+    let rewritten = objects.get("it-lost-nodeports").await.expect("object");
+    assert!(!rewritten.spec.pending.contains_key("not-a-port"));
+    let reason = rewritten
+        .status
+        .and_then(|s| s.last_recovery)
+        .expect("recorded")
+        .reason;
+    assert!(reason.starts_with("unreadable claims: not-a-port"), "{reason}");
+    let events: Vec<Event> = eventually(10, "the recovery Events", || {
+        let client = client.clone();
+        async move {
+            let list = Api::<Event>::all(client)
+                .list(&ListParams::default())
+                .await
+                .ok()?;
+            let ours: Vec<Event> = list
+                .items
+                .into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("it-lost-nodeports"))
+                .collect();
+            let reasons: HashSet<&str> = ours.iter().filter_map(|e| e.reason.as_deref()).collect();
+            (reasons.contains("RangeAllocationRecreated") && reasons.contains("RangeAllocationRewritten"))
+                .then_some(ours)
+        }
+    })
+    .await;
+    assert!(events.iter().all(|e| e.type_.as_deref() == Some("Warning")));
+}
+
+#[tokio::test]
+async fn a_full_band_is_free_again_right_after_its_services_go() {
+    const NS: &str = "alloc-refill";
+    let Some((_cp, client)) = setup(NS).await else {
+        return;
+    };
+    // 40 ports: static 30900-30915, dynamic 30916-30939.
+    let alloc = start(
+        &client,
+        config(
+            "it-refill-",
+            "10.96.209.0/24",
+            "30900-30939",
+            Duration::from_secs(30),
+        ),
+    )
+    .await;
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    for round in 0..2 {
+        let made: Vec<Result<Service, String>> = futures::stream::iter(0..40)
+            .map(|i| {
+                let (alloc, client) = (Arc::clone(&alloc), client.clone());
+                async move {
+                    let svc = service(
+                        NS,
+                        &format!("r{round}-{i}"),
+                        json!({"type": "NodePort", "ports": [{"port": 80}]}),
+                    );
+                    admit_and_create(&alloc, &client, &svc).await
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let failures: Vec<&String> = made.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(failures.is_empty(), "round {round}: {failures:?}");
+        let ports: HashSet<i32> = made.iter().flatten().flat_map(node_ports).collect();
+        assert_eq!(ports.len(), 40, "the whole range, each port once");
+        let full = service(
+            NS,
+            "one-too-many",
+            json!({"type": "NodePort", "ports": [{"port": 80}]}),
+        );
+        let (code, message) = refusal(
+            alloc
+                .decide(Operation::Create, Some(&full), None, true)
+                .await
+                .expect("decide"),
+        );
+        assert_eq!(
+            (code, message.as_str()),
+            (
+                500,
+                "Internal error occurred: failed to allocate a nodePort: range is full"
+            )
+        );
+        for i in 0..40 {
+            services
+                .delete(&format!("r{round}-{i}"), &DeleteParams::default())
+                .await
+                .expect("delete");
+        }
+        // The next round creates right after the deletes returned.
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_race_creates_without_a_failure_or_a_duplicate() {
     const NS: &str = "alloc-race";
     let Some((cp, client)) = setup(NS).await else {
         return;
     };
-    let grace = Duration::from_secs(2);
-    let cfg = config("it-race-", "10.96.202.0/24", "32000-32299", None, grace);
+    let cfg = config(
+        "it-race-",
+        "10.96.210.0/24",
+        "31000-31299",
+        Duration::from_secs(30),
+    );
     let (registry_a, registry_b) = (prometheus::Registry::new(), prometheus::Registry::new());
     let replica_a = start_with(&client, cfg.clone(), Some(&registry_a)).await;
     // The second replica has its own connection and registry, as another process would.
     let client_b = cp.client().await.expect("second client");
     let replica_b = start_with(&client_b, cfg, Some(&registry_b)).await;
-
-    // 200 Services, every fourth a NodePort, every tenth abandoned after its admission (a later
-    // webhook refused it, or the client went away).
-    let results: Vec<(usize, bool, Vec<Value>, Option<Service>)> = futures::stream::iter(0..200usize)
+    let results: Vec<(usize, Result<Service, String>)> = futures::stream::iter(0..200usize)
         .map(|i| {
-            let replica = if i % 2 == 0 { &replica_a } else { &replica_b };
-            let client = if i % 2 == 0 { &client } else { &client_b };
+            let (replica, client) = if i % 2 == 0 {
+                (&replica_a, &client)
+            } else {
+                (&replica_b, &client_b)
+            };
             async move {
                 let spec = if i % 4 == 0 {
                     json!({"type": "NodePort", "ports": [{"name": "tcp", "port": 53, "protocol": "TCP"},
                                                          {"name": "udp", "port": 53, "protocol": "UDP"}]})
                 } else {
-                    json!({"ports": [{"port": 80}]})
+                    json!({"type": "NodePort", "ports": [{"port": 80}]})
                 };
-                let svc = service(NS, &format!("svc-{i}"), spec);
-                let abandoned = i % 10 == 5;
-                if abandoned {
-                    let d = replica
-                        .decide(Operation::Create, Some(&svc), None, false)
-                        .await
-                        .expect("decide");
-                    let Decision::Allow { allocated, .. } = d else {
-                        panic!("refused: {d:?}")
-                    };
-                    (i, true, allocated, None)
-                } else {
-                    let (created, handed_out) = admit_and_create(replica, client, &svc).await;
-                    (i, false, handed_out, Some(created))
-                }
+                (
+                    i,
+                    admit_and_create(replica, client, &service(NS, &format!("svc-{i}"), spec)).await,
+                )
             }
         })
-        .buffer_unordered(64)
+        .buffer_unordered(16)
         .collect()
         .await;
-
-    // No value was ever handed out twice (TCP and UDP of one port share one node port).
-    let mut seen = HashSet::new();
-    for (i, _, values, _) in &results {
-        for v in values {
-            assert!(seen.insert(*v), "{v} handed out twice (svc-{i})");
-        }
-    }
-    let created: Vec<&Service> = results.iter().filter_map(|r| r.3.as_ref()).collect();
-    assert_eq!(created.len(), 180);
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|(i, r)| r.as_ref().err().map(|e| format!("svc-{i}: {e}")))
+        .collect();
+    assert!(failures.is_empty(), "{} failures: {failures:?}", failures.len());
+    let created: Vec<&Service> = results.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
     let ips: HashSet<IpAddr> = created.iter().map(|s| cluster_ip(s)).collect();
-    assert_eq!(ips.len(), 180, "distinct clusterIPs");
+    assert_eq!(ips.len(), 200, "distinct clusterIPs");
+    let mut ports = HashSet::new();
     for s in &created {
-        let ports = node_ports(s);
-        if !ports.is_empty() {
-            assert_eq!(ports.len(), 2);
-            assert_eq!(ports[0], ports[1], "TCP and UDP share the node port");
-        }
+        let p = node_ports(s);
+        assert!(p.iter().all(|x| *x == p[0]), "TCP and UDP share the node port");
+        assert!(ports.insert(p[0]), "node port {} twice", p[0]);
     }
     let conflicts: f64 = [&registry_a, &registry_b]
         .iter()
         .map(|r| counter_sum(r, "portico_allocator_write_conflicts_total"))
         .sum();
-    let handed: f64 = [&registry_a, &registry_b]
-        .iter()
-        .map(|r| counter_sum(r, "portico_clusterip_allocator_allocation_total"))
-        .sum();
-    eprintln!("race: {handed} clusterIPs handed out, {conflicts} lost compare-and-swaps retried");
-    assert!(handed >= 200.0);
-    // 64 creates in flight on two replicas: the replicas did race for the objects.
+    eprintln!("race: 200 creates on two replicas, {conflicts} lost compare-and-swaps retried");
     assert!(
         conflicts > 0.0,
         "no compare-and-swap was ever lost: the race did not happen"
     );
-    let abandoned: BTreeSet<Value> = results
-        .iter()
-        .filter(|r| r.1)
-        .flat_map(|r| r.2.iter().copied())
-        .collect();
-    assert_eq!(abandoned.iter().filter(|v| matches!(v, Value::Ip(_))).count(), 20);
-
-    // After the grace period one repair pass (on either replica) frees exactly what no Service
-    // holds, and confirms the rest.
-    tokio::time::sleep(grace + Duration::from_millis(500)).await;
-    let repair = Repair::new(
-        Arc::clone(&replica_b),
-        RepairConfig {
-            events: false,
-            report_out_of_range: false,
-            instance: None,
-        },
-    );
-    let report = repair.run_once().await.expect("repair");
-    let referenced = referenced_values(&client).await;
-    let leaked: BTreeSet<Value> = report.leaked_released.iter().copied().collect();
-    // An abandoned value is a leak unless a Service of another test (given an address by the
-    // apiserver, which knows nothing of Portico's claims) happens to hold it now.
-    let expected: BTreeSet<Value> = abandoned.difference(&referenced).copied().collect();
-    assert!(leaked.is_superset(&expected), "{report:?}");
-    assert!(report.duplicates.is_empty(), "{report:?}");
-
-    let held: BTreeSet<Value> = replica_a.held().await.expect("held").into_iter().collect();
-    let mut in_use: BTreeSet<Value> = BTreeSet::new();
-    for s in &created {
-        in_use.insert(Value::Ip(cluster_ip(s)));
-        in_use.extend(node_ports(s).into_iter().map(Value::Port));
-    }
-    assert!(held.is_superset(&in_use), "every Service's values are held");
-    // Anything else held belongs to another test's Service that landed in this range.
-    let leaks: Vec<&Value> = held.difference(&referenced).collect();
-    assert!(leaks.is_empty(), "leaked after repair: {leaks:?}");
-    for store in [
-        replica_a
-            .ip_store(IpFamily::V4)
-            .expect("v4")
-            .read()
-            .await
-            .expect("read")
-            .pending()
-            .len(),
-        replica_a.port_store().read().await.expect("read").pending().len(),
-    ] {
-        assert_eq!(store, 0, "no claim left pending");
-    }
-}
-
-/// Every clusterIP and nodePort held by a Service of any namespace.
-async fn referenced_values(client: &kube::Client) -> BTreeSet<Value> {
-    let all: Vec<Service> = Api::<Service>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .items;
-    all.iter()
-        .flat_map(|s| {
-            let mut v: Vec<Value> = node_ports(s).into_iter().map(Value::Port).collect();
-            if let Some(ip) = s
-                .spec
-                .as_ref()
-                .and_then(|sp| sp.cluster_ip.as_deref())
-                .and_then(|ip| ip.parse().ok())
-            {
-                v.push(Value::Ip(ip));
+    // Every claim is fulfilled once the watches see the Services.
+    for replica in [&replica_a, &replica_b] {
+        eventually(10, "every claim fulfilled", || {
+            let replica = Arc::clone(replica);
+            async move {
+                let ips = replica.ip_ranges()[0].1.snapshot().await.ok()?;
+                let ports = replica.port_range().snapshot().await.ok()?;
+                (ips.pending().is_empty() && ports.pending().is_empty()).then_some(())
             }
-            v
         })
-        .collect()
-}
-
-#[tokio::test]
-async fn pending_claims_expire_and_a_restart_rebuilds_from_object_and_services() {
-    const NS: &str = "alloc-restart";
-    let Some((_cp, client)) = setup(NS).await else {
-        return;
-    };
-    let grace = Duration::from_secs(1);
-    let cfg = config("it-restart-", "10.96.203.0/24", "32300-32399", Some(NS), grace);
-    let first = start(&client, cfg.clone()).await;
-
-    // An admission whose Service never appears.
-    let ghost = service(NS, "ghost", json!({"ports": [{"port": 80}]}));
-    let Decision::Allow { allocated, .. } = first
-        .decide(Operation::Create, Some(&ghost), None, false)
-        .await
-        .expect("decide")
-    else {
-        panic!("refused")
-    };
-    let ghost_ip = allocated[0];
-    // A Service created through Portico.
-    let (real, _) = admit_and_create(
-        &first,
-        &client,
-        &service(NS, "real", json!({"ports": [{"port": 80}]})),
-    )
-    .await;
-    let real_ip = Value::Ip(cluster_ip(&real));
-    // Services that bypassed the webhook: inside the range, and one outside of it.
-    let services: Api<Service> = Api::namespaced(client.clone(), NS);
-    let bypass = service(
-        NS,
-        "bypass",
-        json!({"type": "NodePort", "clusterIP": "10.96.203.200", "clusterIPs": ["10.96.203.200"],
-               "ports": [{"port": 80, "nodePort": 32350}]}),
-    );
-    services
-        .create(&PostParams::default(), &bypass)
-        .await
-        .expect("create bypass");
-    let foreign = service(
-        NS,
-        "foreign",
-        json!({"clusterIP": "10.96.204.77", "clusterIPs": ["10.96.204.77"], "ports": [{"port": 80}]}),
-    );
-    let foreign = services
-        .create(&PostParams::default(), &foreign)
-        .await
-        .expect("create foreign");
-    drop(first);
-
-    // Restart: the object brings back the claim and the real Service's value, the Services
-    // bring back what bypassed the webhook.
-    let second = start(&client, cfg).await;
-    let ips = second
-        .ip_store(IpFamily::V4)
-        .expect("v4")
-        .cached()
-        .await
-        .expect("state");
-    let bypass_ip: IpAddr = "10.96.203.200".parse().expect("ip");
-    assert!(ips.pool().has(bypass_ip), "marked from the Service");
-    let Value::Ip(ghost_addr) = ghost_ip else {
-        panic!("an address first")
-    };
-    assert!(ips.pending().contains_key(&ghost_addr), "claim restored");
-    let Value::Ip(real_addr) = real_ip else {
-        unreachable!()
-    };
-    assert!(ips.pool().has(real_addr));
-    assert!(
-        second
-            .port_store()
-            .cached()
-            .await
-            .expect("ports")
-            .pool()
-            .has(32350)
-    );
-
-    // A Service that appears behind Portico's back while it runs is repaired (with an Event).
-    let late = service(
-        NS,
-        "late",
-        json!({"clusterIP": "10.96.203.201", "clusterIPs": ["10.96.203.201"], "ports": [{"port": 80}]}),
-    );
-    services
-        .create(&PostParams::default(), &late)
-        .await
-        .expect("create late");
-
-    tokio::time::sleep(grace + Duration::from_millis(300)).await;
-    let repair = Repair::new(
-        Arc::clone(&second),
-        RepairConfig {
-            instance: Some("it-restart".into()),
-            ..RepairConfig::default()
-        },
-    );
-    let report = repair.run_once().await.expect("repair");
-    assert_eq!(report.leaked_released, vec![ghost_ip], "{report:?}");
-    assert!(report.confirmed.contains(&real_ip), "{report:?}");
-    let late_ip: IpAddr = "10.96.203.201".parse().expect("ip");
-    assert_eq!(
-        report.unknown,
-        vec![(
-            portico_webhook::allocation::ServiceRef::new(NS, "late"),
-            Value::Ip(late_ip)
-        )]
-    );
-    assert_eq!(report.out_of_range.len(), 1, "{report:?}");
-    assert!(report.released.is_empty(), "{report:?}");
-    let ips = second
-        .ip_store(IpFamily::V4)
-        .expect("v4")
-        .read()
-        .await
-        .expect("state");
-    assert!(!ips.pool().has(ghost_addr));
-    assert!(ips.pool().has(late_ip) && ips.pending().is_empty());
-
-    // The pass is on the range's object, for `portico status`: the leak with the Service that
-    // never came, the Service the bitmap did not know.
-    let object = second.ip_store(IpFamily::V4).expect("v4").name().to_owned();
-    let stored = Api::<RangeAllocation>::all(client.clone())
-        .get(&object)
-        .await
-        .expect("RangeAllocation");
-    let pass = stored
-        .status
-        .and_then(|s| s.last_repair)
-        .expect("status.lastRepair");
-    assert_eq!(pass.leaked.count, 1, "{pass:?}");
-    assert!(
-        pass.leaked.examples[0].starts_with(&format!("{ghost_addr} {NS}/")),
-        "{pass:?}"
-    );
-    assert_eq!(
-        pass.unknown.examples,
-        vec![format!("{late_ip} {NS}/late")],
-        "{pass:?}"
-    );
-    assert_eq!(pass.duplicates.count, 0, "{pass:?}");
-
-    // The Events, with upstream's reasons and messages.
-    let events: Api<Event> = Api::namespaced(client.clone(), NS);
-    let found = eventually(20, "repair Events", || {
-        let events = events.clone();
-        async move {
-            let list = events.list(&ListParams::default()).await.ok()?;
-            let mine: Vec<(String, String)> = list
-                .items
-                .into_iter()
-                .filter(|e| e.reporting_controller.as_deref() == Some("portico-allocation-repair"))
-                .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-                .collect();
-            (mine.len() >= 2).then_some(mine)
-        }
-    })
-    .await;
-    assert!(
-        found.contains(&(
-            "ClusterIPNotAllocated".to_owned(),
-            "Cluster IP [IPv4]:10.96.203.201 is not allocated; repairing".to_owned()
-        )),
-        "{found:?}"
-    );
-    let foreign_ip = cluster_ip(&foreign);
-    assert!(
-        found.contains(&(
-            "ClusterIPOutOfRange".to_owned(),
-            format!(
-                "Cluster IP [IPv4]:{foreign_ip} is not within the service CIDR 10.96.203.0/24; please recreate service"
-            )
-        )),
-        "{found:?}"
-    );
+        .await;
+    }
 }

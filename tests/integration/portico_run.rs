@@ -226,7 +226,7 @@ async fn one_command_wires_allocation_validation_and_controllers() {
     // The apiserver prefixes a webhook's message with the webhook's name; the details, which
     // kubectl prints as `The Service "c" is invalid: ...`, are upstream's own.
     let upstream = format!(
-        "Service \"c\" is invalid: spec.clusterIPs: Invalid value: []string{{\"{ip_a}\"}}: \
+        "Service \"c\" is invalid: spec.clusterIPs: Invalid value: [\"{ip_a}\"]: \
          failed to allocate IP {ip_a}: provided IP is already allocated"
     );
     assert_eq!(
@@ -239,7 +239,7 @@ async fn one_command_wires_allocation_validation_and_controllers() {
     assert_eq!(
         details.causes[0].message,
         format!(
-            "Invalid value: []string{{\"{ip_a}\"}}: failed to allocate IP {ip_a}: provided IP is already allocated"
+            "Invalid value: [\"{ip_a}\"]: failed to allocate IP {ip_a}: provided IP is already allocated"
         )
     );
 

@@ -1,4 +1,4 @@
-//! Admission webhook: port validation and clusterIP/nodePort allocation.
+//! Admission webhook: port validation, and the admission side of clusterIP/nodePort allocation.
 //!
 //! [`validation`] holds the pure rules. Around them:
 //! * [`server`]: the HTTPS server (axum + hyper + rustls): `/validate`, `/mutate`, `/healthz`,
@@ -6,6 +6,8 @@
 //! * [`tls`]: the serving certificate, reloaded when its files change (Secret symlink swaps too);
 //! * [`review`]: the AdmissionReview v1 envelope, decoded leniently, answered with the uid echoed;
 //! * [`admission`]: dispatch of a review to the [`Validator`] or a [`Mutate`] implementation;
+//! * [`allocation_adapter`]: `/mutate` for Services through `portico-allocation`'s
+//!   `ServiceAllocator`;
 //! * [`validate`]: the validating policy (which reviews are judged, ratcheting on UPDATE, the
 //!   `targetPort` warning);
 //! * [`status`]: refusals shaped like the apiserver's own (`422 Invalid` with causes);
@@ -22,7 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod admission;
-pub mod allocation;
+pub mod allocation_adapter;
 pub mod bootstrap;
 pub mod ca;
 pub mod error;

@@ -1,19 +1,65 @@
 //! Table-driven tests of the allocation decisions on AdmissionReview fixtures, through
-//! [`MemoryAllocator::admit`] (the same plan, execution, patch and status code as the
-//! cluster-backed [`super::ServiceAllocator::admit`]).
+//! [`admit`] over [`ServiceAllocator::in_memory`]: the production decision flow, with claims
+//! held in memory instead of a `RangeAllocation` object.
 
 use k8s_openapi::jiff::Timestamp;
+use portico_allocation::{AllocationConfig, Holder, IpFamily, Pool, ServiceAllocator, ServiceRef};
 use serde_json::{Value as Json, json};
 
-use super::{AllocationConfig, IpFamily, MemoryAllocator, ServiceRef};
+use super::admit;
 use crate::review::{self, AdmissionRequest, Decoded, Verdict};
 
 fn config(cidrs: &str, ports: &str) -> AllocationConfig {
     AllocationConfig::parse(cidrs, ports).expect("test configuration")
 }
 
-fn expires() -> Timestamp {
-    Timestamp::from_second(2_000_000_000).expect("timestamp")
+/// The production decision flow ([`ServiceAllocator::decide`]) over in-memory claim stores, fed
+/// with holdings the way the watches feed them.
+struct Mem(ServiceAllocator);
+
+impl Mem {
+    fn new(cfg: &AllocationConfig) -> Self {
+        Mem(ServiceAllocator::in_memory(cfg.clone()).expect("in-memory allocator"))
+    }
+
+    async fn admit(&self, request: &AdmissionRequest) -> Verdict {
+        admit(&self.0, request).await
+    }
+
+    /// The watch saw Service `ns/holder` holding `value`.
+    fn hold_as(&self, value: &str, holder: &str) {
+        let h = Holder::Service(ServiceRef::new("ns", holder));
+        let now = Timestamp::now();
+        if let Ok(port) = value.parse::<i32>() {
+            self.0.port_range().observe(move |s| s.hold(port, h.clone(), now));
+            return;
+        }
+        let ip: std::net::IpAddr = value.parse().expect("ip");
+        self.0
+            .ip_range(IpFamily::of(ip))
+            .expect("family configured")
+            .observe(move |s| s.hold(ip, h.clone(), now));
+    }
+
+    /// The watch saw Service `ns/holder` go.
+    fn unhold_as(&self, value: &str, holder: &str) {
+        let h = Holder::Service(ServiceRef::new("ns", holder));
+        if let Ok(port) = value.parse::<i32>() {
+            self.0.port_range().observe(move |s| s.unhold(port, &h));
+            return;
+        }
+        let ip: std::net::IpAddr = value.parse().expect("ip");
+        self.0
+            .ip_range(IpFamily::of(ip))
+            .expect("family configured")
+            .observe(move |s| s.unhold(ip, &h));
+    }
+
+    async fn pending_owner(&self, ip: &str) -> Option<ServiceRef> {
+        let ip: std::net::IpAddr = ip.parse().expect("ip");
+        let state = self.0.ip_range(IpFamily::of(ip))?.snapshot().await.ok()?;
+        state.pending().get(&ip).map(|p| p.owner.clone())
+    }
 }
 
 /// An AdmissionReview for a Service in namespace `ns`.
@@ -97,38 +143,23 @@ fn case(name: &'static str, object: Json, want: Want) -> Case {
     }
 }
 
-fn mark(m: &mut MemoryAllocator, value: &str) {
-    if let Ok(port) = value.parse::<i32>() {
-        m.port_state_mut().mark(port).expect("free port");
-        return;
+async fn held(m: &Mem) -> Vec<String> {
+    let mut out = Vec::new();
+    for (_, range) in m.0.ip_ranges() {
+        let state = range.snapshot().await.expect("state");
+        out.extend(state.pool().held().iter().map(|ip| ip.to_string()));
     }
-    let ip: std::net::IpAddr = value.parse().expect("ip");
-    m.ip_state_mut(IpFamily::of(ip))
-        .expect("family configured")
-        .mark(ip)
-        .expect("free ip");
-}
-
-fn held(m: &MemoryAllocator) -> Vec<String> {
-    let mut out: Vec<String> = m
-        .families()
-        .into_iter()
-        .flat_map(|f| {
-            m.ip_state(f)
-                .map(|s| s.pool().iter().map(|ip| ip.to_string()).collect::<Vec<_>>())
-                .unwrap_or_default()
-        })
-        .collect();
-    out.extend(m.port_state().pool().iter().map(|p| p.to_string()));
+    let ports = m.0.port_range().snapshot().await.expect("state");
+    out.extend(ports.pool().held().iter().map(|p| p.to_string()));
     out
 }
 
-fn run(c: Case) {
-    let mut m = MemoryAllocator::new(&config(c.cidrs, c.ports));
-    for v in c.held {
-        mark(&mut m, v);
+async fn run(c: Case) {
+    let m = Mem::new(&config(c.cidrs, c.ports));
+    for (i, v) in c.held.iter().enumerate() {
+        m.hold_as(v, &format!("holder-{i}"));
     }
-    let verdict: Verdict = m.admit(&review(c.op, c.object, c.old, false), expires());
+    let verdict: Verdict = m.admit(&review(c.op, c.object, c.old, false)).await;
     match c.want {
         Want::Allow(patch) => {
             assert!(
@@ -157,7 +188,7 @@ fn run(c: Case) {
         }
     }
     if !c.held_after.is_empty() {
-        assert_eq!(held(&m), c.held_after, "{}: held afterwards", c.name);
+        assert_eq!(held(&m).await, c.held_after, "{}: held afterwards", c.name);
     }
 }
 
@@ -172,8 +203,8 @@ fn node_port_patch(index: usize, port: i32) -> Json {
     json!({"op": "add", "path": format!("/spec/ports/{index}/nodePort"), "value": port})
 }
 
-#[test]
-fn create_cluster_ip() {
+#[tokio::test]
+async fn create_cluster_ip() {
     let cases = vec![
         Case {
             held_after: &["10.96.0.17"],
@@ -204,7 +235,7 @@ fn create_cluster_ip() {
                 ),
                 Want::Deny(
                     422,
-                    r#"Service "web" is invalid: spec.clusterIPs: Invalid value: []string{"10.96.0.5"}: failed to allocate IP 10.96.0.5: provided IP is already allocated"#,
+                    r#"Service "web" is invalid: spec.clusterIPs: Invalid value: ["10.96.0.5"]: failed to allocate IP 10.96.0.5: provided IP is already allocated"#,
                 ),
             )
         },
@@ -216,7 +247,7 @@ fn create_cluster_ip() {
             ),
             Want::Deny(
                 422,
-                r#"Service "web" is invalid: spec.clusterIPs: Invalid value: []string{"10.97.0.5"}: failed to allocate IP 10.97.0.5: the provided IP (10.97.0.5) is not in the valid range. The range of valid IPs is 10.96.0.0/24"#,
+                r#"Service "web" is invalid: spec.clusterIPs: Invalid value: ["10.97.0.5"]: failed to allocate IP 10.97.0.5: the provided IP (10.97.0.5) is not in the valid range. The range of valid IPs is 10.96.0.0/24"#,
             ),
         ),
         case(
@@ -224,7 +255,7 @@ fn create_cluster_ip() {
             svc("web", json!({"clusterIP": "10.96.0.0", "ports": [tcp(80)]})),
             Want::Deny(
                 422,
-                r#"Service "web" is invalid: spec.clusterIPs: Invalid value: []string{"10.96.0.0"}: failed to allocate IP 10.96.0.0: the provided IP (10.96.0.0) is not in the valid range. The range of valid IPs is 10.96.0.0/24"#,
+                r#"Service "web" is invalid: spec.clusterIPs: Invalid value: ["10.96.0.0"]: failed to allocate IP 10.96.0.0: the provided IP (10.96.0.0) is not in the valid range. The range of valid IPs is 10.96.0.0/24"#,
             ),
         ),
         case(
@@ -235,7 +266,7 @@ fn create_cluster_ip() {
             ),
             Want::Deny(
                 422,
-                r#"Service "web" is invalid: spec.clusterIPs: Invalid value: []string{"10.96.0.255"}: failed to allocate IP 10.96.0.255: the provided IP (10.96.0.255) is not in the valid range. The range of valid IPs is 10.96.0.0/24"#,
+                r#"Service "web" is invalid: spec.clusterIPs: Invalid value: ["10.96.0.255"]: failed to allocate IP 10.96.0.255: the provided IP (10.96.0.255) is not in the valid range. The range of valid IPs is 10.96.0.0/24"#,
             ),
         ),
         Case {
@@ -285,7 +316,7 @@ fn create_cluster_ip() {
             ),
             Want::Deny(
                 422,
-                r#"Service "web" is invalid: spec.clusterIPs[0]: Invalid value: []string{"fd00::5"}: IPv6 is not configured on this cluster"#,
+                r#"Service "web" is invalid: spec.clusterIPs[0]: Invalid value: ["fd00::5"]: IPv6 is not configured on this cluster"#,
             ),
         ),
         case(
@@ -350,7 +381,7 @@ fn create_cluster_ip() {
                 ),
                 Want::Deny(
                     422,
-                    r#"Service "web" is invalid: spec.clusterIPs: Invalid value: []string{"fd00::5", ""}: failed to allocate IP fd00::5: provided IP is already allocated"#,
+                    r#"Service "web" is invalid: spec.clusterIPs: Invalid value: ["fd00::5",""]: failed to allocate IP fd00::5: provided IP is already allocated"#,
                 ),
             )
         },
@@ -372,12 +403,12 @@ fn create_cluster_ip() {
         ),
     ];
     for c in cases {
-        run(c);
+        run(c).await;
     }
 }
 
-#[test]
-fn create_node_ports() {
+#[tokio::test]
+async fn create_node_ports() {
     let mut first = cluster_ip_patch(&["10.96.0.17"]);
     first.push(node_port_patch(0, 30086));
     let mut shared = cluster_ip_patch(&["10.96.0.17"]);
@@ -517,7 +548,7 @@ fn create_node_ports() {
         },
     ];
     for c in cases {
-        run(c);
+        run(c).await;
     }
 }
 
@@ -529,8 +560,8 @@ fn update(name: &'static str, old: Json, new: Json, want: Want) -> Case {
     }
 }
 
-#[test]
-fn update_transitions() {
+#[tokio::test]
+async fn update_transitions() {
     let cases = vec![
         Case {
             held: &["10.96.0.20"],
@@ -757,40 +788,40 @@ fn update_transitions() {
         },
     ];
     for c in cases {
-        run(c);
+        run(c).await;
     }
 }
 
-#[test]
-fn dry_run_answers_the_same_and_changes_nothing() {
-    let mut m = MemoryAllocator::new(&config("10.96.0.0/24", "30000-32767"));
+#[tokio::test]
+async fn dry_run_answers_the_same_and_changes_nothing() {
+    let m = Mem::new(&config("10.96.0.0/24", "30000-32767"));
     let object = svc("web", json!({"type": "NodePort", "ports": [tcp(80)]}));
-    let dry = m.admit(&review("CREATE", Some(object.clone()), None, true), expires());
-    assert!(held(&m).is_empty());
-    let real = m.admit(&review("CREATE", Some(object), None, false), expires());
+    let dry = m.admit(&review("CREATE", Some(object.clone()), None, true)).await;
+    assert!(held(&m).await.is_empty());
+    let real = m.admit(&review("CREATE", Some(object), None, false)).await;
     assert_eq!(dry, real);
-    assert_eq!(held(&m), ["10.96.0.17", "30086"]);
+    assert_eq!(held(&m).await, ["10.96.0.17", "30086"]);
 }
 
-#[test]
-fn claims_belong_to_their_service_and_renew_on_reinvocation() {
-    let mut m = MemoryAllocator::new(&config("10.96.0.0/24", "30000-32767"));
-    let first = m.admit(
-        &review(
+#[tokio::test]
+async fn claims_belong_to_their_service_and_renew_on_reinvocation() {
+    let m = Mem::new(&config("10.96.0.0/24", "30000-32767"));
+    let first = m
+        .admit(&review(
             "CREATE",
             Some(svc("web", json!({"ports": [tcp(80)]}))),
             None,
             false,
-        ),
-        expires(),
-    );
+        ))
+        .await;
     assert!(first.allowed);
-    let state = m.ip_state(IpFamily::V4).expect("v4");
-    let ip: std::net::IpAddr = "10.96.0.17".parse().expect("ip");
-    assert_eq!(state.pending()[&ip].owner, ServiceRef::new("ns", "web"));
+    assert_eq!(
+        m.pending_owner("10.96.0.17").await,
+        Some(ServiceRef::new("ns", "web"))
+    );
     // The apiserver re-invokes the webhook with the patched object: same Service, same value.
-    let again = m.admit(
-        &review(
+    let again = m
+        .admit(&review(
             "CREATE",
             Some(svc(
                 "web",
@@ -798,13 +829,12 @@ fn claims_belong_to_their_service_and_renew_on_reinvocation() {
             )),
             None,
             false,
-        ),
-        expires(),
-    );
+        ))
+        .await;
     assert!(again.allowed && again.patch.is_none());
     // Another Service may not have it.
-    let other = m.admit(
-        &review(
+    let other = m
+        .admit(&review(
             "CREATE",
             Some(svc(
                 "api",
@@ -812,13 +842,12 @@ fn claims_belong_to_their_service_and_renew_on_reinvocation() {
             )),
             None,
             false,
-        ),
-        expires(),
-    );
+        ))
+        .await;
     assert!(!other.allowed);
     // generateName: no name yet, the claim is for the namespace.
-    let generated = m.admit(
-        &review(
+    let generated = m
+        .admit(&review(
             "CREATE",
             Some(
                 json!({"apiVersion": "v1", "kind": "Service", "metadata": {"generateName": "web-"},
@@ -826,25 +855,23 @@ fn claims_belong_to_their_service_and_renew_on_reinvocation() {
             ),
             None,
             false,
-        ),
-        expires(),
-    );
+        ))
+        .await;
     assert!(generated.allowed);
-    let ip: std::net::IpAddr = "10.96.0.18".parse().expect("ip");
     assert_eq!(
-        m.ip_state(IpFamily::V4).expect("v4").pending()[&ip].owner,
-        ServiceRef::new("ns", "")
+        m.pending_owner("10.96.0.18").await,
+        Some(ServiceRef::new("ns", ""))
     );
 }
 
-#[test]
-fn node_ports_fill_the_dynamic_band_before_the_static_one() {
+#[tokio::test]
+async fn node_ports_fill_the_dynamic_band_before_the_static_one() {
     // 100 ports: static band 30000-30015, dynamic 30016-30099 (84 ports).
-    let mut m = MemoryAllocator::new(&config("10.96.0.0/16", "30000-30099"));
+    let m = Mem::new(&config("10.96.0.0/16", "30000-30099"));
     let mut got = Vec::new();
     for i in 0..86 {
-        let v = m.admit(
-            &review(
+        let v = m
+            .admit(&review(
                 "CREATE",
                 Some(svc(
                     &format!("s{i}"),
@@ -852,9 +879,8 @@ fn node_ports_fill_the_dynamic_band_before_the_static_one() {
                 )),
                 None,
                 false,
-            ),
-            expires(),
-        );
+            ))
+            .await;
         let patch = v.patch.expect("patched");
         got.push(patch[2]["value"].as_i64().expect("nodePort"));
     }
@@ -866,9 +892,9 @@ fn node_ports_fill_the_dynamic_band_before_the_static_one() {
     assert_eq!(unique.len(), got.len());
 }
 
-#[test]
-fn other_kinds_and_subresources_are_not_touched() {
-    let mut m = MemoryAllocator::new(&config("10.96.0.0/24", "30000-32767"));
+#[tokio::test]
+async fn other_kinds_and_subresources_are_not_touched() {
+    let m = Mem::new(&config("10.96.0.0/24", "30000-32767"));
     let mut r = review(
         "CREATE",
         Some(svc("web", json!({"ports": [tcp(80)]}))),
@@ -876,48 +902,119 @@ fn other_kinds_and_subresources_are_not_touched() {
         false,
     );
     r.sub_resource = Some("status".into());
-    assert_eq!(m.admit(&r, expires()), Verdict::allow());
+    assert_eq!(m.admit(&r).await, Verdict::allow());
     r.sub_resource = None;
     r.kind.kind = "Pod".into();
-    assert_eq!(m.admit(&r, expires()), Verdict::allow());
+    assert_eq!(m.admit(&r).await, Verdict::allow());
     let bad = review(
         "CREATE",
         Some(json!({"metadata": {"name": "x"}, "spec": {"ports": "nope"}})),
         None,
         false,
     );
-    let v = m.admit(&bad, expires());
+    let v = m.admit(&bad).await;
     assert_eq!(v.status.map(|s| s.code), Some(400));
-    assert!(held(&m).is_empty());
+    assert!(held(&m).await.is_empty());
 }
 
-#[test]
-fn update_and_delete_admissions_fulfil_the_services_claims() {
-    let mut m = MemoryAllocator::new(&config("10.96.0.0/24", "30000-32767"));
-    let created = svc("web", json!({"type": "NodePort", "ports": [tcp(80)]}));
-    let v = m.admit(&review("CREATE", Some(created.clone()), None, false), expires());
-    let stored = {
-        let mut doc = created;
-        let patch: json_patch::Patch = serde_json::from_value(v.patch.expect("patch")).expect("a patch");
-        json_patch::patch(&mut doc, &patch).expect("applies");
-        doc["metadata"]["namespace"] = json!("ns");
-        doc
-    };
-    assert_eq!(m.port_state().pending().len(), 1);
-    // A claim of another Service on a value is left alone.
-    let ip: std::net::IpAddr = "10.96.0.99".parse().expect("ip");
-    m.ip_state_mut(IpFamily::V4)
-        .expect("v4")
-        .claim(ip, &ServiceRef::new("ns", "other"), expires())
-        .expect("free");
-    let v = m.admit(&review("DELETE", None, Some(stored), false), expires());
-    assert_eq!(v, Verdict::allow());
-    assert!(m.port_state().pending().is_empty());
-    let ips = m.ip_state(IpFamily::V4).expect("v4");
-    assert_eq!(ips.pending().keys().copied().collect::<Vec<_>>(), vec![ip]);
-    assert_eq!(
-        held(&m),
-        ["10.96.0.17", "10.96.0.99", "30086"],
-        "still held until repair"
+#[tokio::test]
+async fn a_value_is_free_again_once_the_watch_sees_its_service_go() {
+    let m = Mem::new(&config("10.96.0.0/24", "30000-32767"));
+    let wanted = svc(
+        "new",
+        json!({"type": "NodePort", "ports": [node(80, "TCP", 30077)]}),
     );
+    m.hold_as("30077", "old");
+    let refused = m
+        .admit(&review("CREATE", Some(wanted.clone()), None, false))
+        .await;
+    assert_eq!(
+        refused.status.map(|s| s.code),
+        Some(422),
+        "held by the old Service"
+    );
+    // DELETE needs nothing from the webhook: it is admitted unchanged and changes nothing.
+    let old = svc(
+        "old",
+        json!({"type": "NodePort", "ports": [node(80, "TCP", 30077)]}),
+    );
+    assert_eq!(
+        m.admit(&review("DELETE", None, Some(old), false)).await,
+        Verdict::allow()
+    );
+    assert!(held(&m).await.contains(&"30077".to_owned()));
+    m.unhold_as("30077", "old");
+    let v = m.admit(&review("CREATE", Some(wanted), None, false)).await;
+    assert!(v.allowed, "{:?}", v.status.map(|s| s.message));
+}
+
+#[tokio::test]
+async fn a_fulfilled_claim_does_not_keep_a_deleted_services_value() {
+    let m = Mem::new(&config("10.96.0.0/24", "30000-32767"));
+    let v = m
+        .admit(&review(
+            "CREATE",
+            Some(svc("web", json!({"type": "NodePort", "ports": [tcp(80)]}))),
+            None,
+            false,
+        ))
+        .await;
+    assert!(v.allowed);
+    assert_eq!(held(&m).await, ["10.96.0.17", "30086"]);
+    // The watch sees the Service with its values, then sees it deleted.
+    m.hold_as("10.96.0.17", "web");
+    m.hold_as("30086", "web");
+    m.unhold_as("10.96.0.17", "web");
+    m.unhold_as("30086", "web");
+    assert!(
+        held(&m).await.is_empty(),
+        "free at once, not when the claim's TTL ends"
+    );
+    let again = svc(
+        "again",
+        json!({"type": "NodePort", "clusterIP": "10.96.0.17", "ports": [node(80, "TCP", 30086)]}),
+    );
+    let v = m.admit(&review("CREATE", Some(again), None, false)).await;
+    assert!(v.allowed, "{:?}", v.status.map(|s| s.message));
+}
+
+#[tokio::test]
+async fn reviews_that_cannot_be_genuine_touch_nothing() {
+    let m = Mem::new(&config("10.96.0.0/24", "30000-32767"));
+    let no_object = m.admit(&review("CREATE", None, None, false)).await;
+    assert_eq!(no_object.status.map(|s| s.code), Some(400));
+    let object = svc("web", json!({"type": "NodePort", "ports": [tcp(80)]}));
+    let no_old = m.admit(&review("UPDATE", Some(object), None, false)).await;
+    assert_eq!(no_old.status.map(|s| s.code), Some(400));
+    assert!(held(&m).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_full_update_keeps_the_shared_node_port_of_a_tcp_udp_pair() {
+    // patchAllocatedValues: both omitted ports get the old value of the port with their name.
+    let m = Mem::new(&config("10.96.0.0/24", "30000-32767"));
+    let ports = |np: Option<i32>| {
+        let mut tcp = json!({"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53});
+        let mut udp = json!({"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53});
+        if let Some(np) = np {
+            tcp["nodePort"] = json!(np);
+            udp["nodePort"] = json!(np);
+        }
+        json!([tcp, udp])
+    };
+    let old = svc(
+        "dns",
+        json!({"type": "NodePort", "clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"], "ports": ports(Some(30086))}),
+    );
+    let new = svc(
+        "dns",
+        json!({"type": "NodePort", "clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"], "ports": ports(None)}),
+    );
+    let v = m.admit(&review("UPDATE", Some(new), Some(old), false)).await;
+    assert!(v.allowed);
+    assert_eq!(
+        v.patch,
+        Some(json!([node_port_patch(0, 30086), node_port_patch(1, 30086)]))
+    );
+    assert!(held(&m).await.is_empty(), "nothing new taken");
 }

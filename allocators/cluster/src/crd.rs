@@ -1,5 +1,11 @@
-//! The `RangeAllocation` custom resource: one cluster-scoped object per range holding its
-//! allocation bitmap and pending claims, the unit of compare-and-swap between webhook replicas.
+//! The `RangeAllocation` custom resource: one cluster-scoped object per range holding the
+//! values handed out in admissions whose Service has not shown up yet (claims) and where
+//! next-fit resumes: the only allocation state Portico shares between replicas, and the unit of
+//! compare-and-swap between them.
+//!
+//! What is *used* is not stored: every replica learns it from its own watches of Services and
+//! `IPAddress` objects, the apiserver's truth. Losing this object therefore loses at most the
+//! claims of the last few seconds, which each replica still holds in memory and writes back.
 //!
 //! ```yaml
 //! apiVersion: portico.dev/v1alpha1
@@ -8,41 +14,35 @@
 //!   name: clusterip-ipv4          # clusterip-ipv6, nodeports
 //!   resourceVersion: "4711"       # the fence: every write is a PUT with this precondition
 //! spec:
-//!   range: 10.96.0.0/16           # or 30000-32767
-//!   data: OjAAAAEAAAAAAAEAEAAAAA==  # base64 of the portable roaring bitmap of used offsets
-//!   pending:                      # handed out, Service not seen yet
+//!   range: 10.96.0.0/12           # the ranges in use, for humans (comma-separated)
+//!   pending:                      # handed out, Service not seen yet (or seen < 10 s ago)
 //!     10.96.14.3: {service: default/web, expires: "2026-11-21T22:03:00Z"}
+//!   cursors:                      # next-fit offsets per range
+//!     10.96.0.0/12: {static: 0, dynamic: 4099}
 //! status:                         # counters for humans, written in the same PUT
 //!   kind: ClusterIP
-//!   size: 65534
+//!   size: 1048574
 //!   used: 12
-//!   free: 65522
-//!   staticUsed: 1
-//!   staticFree: 255
-//!   dynamicUsed: 11
-//!   dynamicFree: 65267
-//!   pending: 1
+//!   ...
 //! ```
 //!
 //! The CRD has **no status subresource**, on purpose: the counters are part of the same write as
-//! the bitmap, so they never lag it and a single PUT stays the only write.
+//! the claims, so they never lag them and a single PUT stays the only write.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, CustomResource, CustomResourceExt};
-use portico_allocators::{Band, Snapshot};
+use portico_allocators::Band;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::AllocationError;
-use super::pool::{Pending, Pool, RangeKind, RangeState, ServiceRef};
+use super::range_state::{Cursors, Pending, Pool, RangeKind, RangeState, ServiceRef};
 
 /// Name of the CRD (`<plural>.<group>`).
 pub const CRD_NAME: &str = "rangeallocations.portico.dev";
@@ -66,7 +66,7 @@ const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
     category = "portico",
     status = "RangeAllocationStatus",
     derive = "PartialEq",
-    doc = "Allocation state of one Portico ClusterIP or NodePort range (bitmap plus pending claims).",
+    doc = "Claims shared between Portico replicas for one ClusterIP family or the NodePort range.",
     printcolumn(name = "Range", type_ = "string", json_path = ".spec.range"),
     printcolumn(name = "Used", type_ = "integer", json_path = ".status.used"),
     printcolumn(name = "Free", type_ = "integer", json_path = ".status.free"),
@@ -77,15 +77,26 @@ const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RangeAllocationSpec {
-    /// The range: a CIDR (`10.96.0.0/16`) or a port range (`30000-32767`).
+    /// The ranges in use (`10.96.0.0/12`, `10.96.0.0/12,10.100.0.0/16` or `30000-32767`), for
+    /// humans: the claims below are values, valid whatever the ranges are.
     pub range: String,
-    /// Base64 of the used offsets as a portable roaring bitmap (offset 0 = first allocatable
-    /// value). Empty when nothing is used.
-    #[serde(default)]
-    pub data: String,
     /// Values handed out in an admission whose Service has not been seen yet, by value.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pending: BTreeMap<String, PendingAllocation>,
+    /// Where next-fit resumes in each range (offsets into it), so that a restart does not hand a
+    /// just-freed value straight back.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cursors: BTreeMap<String, Cursor>,
+}
+
+/// Next-fit positions of one range.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct Cursor {
+    /// Offset where the static (lower) band resumes.
+    #[serde(rename = "static")]
+    pub static_band: u32,
+    /// Offset where the dynamic (upper) band resumes.
+    pub dynamic: u32,
 }
 
 /// A value handed out and not yet seen on its Service.
@@ -94,8 +105,7 @@ pub struct RangeAllocationSpec {
 pub struct PendingAllocation {
     /// `namespace/name` of the Service (name empty for `generateName`).
     pub service: String,
-    /// RFC 3339 time after which the repair loop frees the value if the Service still does not
-    /// hold it.
+    /// RFC 3339 time after which the claim lapses if the Service has not shown up with the value.
     pub expires: String,
 }
 
@@ -107,7 +117,7 @@ pub struct RangeAllocationStatus {
     pub kind: String,
     /// Allocatable values.
     pub size: u64,
-    /// Held values (including pending ones).
+    /// Used values of the ranges new values come from (held in the cluster or claimed).
     pub used: u64,
     /// Free values.
     pub free: u64,
@@ -121,9 +131,21 @@ pub struct RangeAllocationStatus {
     pub dynamic_free: u64,
     /// Pending claims.
     pub pending: u64,
+    /// The last time this object was lost or unreadable and rebuilt from a replica's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_recovery: Option<Recovery>,
     /// What the last repair pass over this range found and did (absent until one has run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_repair: Option<RepairSummary>,
+}
+
+/// A rebuild of the object from a replica's state.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct Recovery {
+    /// When (RFC 3339).
+    pub time: String,
+    /// What had happened to the object.
+    pub reason: String,
 }
 
 /// One repair pass over one range, written in the same compare-and-swap as its fixes. Each
@@ -134,15 +156,9 @@ pub struct RangeAllocationStatus {
 pub struct RepairSummary {
     /// When the pass ran (RFC 3339).
     pub time: String,
-    /// Pending claims that expired before their Service held the value: freed (leaks).
+    /// Claims that lapsed before their Service held the value (leaks), since the last pass.
     #[serde(default)]
     pub leaked: RepairFinding,
-    /// Values no Service holds any more (deleted Services): freed.
-    #[serde(default)]
-    pub released: RepairFinding,
-    /// Values a Service holds that the bitmap did not know: marked.
-    #[serde(default)]
-    pub unknown: RepairFinding,
     /// Values held by more than one Service: every holder after the first.
     #[serde(default)]
     pub duplicates: RepairFinding,
@@ -168,15 +184,9 @@ impl RepairSummary {
 
     /// Whether the pass found nothing to report or fix.
     pub fn is_clean(&self) -> bool {
-        [
-            &self.leaked,
-            &self.released,
-            &self.unknown,
-            &self.duplicates,
-            &self.out_of_range,
-        ]
-        .iter()
-        .all(|f| f.count == 0)
+        [&self.leaked, &self.duplicates, &self.out_of_range]
+            .iter()
+            .all(|f| f.count == 0)
     }
 }
 
@@ -226,28 +236,24 @@ pub async fn install_crds(client: Client) -> Result<(), AllocationError> {
     }
 }
 
-/// Why a stored object could not be turned into a [`RangeState`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    /// The object is for another range than the one configured.
-    #[error("holds range {stored}, this allocator is configured for {configured}")]
-    RangeMismatch {
-        /// The range in the object.
-        stored: String,
-        /// The configured range.
-        configured: String,
-    },
-    /// `spec.data` is unusable.
-    #[error("spec.data: {0}")]
-    Data(String),
+/// What a `RangeAllocation` object stores, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored<V: Ord> {
+    /// The claims by value.
+    pub claims: BTreeMap<V, Pending>,
+    /// Next-fit positions by range.
+    pub cursors: Cursors,
+    /// The last repair report.
+    pub last_repair: Option<RepairSummary>,
+    /// Entries that could not be read (value or owner), as `key: why`; a corrupted object is
+    /// reported, never trusted.
+    pub unreadable: Vec<String>,
 }
 
 /// The object's spec and status for `state`.
 pub fn encode<P: Pool>(state: &RangeState<P>) -> (RangeAllocationSpec, RangeAllocationStatus) {
-    let pool = state.pool();
-    let snapshot = pool.snapshot();
     let pending = state
-        .pending()
+        .stored_claims()
         .iter()
         .map(|(v, p)| {
             (
@@ -259,10 +265,24 @@ pub fn encode<P: Pool>(state: &RangeState<P>) -> (RangeAllocationSpec, RangeAllo
             )
         })
         .collect();
+    let cursors = state
+        .pool()
+        .cursors()
+        .into_iter()
+        .map(|(range, (s, d))| {
+            (
+                range,
+                Cursor {
+                    static_band: s,
+                    dynamic: d,
+                },
+            )
+        })
+        .collect();
     let spec = RangeAllocationSpec {
-        range: snapshot.range,
-        data: STANDARD.encode(&snapshot.data),
+        range: state.pool().range_string(),
         pending,
+        cursors,
     };
     (spec, status_of(state))
 }
@@ -277,65 +297,63 @@ pub fn status_of<P: Pool>(state: &RangeState<P>) -> RangeAllocationStatus {
             RangeKind::ClusterIp => "ClusterIP".to_owned(),
             RangeKind::NodePort => "NodePort".to_owned(),
         },
-        size: pool.size(),
-        used: pool.used(),
-        free: pool.size().saturating_sub(pool.used()),
+        size: stat.size + dynamic.size,
+        used: stat.used + dynamic.used,
+        free: stat.free + dynamic.free,
         static_used: stat.used,
         static_free: stat.free,
         dynamic_used: dynamic.used,
         dynamic_free: dynamic.free,
         pending: state.pending().len() as u64,
+        last_recovery: None,
         last_repair: state.last_repair().cloned(),
     }
 }
 
-/// Restores the state stored in `spec` into an empty copy of `template`'s range. Pending entries
-/// with an unparseable value are dropped (the value stays held until repair decides); an
-/// unparseable expiry counts as expired.
-pub fn decode<P: Pool>(template: &P, spec: &RangeAllocationSpec) -> Result<RangeState<P>, DecodeError> {
-    let configured = template.range_string();
-    let data = STANDARD
-        .decode(spec.data.trim())
-        .map_err(|e| DecodeError::Data(format!("not base64: {e}")))?;
-    let mut pool = template.empty_like();
-    // An object created by hand (or by an older writer) may leave `data` empty: nothing used.
-    let data = if data.is_empty() {
-        pool.snapshot().data
-    } else {
-        data
-    };
-    let snapshot = Snapshot {
-        range: spec.range.clone(),
-        data,
-    };
-    pool.restore(&snapshot).map_err(|e| match e {
-        portico_allocators::SnapshotError::MismatchedNetwork
-        | portico_allocators::SnapshotError::MismatchedPortRange => DecodeError::RangeMismatch {
-            stored: spec.range.clone(),
-            configured: configured.clone(),
-        },
-        other => DecodeError::Data(other.to_string()),
-    })?;
-    let mut pending = BTreeMap::new();
-    for (value, entry) in &spec.pending {
-        let Ok(v) = value.parse::<P::Value>() else {
-            tracing::warn!(range = %configured, value, "dropping a pending entry with an unparseable value");
+/// Reads what `obj` stores. Entries that do not parse are listed in
+/// [`Stored::unreadable`] and left out; an expiry that does not parse counts as expired.
+pub fn decode<V: Ord + std::str::FromStr>(obj: &RangeAllocation) -> Stored<V> {
+    let mut claims = BTreeMap::new();
+    let mut unreadable = Vec::new();
+    for (value, entry) in &obj.spec.pending {
+        let Ok(v) = value.parse::<V>() else {
+            unreadable.push(format!("{value}: not a value of this range"));
             continue;
         };
-        let expires = entry
-            .expires
-            .parse::<Timestamp>()
-            .unwrap_or(Timestamp::UNIX_EPOCH);
+        let Ok(expires) = entry.expires.parse::<Timestamp>() else {
+            unreadable.push(format!("{value}: expiry {:?} is not a time", entry.expires));
+            continue;
+        };
         let owner: ServiceRef = entry.service.parse().unwrap_or_default();
-        pending.insert(v, Pending { owner, expires });
+        if owner.namespace.is_empty() {
+            unreadable.push(format!(
+                "{value}: owner {:?} is not namespace/name",
+                entry.service
+            ));
+            continue;
+        }
+        claims.insert(v, Pending { owner, expires });
     }
-    Ok(RangeState::from_parts(pool, pending))
+    let cursors = obj
+        .spec
+        .cursors
+        .iter()
+        .map(|(range, c)| (range.clone(), (c.static_band, c.dynamic)))
+        .collect();
+    Stored {
+        claims,
+        cursors,
+        last_repair: obj.status.as_ref().and_then(|s| s.last_repair.clone()),
+        unreadable,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portico_allocators::{IpAllocator, PortAllocator, PortRange};
+    use crate::IpPool;
+    use crate::range_state::Holder;
+    use portico_allocators::{PortAllocator, PortRange};
 
     #[test]
     fn crd_is_cluster_scoped_without_status_subresource() {
@@ -373,12 +391,17 @@ mod tests {
     }
 
     #[test]
-    fn state_round_trips_through_the_object() {
-        let mut state = RangeState::new(IpAllocator::new("10.96.0.0/24".parse().expect("range")));
+    fn claims_and_cursors_round_trip_through_the_object() {
+        let mut state = RangeState::new(IpPool::single("10.96.0.0/24".parse().expect("range")));
         let owner = ServiceRef::new("default", "web");
         let expires = Timestamp::from_second(1_800_000_000).expect("ts");
         state.claim_next(&owner, expires).expect("free");
-        state.mark("10.96.0.3".parse().expect("ip")).expect("free");
+        let now = Timestamp::from_second(1_700_000_000).expect("ts");
+        state.hold(
+            "10.96.0.3".parse().expect("ip"),
+            Holder::Service(ServiceRef::new("default", "db")),
+            now,
+        );
         let (spec, status) = encode(&state);
         assert_eq!(spec.range, "10.96.0.0/24");
         assert_eq!(status.used, 2);
@@ -389,32 +412,56 @@ mod tests {
         assert_eq!(value, "10.96.0.17");
         assert_eq!(entry.service, "default/web");
         assert_eq!(entry.expires, "2027-01-15T08:00:00Z");
-
-        let back = decode(state.pool(), &spec).expect("decodes");
-        assert!(back.pool().same_state(state.pool()));
-        assert_eq!(back.pending(), state.pending());
-
-        let other = IpAllocator::new("10.97.0.0/24".parse().expect("range"));
         assert_eq!(
-            decode(&other, &spec).unwrap_err().to_string(),
-            "holds range 10.96.0.0/24, this allocator is configured for 10.97.0.0/24"
+            spec.cursors["10.96.0.0/24"],
+            Cursor {
+                static_band: 0,
+                dynamic: 17
+            }
         );
-        let mut bad = spec.clone();
-        bad.data = "***".into();
-        assert!(matches!(decode(state.pool(), &bad), Err(DecodeError::Data(_))));
+
+        let obj = RangeAllocation::new("clusterip-ipv4", spec.clone());
+        let back: Stored<std::net::IpAddr> = decode(&obj);
+        assert_eq!(&back.claims, state.pending());
+        assert_eq!(back.cursors, state.pool().cursors());
+        assert!(back.unreadable.is_empty());
     }
 
     #[test]
-    fn empty_object_decodes_to_an_empty_state() {
-        let ports = PortAllocator::new(PortRange::default());
+    fn unreadable_entries_are_reported_not_trusted() {
+        let mut spec = RangeAllocationSpec {
+            range: "30000-32767".into(),
+            ..Default::default()
+        };
+        for (value, service, expires) in [
+            ("30001", "ns/web", "2027-01-15T08:00:00Z"),
+            ("web", "ns/web", "2027-01-15T08:00:00Z"),
+            ("30002", "ns/web", "soon"),
+            ("30003", "web", "2027-01-15T08:00:00Z"),
+        ] {
+            spec.pending.insert(
+                value.into(),
+                PendingAllocation {
+                    service: service.into(),
+                    expires: expires.into(),
+                },
+            );
+        }
+        let stored: Stored<i32> = decode(&RangeAllocation::new("nodeports", spec));
+        assert_eq!(stored.claims.keys().copied().collect::<Vec<_>>(), vec![30001]);
+        assert_eq!(stored.unreadable.len(), 3, "{:?}", stored.unreadable);
+    }
+
+    #[test]
+    fn empty_object_decodes_to_nothing_stored() {
         let spec = RangeAllocationSpec {
             range: "30000-32767".into(),
             ..Default::default()
         };
-        let state = decode(&ports, &spec).expect("decodes");
-        assert_eq!(state.pool().used(), 0);
-        let (again, status) = encode(&state);
-        assert_eq!(again.range, spec.range);
+        let stored: Stored<i32> = decode(&RangeAllocation::new("nodeports", spec));
+        assert!(stored.claims.is_empty() && stored.cursors.is_empty());
+        let state = RangeState::new(PortAllocator::new(PortRange::default()));
+        let (_, status) = encode(&state);
         assert_eq!(
             (status.size, status.static_free, status.dynamic_free),
             (2768, 86, 2682)

@@ -28,11 +28,10 @@ use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::jiff::Timestamp;
 use portico_allocators::field::{BadValue, FieldError};
-use portico_allocators::{
-    AllocError, IpAllocator, IpRange, PortAllocator, Refusal, Request, parse_service_ip,
-};
+use portico_allocators::{AllocError, IpRange, PortAllocator, Refusal, Request, parse_service_ip};
 
-use super::pool::{Claimed, Pool, RangeState, ServiceRef};
+use super::ip_pool::IpPool;
+use super::range_state::{Claimed, RangeState, ServiceRef};
 
 /// The admission operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -199,14 +198,11 @@ pub struct ServicePlan {
     /// Node ports to take: service ports in order, then the health-check port.
     pub port_claims: Vec<PortClaim>,
     /// Values the Service held before and no longer holds after this request. Informational:
-    /// the repair loop frees them once no Service references them.
+    /// they are free once the watch sees the Service without them.
     pub released: Vec<Value>,
     /// Why nothing is done although the Service would need values (the apiserver refuses the
     /// request itself), for logs.
     pub passthrough: Option<&'static str>,
-    /// Values the Service holds already (UPDATE, DELETE: it exists, so claims made for it on
-    /// these values are fulfilled and can be dropped; see [`ServicePlan::confirm`]).
-    pub existing: Vec<Value>,
     /// `spec.clusterIPs` as the apiserver will see it, `""` where a claim fills in; empty when
     /// the clusterIP fields are left alone.
     cluster_ips: Vec<String>,
@@ -260,9 +256,12 @@ impl ServicePlan {
     pub fn execute_ips(
         &self,
         family: IpFamily,
-        state: &mut RangeState<IpAllocator>,
+        state: &mut RangeState<IpPool>,
         expires: Timestamp,
+        max_claims: usize,
     ) -> Result<Vec<(usize, IpAddr)>, Refusal> {
+        let wanted = self.ip_claims.iter().filter(|c| c.family == family).count();
+        too_many_claims(state.pending().len(), wanted, max_claims)?;
         let mut taken = Vec::new();
         let mut new = Vec::new();
         for claim in self.ip_claims.iter().filter(|c| c.family == family) {
@@ -304,7 +303,9 @@ impl ServicePlan {
         &self,
         state: &mut RangeState<PortAllocator>,
         expires: Timestamp,
+        max_claims: usize,
     ) -> Result<Vec<i32>, Refusal> {
+        too_many_claims(state.pending().len(), self.port_claims.len(), max_claims)?;
         let mut taken = Vec::new();
         let mut new = Vec::new();
         for claim in &self.port_claims {
@@ -330,27 +331,6 @@ impl ServicePlan {
             }
         }
         Ok(taken)
-    }
-
-    /// Drops the pending claims this Service holds on `existing` values of this range (the
-    /// Service exists with them: an UPDATE or DELETE proves it). A claim for another Service is
-    /// left alone. Values stay held; the repair loop frees them once no Service holds them, so a
-    /// Service deleted before any repair pass saw it does not keep its values until the claim
-    /// expires.
-    pub fn confirm<P: Pool>(&self, state: &mut RangeState<P>)
-    where
-        P::Value: TryFrom<Value>,
-    {
-        for v in &self.existing {
-            let Ok(v) = P::Value::try_from(*v) else { continue };
-            if state
-                .pending()
-                .get(&v)
-                .is_some_and(|p| p.owner.is_fulfilled_by(&self.service))
-            {
-                state.confirm(v);
-            }
-        }
     }
 
     /// The JSON patch writing the assignment (and the values kept from the old object) into the
@@ -396,6 +376,17 @@ impl ServicePlan {
     }
 }
 
+/// Claims are bounded: beyond `max`, a 500 the client retries (the apiserver's own answer when
+/// it cannot allocate), never a value handed out twice.
+fn too_many_claims(pending: usize, wanted: usize, max: usize) -> Result<(), Refusal> {
+    if pending + wanted > max {
+        return Err(Refusal::Internal(format!(
+            "too many allocations in flight ({pending} values handed out whose Service has not appeared yet); retry"
+        )));
+    }
+    Ok(())
+}
+
 fn add(path: &[&str], value: serde_json::Value) -> PatchOperation {
     PatchOperation::Add(AddOperation {
         path: PointerBuf::from_tokens(path.iter().copied()),
@@ -426,12 +417,10 @@ pub fn plan_service(
         (Operation::Delete, _, old) => {
             if let Some(old) = old {
                 plan.released = held_values(old);
-                plan.existing = plan.released.clone();
             }
             Ok(plan)
         }
         (Operation::Update, Some(new), Some(old)) => {
-            plan.existing = held_values(old);
             plan_update_ips(&mut plan, new, old, families)?;
             if plan.passthrough.is_none() {
                 plan_update_ports(&mut plan, new, old)?;
@@ -458,7 +447,6 @@ fn finish(mut plan: ServicePlan) -> Result<ServicePlan, Vec<Refusal>> {
         return Ok(ServicePlan {
             service: std::mem::take(&mut plan.service),
             passthrough: plan.passthrough,
-            existing: std::mem::take(&mut plan.existing),
             ..ServicePlan::default()
         });
     }
@@ -942,7 +930,7 @@ fn plan_update_ports(
     let mut ports: Vec<ServicePort> = new.ports.clone().unwrap_or_default();
     let (old_needs, new_needs) = (needs_node_ports(old), needs_node_ports(new));
     if old_needs && new_needs {
-        let mut used: HashSet<i32> = ports.iter().map(node_port).filter(|p| *p != 0).collect();
+        let used: HashSet<i32> = ports.iter().map(node_port).filter(|p| *p != 0).collect();
         for (i, p) in ports.iter_mut().enumerate() {
             if node_port(p) != 0 {
                 continue;
@@ -952,9 +940,11 @@ fn plan_update_ports(
                 .find(|o| o.name.as_deref().unwrap_or_default() == p.name.as_deref().unwrap_or_default())
                 .map(node_port)
                 .filter(|np| *np != 0 && !used.contains(np));
+            // `used` stays the set of values the request itself names: two omitted ports of one
+            // name pair (53/TCP and 53/UDP) both get the old value back, as upstream's
+            // patchAllocatedValues does.
             if let Some(np) = kept {
                 p.node_port = Some(np);
-                used.insert(np);
                 plan.fixed_ports.push((i, np));
             }
         }

@@ -20,18 +20,18 @@
 //! |---|---|---|
 //! | `portico_allocator_items` | gauge | `kind` (`clusterip`/`nodeport`), `range`, `band` (`static`/`dynamic`), `state` (`used`/`free`) |
 //! | `portico_allocator_pending` | gauge | `kind`, `range` |
-//! | `portico_allocator_released_total` | counter | `kind`, `range` (values freed by repair because no Service holds them any more) |
-//! | `portico_allocator_write_conflicts_total` | counter | `kind`, `range` (lost compare-and-swaps) |
+//! | `portico_allocator_write_conflicts_total` | counter | `kind`, `range` (lost compare-and-swaps; `range` is the object's name) |
+//! | `portico_allocator_state_recoveries_total` | counter | `kind`, `object`, `reason` (`deleted`/`corrupt`: the RangeAllocation was rebuilt from a replica's state) |
 //!
-//! Repair type `leak` counts pending claims that expired (an admission whose Service never
-//! appeared); `repair` counts values in use by a Service but missing from the bitmap.
+//! Repair type `leak` counts claims that lapsed (an admission whose Service never appeared);
+//! `duplicate` values held by two Services; `outOfRange` values outside every range.
 //! Dry runs are never counted.
 
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use portico_allocators::Band;
 
-use super::pool::{Pool, RangeKind, RangeState};
+use super::range_state::{Pool, RangeKind, RangeState};
 
 /// The allocation metrics, registered once per registry.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ pub struct AllocationMetrics {
     port_errors: IntCounterVec,
     items: IntGaugeVec,
     pending: IntGaugeVec,
-    released: IntCounterVec,
+    recoveries: IntCounterVec,
     conflicts: IntCounterVec,
     ip_repair: IntCounterVec,
     port_repair: IntCounterVec,
@@ -141,11 +141,11 @@ impl AllocationMetrics {
                 "Values handed out whose Service has not been seen yet",
                 &["kind", "range"],
             )?,
-            released: counter(
+            recoveries: counter(
                 registry,
-                "portico_allocator_released_total",
-                "Values freed by the repair loop because no Service holds them",
-                &["kind", "range"],
+                "portico_allocator_state_recoveries_total",
+                "RangeAllocation objects rebuilt from a replica's state after being deleted or corrupted",
+                &["kind", "object", "reason"],
             )?,
             conflicts: counter(
                 registry,
@@ -183,8 +183,9 @@ impl AllocationMetrics {
         let pool = state.pool();
         let range = pool.range_string();
         let kind = P::KIND.as_str();
-        let used = i64::try_from(pool.used()).unwrap_or(i64::MAX);
-        let free = i64::try_from(pool.size().saturating_sub(pool.used())).unwrap_or(i64::MAX);
+        let (st, dy) = (pool.band_stats(Band::Static), pool.band_stats(Band::Dynamic));
+        let used = i64::try_from(st.used + dy.used).unwrap_or(i64::MAX);
+        let free = i64::try_from(st.free + dy.free).unwrap_or(i64::MAX);
         let (allocated, available) = match P::KIND {
             RangeKind::ClusterIp => (&self.ip_allocated, &self.ip_available),
             RangeKind::NodePort => (&self.port_allocated, &self.port_available),
@@ -220,11 +221,11 @@ impl AllocationMetrics {
         self.conflicts.with_label_values(&[kind.as_str(), range]).inc();
     }
 
-    /// Counts values freed by repair.
-    pub fn released(&self, kind: RangeKind, range: &str, n: usize) {
-        self.released
-            .with_label_values(&[kind.as_str(), range])
-            .inc_by(n as u64);
+    /// Counts a rebuild of a RangeAllocation object (`deleted` or `corrupt`).
+    pub fn recovery(&self, kind: RangeKind, object: &str, reason: &str) {
+        self.recoveries
+            .with_label_values(&[kind.as_str(), object, reason])
+            .inc();
     }
 
     /// Counts repair findings of one type (`leak`, `repair`, `outOfRange`, `duplicate`,
@@ -252,7 +253,9 @@ impl AllocationMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portico_allocators::{IpAllocator, PortAllocator, PortRange};
+    use crate::IpPool;
+    use crate::range_state::{Holder, ServiceRef};
+    use portico_allocators::{PortAllocator, PortRange};
 
     /// The sample of `name` whose labels include all of `labels`, from the text exposition.
     fn value(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -283,12 +286,14 @@ mod tests {
             AllocationMetrics::new(&registry).is_err(),
             "twice on one registry"
         );
-        let mut ips = RangeState::new(IpAllocator::new("10.0.0.0/24".parse().expect("cidr")));
-        ips.mark("10.0.0.1".parse().expect("ip")).expect("free");
-        ips.mark("10.0.0.100".parse().expect("ip")).expect("free");
+        let now = k8s_openapi::jiff::Timestamp::UNIX_EPOCH;
+        let holder = |n: &str| Holder::Service(ServiceRef::new("ns", n));
+        let mut ips = RangeState::new(IpPool::single("10.0.0.0/24".parse().expect("cidr")));
+        ips.hold("10.0.0.1".parse().expect("ip"), holder("a"), now);
+        ips.hold("10.0.0.100".parse().expect("ip"), holder("b"), now);
         m.observe(&ips);
         let mut ports = RangeState::new(PortAllocator::new(PortRange::default()));
-        ports.mark(30090).expect("free");
+        ports.hold(30090, holder("c"), now);
         m.observe(&ports);
         m.allocation(RangeKind::ClusterIp, "10.0.0.0/24", "dynamic", true);
         m.repair_error(RangeKind::NodePort, "leak", 2);

@@ -1,0 +1,682 @@
+//! The state of one range in one process: which values the cluster holds (from the watches),
+//! which are claimed by admissions whose Service has not shown up yet, and the bitmap that is
+//! their union. Pure: no I/O, and the clock is an argument.
+//!
+//! A value is **used** while the cluster holds it (a Service carries it, or, for clusterIPs, an
+//! `IPAddress` object of that name exists) or while a live claim covers it. A claim ends when
+//! its Service shows up holding the value (it is then *fulfilled*), when its TTL passes, or when
+//! the admission that made it is undone. Only claims are shared between replicas (through the
+//! `RangeAllocation` object); the holdings each process learns from its own watches, so a value
+//! is free again the moment the watch reports its Service gone.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::hash::Hash;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::crd::RepairSummary;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use portico_allocators::{AllocError, Band, BandStats, PortAllocator};
+
+/// How long a fulfilled claim stays in the shared object: long enough for another replica whose
+/// watch lags to see the Service before the claim disappears from under it.
+pub const FULFILLED_LINGER: Duration = Duration::from_secs(10);
+
+/// Whether a range holds ClusterIPs or NodePorts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RangeKind {
+    /// Service ClusterIPs of one family.
+    ClusterIp,
+    /// Service NodePorts (and health-check node ports).
+    NodePort,
+}
+
+impl RangeKind {
+    /// `clusterip` / `nodeport`, as used in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RangeKind::ClusterIp => "clusterip",
+            RangeKind::NodePort => "nodeport",
+        }
+    }
+}
+
+/// Next-fit positions by range (`(static, dynamic)` offsets), stored with the claims.
+pub type Cursors = BTreeMap<String, (u32, u32)>;
+
+/// The bitmap operations a range needs, implemented for [`IpPool`](super::IpPool) and
+/// [`PortAllocator`].
+pub trait Pool: Clone + fmt::Debug + Send + Sync + 'static {
+    /// An address or a port number.
+    type Value: Copy + Ord + Hash + fmt::Display + fmt::Debug + FromStr + Send + Sync + 'static;
+    /// What the range holds.
+    const KIND: RangeKind;
+
+    /// The ranges, as shown to humans (`10.96.0.0/12`, `30000-32767`).
+    fn range_string(&self) -> String;
+    /// Whether `v` lies in an allocatable part of the pool.
+    fn contains(&self, v: Self::Value) -> bool;
+    /// Whether `v` is marked.
+    fn has(&self, v: Self::Value) -> bool;
+    /// The allocator's error when `v` is outside the pool; `Ok` inside it, marked or not.
+    fn check(&self, v: Self::Value) -> Result<(), AllocError>;
+    /// Upstream's "already allocated" error for this kind of value.
+    fn taken() -> AllocError;
+    /// Marks `v`; the allocator's error when it is outside the pool or already marked.
+    fn allocate(&mut self, v: Self::Value) -> Result<(), AllocError>;
+    /// Marks and returns the next free value (dynamic band first).
+    fn allocate_next(&mut self) -> Result<Self::Value, AllocError>;
+    /// Unmarks `v`; whether it was marked.
+    fn release(&mut self, v: Self::Value) -> bool;
+    /// Marked values, ascending, without duplicates.
+    fn held(&self) -> Vec<Self::Value>;
+    /// Occupancy of a band (summed over the ranges new values come from).
+    fn band_stats(&self, band: Band) -> BandStats;
+    /// Next-fit positions.
+    fn cursors(&self) -> Cursors;
+    /// Restores next-fit positions of the ranges that still exist.
+    fn set_cursors(&mut self, cursors: &Cursors);
+}
+
+impl Pool for PortAllocator {
+    type Value = i32;
+    const KIND: RangeKind = RangeKind::NodePort;
+
+    fn range_string(&self) -> String {
+        self.range().to_string()
+    }
+    fn contains(&self, v: i32) -> bool {
+        self.range().contains(v)
+    }
+    fn has(&self, v: i32) -> bool {
+        PortAllocator::has(self, v)
+    }
+    fn check(&self, v: i32) -> Result<(), AllocError> {
+        match PortAllocator::check_allocate(self, v) {
+            Err(AllocError::PortAllocated) => Ok(()),
+            other => other,
+        }
+    }
+    fn taken() -> AllocError {
+        AllocError::PortAllocated
+    }
+    fn allocate(&mut self, v: i32) -> Result<(), AllocError> {
+        PortAllocator::allocate(self, v)
+    }
+    fn allocate_next(&mut self) -> Result<i32, AllocError> {
+        PortAllocator::allocate_next(self)
+    }
+    fn release(&mut self, v: i32) -> bool {
+        PortAllocator::release(self, v)
+    }
+    fn held(&self) -> Vec<i32> {
+        self.iter().collect()
+    }
+    fn band_stats(&self, band: Band) -> BandStats {
+        PortAllocator::band_stats(self, band)
+    }
+    fn cursors(&self) -> Cursors {
+        [(self.range().to_string(), PortAllocator::cursors(self))].into()
+    }
+    fn set_cursors(&mut self, cursors: &Cursors) {
+        if let Some((s, d)) = cursors.get(&self.range().to_string()) {
+            PortAllocator::set_cursors(self, *s, *d);
+        }
+    }
+}
+
+/// A Service by namespace and name. The name is empty for a CREATE with `generateName` (the
+/// apiserver generates it after admission): such a claim belongs to any Service of the namespace
+/// that holds the value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ServiceRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name (empty for `generateName`).
+    pub name: String,
+}
+
+impl ServiceRef {
+    /// `namespace/name`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ServiceRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Whether a claim made for `self` is fulfilled by the Service `other`.
+    pub fn is_fulfilled_by(&self, other: &ServiceRef) -> bool {
+        self.namespace == other.namespace && (self.name.is_empty() || self.name == other.name)
+    }
+}
+
+impl fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl FromStr for ServiceRef {
+    type Err = std::convert::Infallible;
+
+    /// `namespace/name`; a string without `/` is a name in the empty namespace.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.split_once('/') {
+            Some((ns, name)) => ServiceRef::new(ns, name),
+            None => ServiceRef::new("", s),
+        })
+    }
+}
+
+/// What holds a value in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Holder {
+    /// A Service carries it.
+    Service(ServiceRef),
+    /// An `IPAddress` object of that name exists; `parent` is its Service when `parentRef`
+    /// points at one.
+    Address {
+        /// The Service named by `spec.parentRef`, if it names a core Service.
+        parent: Option<ServiceRef>,
+    },
+}
+
+impl Holder {
+    /// The Service this holder stands for, if any.
+    pub fn service(&self) -> Option<&ServiceRef> {
+        match self {
+            Holder::Service(s) => Some(s),
+            Holder::Address { parent } => parent.as_ref(),
+        }
+    }
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Holder::Service(s) => write!(f, "Service {s}"),
+            Holder::Address { parent: Some(s) } => write!(f, "IPAddress of Service {s}"),
+            Holder::Address { parent: None } => f.write_str("IPAddress"),
+        }
+    }
+}
+
+/// A value handed out in an admission and not yet seen on its Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// The Service it was handed to.
+    pub owner: ServiceRef,
+    /// When the claim lapses if the Service has not shown up with the value.
+    pub expires: Timestamp,
+}
+
+/// A claim whose Service was seen holding the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fulfilled {
+    claim: Pending,
+    at: Timestamp,
+}
+
+/// How a claim went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// The value was free and is now claimed.
+    New,
+    /// The value was already claimed for the same Service (a re-invoked webhook, a retried
+    /// request): its expiry was extended.
+    Renewed,
+}
+
+/// One range: the cluster's holdings, live claims, and their union as a bitmap; tracks whether
+/// the shared part (claims, cursors) changed.
+#[derive(Debug, Clone)]
+pub struct RangeState<P: Pool> {
+    pool: P,
+    holders: HashMap<P::Value, Vec<Holder>>,
+    claims: BTreeMap<P::Value, Pending>,
+    fulfilled: BTreeMap<P::Value, Fulfilled>,
+    /// Claims that lapsed since the repair loop last looked (first few), and how many.
+    lapsed: Vec<(P::Value, Pending)>,
+    lapsed_count: u64,
+    /// Carried through every write, so admissions never erase the repair loop's report.
+    last_repair: Option<RepairSummary>,
+    dirty: bool,
+}
+
+/// Lapsed claims remembered for the repair report.
+const LAPSED_KEPT: usize = 100;
+
+impl<P: Pool> RangeState<P> {
+    /// A state with nothing held or claimed.
+    pub fn new(pool: P) -> Self {
+        RangeState {
+            pool,
+            holders: HashMap::new(),
+            claims: BTreeMap::new(),
+            fulfilled: BTreeMap::new(),
+            lapsed: Vec::new(),
+            lapsed_count: 0,
+            last_repair: None,
+            dirty: false,
+        }
+    }
+
+    /// The bitmap of used values (holdings inside the pool plus live claims).
+    pub fn pool(&self) -> &P {
+        &self.pool
+    }
+
+    /// The live claims by value.
+    pub fn pending(&self) -> &BTreeMap<P::Value, Pending> {
+        &self.claims
+    }
+
+    /// What holds `v` in the cluster, as far as the watches have told.
+    pub fn holders(&self, v: P::Value) -> &[Holder] {
+        self.holders.get(&v).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// Every value the cluster holds, with its holders, in any order.
+    pub fn holdings(&self) -> impl Iterator<Item = (&P::Value, &Vec<Holder>)> {
+        self.holders.iter()
+    }
+
+    /// What the last repair pass recorded.
+    pub fn last_repair(&self) -> Option<&RepairSummary> {
+        self.last_repair.as_ref()
+    }
+
+    /// Records a repair pass (a change to write).
+    pub fn record_repair(&mut self, summary: RepairSummary) {
+        self.last_repair = Some(summary);
+        self.dirty = true;
+    }
+
+    /// Restores the stored repair report (not a change).
+    pub fn set_last_repair(&mut self, summary: Option<RepairSummary>) {
+        self.last_repair = summary;
+    }
+
+    /// Whether the shared part changed since the last [`clear_dirty`](Self::clear_dirty).
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Forgets about earlier changes.
+    pub fn clear_dirty(&mut self) {
+        self.dirty = false;
+    }
+
+    /// Marks `dirty` (a write is wanted even though no claim changed, e.g. to recreate a lost
+    /// object).
+    pub fn touch(&mut self) {
+        self.dirty = true;
+    }
+
+    fn is_used(&self, v: P::Value) -> bool {
+        self.claims.contains_key(&v) || self.holders.get(&v).is_some_and(|h| !h.is_empty())
+    }
+
+    /// Brings the bitmap bit of `v` in line with holdings and claims.
+    fn sync_bit(&mut self, v: P::Value) {
+        if !self.pool.contains(v) {
+            return;
+        }
+        match (self.is_used(v), self.pool.has(v)) {
+            (true, false) => {
+                let _ = self.pool.allocate(v);
+            }
+            (false, true) => {
+                self.pool.release(v);
+            }
+            _ => {}
+        }
+    }
+
+    /// Replaces the bitmap's ranges (a ServiceCIDR came or went), re-marking every value held or
+    /// claimed and keeping the next-fit positions of the ranges that remain.
+    pub fn set_pool(&mut self, mut pool: P) {
+        pool.set_cursors(&self.pool.cursors());
+        self.pool = pool;
+        let used: BTreeSet<P::Value> = self
+            .holders
+            .iter()
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(v, _)| *v)
+            .chain(self.claims.keys().copied())
+            .collect();
+        for v in used {
+            if self.pool.contains(v) {
+                let _ = self.pool.allocate(v);
+            }
+        }
+    }
+
+    /// Restores next-fit positions read from the shared object.
+    pub fn set_cursors(&mut self, cursors: &Cursors) {
+        self.pool.set_cursors(cursors);
+    }
+
+    /// The watch saw `holder` take `v`. A live claim it fulfils ends here (the value stays used
+    /// while the holder lasts).
+    pub fn hold(&mut self, v: P::Value, holder: Holder, now: Timestamp) {
+        let list = self.holders.entry(v).or_default();
+        if !list.contains(&holder) {
+            list.push(holder.clone());
+        }
+        if let (Some(claim), Some(svc)) = (self.claims.get(&v), holder.service())
+            && claim.owner.is_fulfilled_by(svc)
+            && let Some(claim) = self.claims.remove(&v)
+        {
+            self.fulfilled.insert(v, Fulfilled { claim, at: now });
+        }
+        self.sync_bit(v);
+    }
+
+    /// The watch saw `holder` let go of `v` (deleted, or changed to another value).
+    pub fn unhold(&mut self, v: P::Value, holder: &Holder) {
+        if let Some(list) = self.holders.get_mut(&v) {
+            list.retain(|h| h != holder);
+            if list.is_empty() {
+                self.holders.remove(&v);
+            }
+        }
+        self.sync_bit(v);
+    }
+
+    /// Claims `v` for `owner` until `expires`. A value already claimed for the same owner is
+    /// renewed rather than refused; a value the cluster holds is refused, whoever holds it.
+    pub fn claim(
+        &mut self,
+        v: P::Value,
+        owner: &ServiceRef,
+        expires: Timestamp,
+    ) -> Result<Claimed, AllocError> {
+        if let Some(p) = self.claims.get_mut(&v)
+            && p.owner == *owner
+        {
+            if p.expires < expires {
+                p.expires = expires;
+                self.dirty = true;
+            }
+            return Ok(Claimed::Renewed);
+        }
+        if self.is_used(v) {
+            // Outside the pool the pool's "not in the valid range" error comes first, as
+            // upstream checks the range before the bitmap.
+            self.pool.check(v)?;
+            return Err(P::taken());
+        }
+        self.pool.allocate(v)?;
+        self.fulfilled.remove(&v);
+        self.claims.insert(
+            v,
+            Pending {
+                owner: owner.clone(),
+                expires,
+            },
+        );
+        self.dirty = true;
+        Ok(Claimed::New)
+    }
+
+    /// Claims the next free value for `owner` until `expires`.
+    pub fn claim_next(&mut self, owner: &ServiceRef, expires: Timestamp) -> Result<P::Value, AllocError> {
+        let v = self.pool.allocate_next()?;
+        self.fulfilled.remove(&v);
+        self.claims.insert(
+            v,
+            Pending {
+                owner: owner.clone(),
+                expires,
+            },
+        );
+        self.dirty = true;
+        Ok(v)
+    }
+
+    /// Undoes a claim: drops `v`'s claim if it is still `owner`'s. Returns whether it did.
+    pub fn unclaim(&mut self, v: P::Value, owner: &ServiceRef) -> bool {
+        match self.claims.get(&v) {
+            Some(p) if p.owner == *owner => {
+                self.claims.remove(&v);
+                self.sync_bit(v);
+                self.dirty = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends the claims whose TTL has passed at `now` and forgets fulfilled claims old enough.
+    /// Returns the lapsed claims (leaks: the admission never turned into a Service holding the
+    /// value). Not a change to write by itself: every replica expires claims on its own clock,
+    /// and the next write leaves them out.
+    pub fn expire(&mut self, now: Timestamp) -> Vec<(P::Value, Pending)> {
+        let lapsed: Vec<P::Value> = self
+            .claims
+            .iter()
+            .filter(|(_, p)| p.expires <= now)
+            .map(|(v, _)| *v)
+            .collect();
+        let mut out = Vec::with_capacity(lapsed.len());
+        for v in lapsed {
+            if let Some(p) = self.claims.remove(&v) {
+                self.lapsed_count += 1;
+                if self.lapsed.len() < LAPSED_KEPT {
+                    self.lapsed.push((v, p.clone()));
+                }
+                out.push((v, p));
+            }
+            self.sync_bit(v);
+        }
+        let linger = SignedDuration::try_from(FULFILLED_LINGER).unwrap_or_default();
+        self.fulfilled
+            .retain(|_, f| f.claim.expires > now && f.at.checked_add(linger).is_ok_and(|t| t > now));
+        out
+    }
+
+    /// Replaces the claims with those stored in the shared object (after another replica wrote,
+    /// or to undo claims whose write failed). A stored claim already seen fulfilled here, or
+    /// whose Service the watch already shows holding the value, does not come back to life;
+    /// expired ones are dropped.
+    pub fn replace_claims(&mut self, stored: BTreeMap<P::Value, Pending>, now: Timestamp) {
+        let before: Vec<P::Value> = self.claims.keys().copied().collect();
+        self.claims.clear();
+        for (v, claim) in stored {
+            if claim.expires <= now {
+                continue;
+            }
+            if self.fulfilled.get(&v).is_some_and(|f| f.claim == claim) {
+                continue;
+            }
+            let fulfilled = self.holders.get(&v).is_some_and(|hs| {
+                hs.iter()
+                    .filter_map(Holder::service)
+                    .any(|s| claim.owner.is_fulfilled_by(s))
+            });
+            if fulfilled {
+                self.fulfilled.insert(v, Fulfilled { claim, at: now });
+                continue;
+            }
+            self.claims.insert(v, claim);
+            self.sync_bit(v);
+        }
+        for v in before {
+            self.sync_bit(v);
+        }
+    }
+
+    /// The claims that lapsed since the last call (first few) and how many.
+    pub fn take_lapsed(&mut self) -> (Vec<(P::Value, Pending)>, u64) {
+        let count = std::mem::take(&mut self.lapsed_count);
+        (std::mem::take(&mut self.lapsed), count)
+    }
+
+    /// The claims to store: the live ones plus those fulfilled less than [`FULFILLED_LINGER`]
+    /// ago (another replica's watch may not have seen their Service yet).
+    pub fn stored_claims(&self) -> BTreeMap<P::Value, Pending> {
+        let mut out = self.claims.clone();
+        for (v, f) in &self.fulfilled {
+            out.entry(*v).or_insert_with(|| f.claim.clone());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portico_allocators::PortRange;
+
+    fn ts(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).expect("valid timestamp")
+    }
+
+    fn state(lo: u16, hi: u16) -> RangeState<PortAllocator> {
+        RangeState::new(PortAllocator::new(PortRange::new(lo, hi).expect("range")))
+    }
+
+    fn svc(name: &str) -> Holder {
+        Holder::Service(ServiceRef::new("ns", name))
+    }
+
+    #[test]
+    fn claims_are_idempotent_per_owner_and_exclusive_across_owners() {
+        let mut s = state(30000, 30009);
+        let a = ServiceRef::new("ns", "a");
+        let b = ServiceRef::new("ns", "b");
+        assert_eq!(s.claim(30001, &a, ts(10)), Ok(Claimed::New));
+        assert!(s.is_dirty());
+        s.clear_dirty();
+        assert_eq!(s.claim(30001, &a, ts(5)), Ok(Claimed::Renewed));
+        assert!(!s.is_dirty(), "an earlier expiry does not shorten the claim");
+        assert_eq!(s.claim(30001, &a, ts(20)), Ok(Claimed::Renewed));
+        assert_eq!(s.pending()[&30001].expires, ts(20));
+        assert_eq!(s.claim(30001, &b, ts(20)), Err(AllocError::PortAllocated));
+        assert!(!s.unclaim(30001, &b));
+        assert!(s.unclaim(30001, &a));
+        assert!(!s.pool().has(30001));
+        assert_eq!(
+            s.claim(40000, &a, ts(20)).map_err(|e| e.to_string()),
+            Err(
+                "provided port is not in the valid range. The range of valid ports is 30000-30009".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn a_value_is_free_the_moment_its_last_holder_goes() {
+        let mut s = state(30000, 30009);
+        s.hold(30005, svc("web"), ts(0));
+        s.hold(30005, svc("dup"), ts(0));
+        assert_eq!(
+            s.claim(30005, &ServiceRef::new("ns", "new"), ts(60)),
+            Err(AllocError::PortAllocated)
+        );
+        s.unhold(30005, &svc("web"));
+        assert!(s.pool().has(30005), "still held by the second Service");
+        s.unhold(30005, &svc("dup"));
+        assert!(!s.pool().has(30005));
+        assert_eq!(
+            s.claim(30005, &ServiceRef::new("ns", "new"), ts(60)),
+            Ok(Claimed::New)
+        );
+    }
+
+    #[test]
+    fn a_fulfilled_claim_does_not_outlive_its_service() {
+        let mut s = state(30000, 30009);
+        let web = ServiceRef::new("ns", "web");
+        assert_eq!(s.claim(30003, &web, ts(30)), Ok(Claimed::New));
+        s.hold(30003, svc("web"), ts(1));
+        assert!(s.pending().is_empty(), "the claim is fulfilled");
+        assert!(
+            s.stored_claims().contains_key(&30003),
+            "but stays stored for other replicas"
+        );
+        // A reload of the object that still carries the claim does not revive it.
+        let stored = s.stored_claims();
+        s.replace_claims(stored, ts(2));
+        assert!(s.pending().is_empty());
+        s.unhold(30003, &svc("web"));
+        assert!(
+            !s.pool().has(30003),
+            "deleted Service: free at once, not at the claim's expiry"
+        );
+        s.expire(ts(1 + FULFILLED_LINGER.as_secs() as i64));
+        assert!(s.stored_claims().is_empty(), "no longer stored after the linger");
+    }
+
+    #[test]
+    fn generate_name_claims_are_fulfilled_by_any_service_of_the_namespace() {
+        let mut s = state(30000, 30009);
+        s.claim(30002, &ServiceRef::new("ns", ""), ts(30)).expect("free");
+        s.hold(30002, Holder::Service(ServiceRef::new("other", "x")), ts(1));
+        assert_eq!(
+            s.pending().len(),
+            1,
+            "another namespace's Service does not fulfil it"
+        );
+        s.hold(30002, svc("web-x7k2"), ts(1));
+        assert!(s.pending().is_empty());
+    }
+
+    #[test]
+    fn claims_lapse_at_their_ttl_and_a_reload_restores_the_shared_set() {
+        let mut s = state(30000, 30009);
+        let a = ServiceRef::new("ns", "a");
+        let v = s.claim_next(&a, ts(30)).expect("free");
+        assert!(s.expire(ts(29)).is_empty());
+        assert_eq!(
+            s.expire(ts(30)),
+            vec![(
+                v,
+                Pending {
+                    owner: a.clone(),
+                    expires: ts(30)
+                }
+            )]
+        );
+        assert!(!s.pool().has(v));
+        // Another replica's claims arrive with a reload; our unwritten claim is undone by it.
+        let mine = s.claim_next(&a, ts(60)).expect("free");
+        let theirs: BTreeMap<i32, Pending> = [(
+            30009,
+            Pending {
+                owner: ServiceRef::new("ns", "b"),
+                expires: ts(60),
+            },
+        )]
+        .into();
+        s.replace_claims(theirs, ts(31));
+        assert!(!s.pool().has(mine));
+        assert!(s.pool().has(30009));
+        assert_eq!(s.claim(30009, &a, ts(60)), Err(AllocError::PortAllocated));
+    }
+
+    #[test]
+    fn a_new_pool_keeps_what_is_held_and_claimed() {
+        let mut s = state(30000, 30009);
+        s.hold(30011, svc("outside"), ts(0));
+        s.claim(30001, &ServiceRef::new("ns", "a"), ts(30)).expect("free");
+        s.set_pool(PortAllocator::new(PortRange::new(30000, 30019).expect("range")));
+        assert!(s.pool().has(30011), "held before the range grew to cover it");
+        assert!(s.pool().has(30001));
+        assert_eq!(s.pool().held(), vec![30001, 30011]);
+    }
+
+    #[test]
+    fn generate_name_claims_match_any_service_of_the_namespace() {
+        let any = ServiceRef::new("ns", "");
+        assert!(any.is_fulfilled_by(&ServiceRef::new("ns", "web-x7k2")));
+        assert!(!any.is_fulfilled_by(&ServiceRef::new("other", "web")));
+        let named = ServiceRef::new("ns", "web");
+        assert!(named.is_fulfilled_by(&ServiceRef::new("ns", "web")));
+        assert!(!named.is_fulfilled_by(&ServiceRef::new("ns", "api")));
+        assert_eq!("ns/web".parse::<ServiceRef>(), Ok(named.clone()));
+        assert_eq!(named.to_string(), "ns/web");
+    }
+}
