@@ -237,6 +237,8 @@ ALLOWED: list[Check] = [
     *_checks("create patch", "events.k8s.io", "events", APP_NS),
     *_checks("get create update", "portico.dev", "rangeallocations", "", "clusterip-ipv4"),
     *_checks("create", "portico.dev", "rangeallocations"),
+    *_checks("list watch", "networking.k8s.io", "servicecidrs"),
+    *_checks("list watch", "networking.k8s.io", "ipaddresses"),
     *_checks("get patch", "admissionregistration.k8s.io", "validatingwebhookconfigurations", "", FULLNAME),
     *_checks("get patch", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", FULLNAME),
     *_checks("create", "coordination.k8s.io", "leases", NAMESPACE),
@@ -282,7 +284,9 @@ FORBIDDEN: list[Check] = [
     *_checks("create", "", "serviceaccounts", NAMESPACE, FULLNAME, "token"),
     *_checks("escalate bind", "rbac.authorization.k8s.io", "clusterroles", "", FULLNAME),
     *_checks("update", "apps", "deployments", NAMESPACE, FULLNAME),
-    *_checks("get list", "networking.k8s.io", "ipaddresses"),
+    # The apiserver's allocation truth is read, never written (no reservations).
+    *_checks("get create update delete", "networking.k8s.io", "ipaddresses", "", "10.96.0.10"),
+    *_checks("create delete", "networking.k8s.io", "servicecidrs", "", "kubernetes"),
 ]
 
 

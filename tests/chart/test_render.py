@@ -40,8 +40,11 @@ RUN_FLAGS = {
     "tls-private-key-file",
     "tls-secret-name",
     "webhook-service-name",
+    "allocation",
     "service-cluster-ip-range",
+    "refuse-outside-service-cluster-ip-range",
     "service-node-port-range",
+    "allocation-claim-ttl",
     "repair-interval",
     "metrics-bind-address",
     "leader-elect",
@@ -70,7 +73,9 @@ ENDPOINTSLICE_CONTROLLER = (
     | rules("", "services/finalizers", "update")
 )
 ENDPOINT_CONTROLLER = rules("", "endpoints", "get list watch create update delete")
-ALLOCATION = rules("portico.dev", "rangeallocations", "get create update")
+ALLOCATION = rules("portico.dev", "rangeallocations", "get create update") | rules(
+    "networking.k8s.io", "servicecidrs", "list watch"
+) | rules("networking.k8s.io", "ipaddresses", "list watch")
 
 
 def self_managed_certs(config: str) -> set[Rule]:
@@ -264,8 +269,9 @@ def test_default_args_follow_the_flag_contract(default: Rendered) -> None:
         "tls-secret-name": "portico-webhook-tls",
         "webhook-service-name": "portico",
         "webhook-configuration-name": "portico",
-        "service-cluster-ip-range": "10.96.0.0/12",
+        "allocation": "true",
         "service-node-port-range": "30000-32767",
+        "allocation-claim-ttl": "30s",
         "repair-interval": "60s",
         "metrics-bind-address": "0.0.0.0:8080",
         "leader-elect": "true",
@@ -314,7 +320,14 @@ def test_non_default_args() -> None:
     assert [p["name"] for p in off.container["ports"]] == ["metrics"]
 
     assert render({"controllers": {"enabled": []}}).flags["controllers"] == ""
-    assert "service-cluster-ip-range" not in render({"allocation": {"serviceClusterIPRanges": []}}).flags
+    narrowed = render({"allocation": {"serviceClusterIPRanges": ["10.96.0.0/20"], "refuseOutsideRange": True, "claimTTL": "10s"}})
+    assert narrowed.flags["service-cluster-ip-range"] == "10.96.0.0/20"
+    assert narrowed.flags["refuse-outside-service-cluster-ip-range"] == "true"
+    assert narrowed.flags["allocation-claim-ttl"] == "10s"
+    validate_only = render({"allocation": {"enabled": False}})
+    assert not any(k.startswith(("allocation", "service-", "repair-", "refuse-")) for k in validate_only.flags)
+    assert validate_only.maybe("MutatingWebhookConfiguration") is None
+    assert not rbac_rules(validate_only.one("ClusterRole")) & ALLOCATION
     extra = render({"extraArgs": ["--log-level=debug"]}).args
     assert extra[-1] == "--log-level=debug"
 
@@ -479,7 +492,7 @@ def test_mutating_webhook(default: Rendered) -> None:
         {
             "apiGroups": [""],
             "apiVersions": ["v1"],
-            "operations": ["CREATE", "UPDATE", "DELETE"],
+            "operations": ["CREATE", "UPDATE"],  # never DELETE: an outage must not block deletes
             "resources": ["services"],
             "scope": "Namespaced",
         }

@@ -122,3 +122,10 @@ annotations:
   cert-manager.io/inject-ca-from: {{ printf "%s/%s" .Release.Namespace (include "portico.certificateName" .) }}
 {{- end }}
 {{- end }}
+
+{{/*
+"true" when the webhook allocates clusterIPs and nodePorts (mutating webhook, allocation RBAC).
+*/}}
+{{- define "portico.allocating" -}}
+{{- if and .Values.webhook.enabled .Values.allocation.enabled }}true{{ end }}
+{{- end }}
