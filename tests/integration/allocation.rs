@@ -295,6 +295,59 @@ async fn a_deleted_services_values_are_free_again_within_a_second() {
 }
 
 #[tokio::test]
+async fn a_value_freed_through_one_replica_is_free_on_the_other() {
+    const NS: &str = "alloc-reuse-2";
+    let Some((cp, client)) = setup(NS).await else {
+        return;
+    };
+    let cfg = config(
+        "it-reuse2-",
+        "10.96.212.0/24",
+        "31600-31699",
+        Duration::from_secs(30),
+    );
+    let a = start(&client, cfg.clone()).await;
+    let client_b = cp.client().await.expect("second client");
+    let b = start(&client_b, cfg).await;
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    // Dynamic values come from replica A's reservation.
+    let first = admit_and_create(
+        &a,
+        &client,
+        &service(NS, "first", json!({"type": "NodePort", "ports": [{"port": 80}]})),
+    )
+    .await
+    .expect("create through A");
+    let (ip, port) = (cluster_ip(&first).to_string(), node_ports(&first)[0]);
+    // Past the linger of fulfilled claims, and B re-reads the shared object (a write of its own),
+    // which still carries A's reservation until A writes again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    admit_and_create(&b, &client_b, &service(NS, "other", json!({"type": "NodePort", "clusterIP": "10.96.212.250", "clusterIPs": ["10.96.212.250"], "ports": [{"port": 80, "nodePort": 31699}]})))
+        .await
+        .expect("a write through B");
+    services
+        .delete("first", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let deleted = Instant::now();
+    let again = service(
+        NS,
+        "again",
+        json!({"type": "NodePort", "clusterIP": ip, "clusterIPs": [ip], "ports": [{"port": 80, "nodePort": port}]}),
+    );
+    loop {
+        match admit_and_create(&b, &client_b, &again).await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                deleted.elapsed() < Duration::from_secs(1),
+                "still refused by B after 1 s: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn values_the_apiserver_assigned_on_its_own_are_never_handed_out() {
     const NS: &str = "alloc-outside";
     let Some((_cp, client)) = setup(NS).await else {
@@ -623,18 +676,19 @@ async fn a_deleted_or_corrupted_range_allocation_is_rebuilt_without_handing_out_
             })
             .expect("a port")
     };
+    let claimed = |pending: &str, port: String| pending.lines().any(|l| l.starts_with(&format!("{port} ")));
     assert!(
-        rebuilt.spec.pending.contains_key(&port(&first)),
+        claimed(&rebuilt.spec.pending, port(&first)),
         "the first claim survived"
     );
-    assert!(rebuilt.spec.pending.contains_key(&port(&second)));
+    assert!(claimed(&rebuilt.spec.pending, port(&second)));
 
     // Unreadable entries: the object is rewritten from this replica's claims.
     objects
         .patch(
             "it-lost-nodeports",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"pending": {"not-a-port": {"service": "x", "expires": "soon"}}}})),
+            &Patch::Merge(json!({"spec": {"pending": "not-a-port x soon\n"}})),
         )
         .await
         .expect("corrupt the object");
@@ -644,7 +698,11 @@ async fn a_deleted_or_corrupted_range_allocation_is_rebuilt_without_handing_out_
         "a claimed value handed out again after the corruption"
     );
     let rewritten = objects.get("it-lost-nodeports").await.expect("object");
-    assert!(!rewritten.spec.pending.contains_key("not-a-port"));
+    assert!(!rewritten.spec.pending.contains("not-a-port"));
+    assert!(
+        claimed(&rewritten.spec.pending, port(&first)),
+        "the claims survived the corruption"
+    );
     let reason = rewritten
         .status
         .and_then(|s| s.last_recovery)
@@ -801,16 +859,67 @@ async fn two_replicas_race_creates_without_a_failure_or_a_duplicate() {
         conflicts > 0.0,
         "no compare-and-swap was ever lost: the race did not happen"
     );
-    // Every claim is fulfilled once the watches see the Services.
+    // Every claim left is a reservation not handed out yet: the handed-out ones are fulfilled
+    // once the watches see the Services.
+    let in_use: HashSet<String> = created
+        .iter()
+        .flat_map(|s| {
+            std::iter::once(cluster_ip(s).to_string()).chain(node_ports(s).into_iter().map(|p| p.to_string()))
+        })
+        .collect();
     for replica in [&replica_a, &replica_b] {
-        eventually(10, "every claim fulfilled", || {
-            let replica = Arc::clone(replica);
+        eventually(10, "every handed-out claim fulfilled", || {
+            let (replica, in_use) = (Arc::clone(replica), in_use.clone());
             async move {
                 let ips = replica.ip_ranges()[0].1.snapshot().await.ok()?;
                 let ports = replica.port_range().snapshot().await.ok()?;
-                (ips.pending().is_empty() && ports.pending().is_empty()).then_some(())
+                let live = ips
+                    .pending()
+                    .keys()
+                    .map(ToString::to_string)
+                    .chain(ports.pending().keys().map(ToString::to_string))
+                    .any(|v| in_use.contains(&v));
+                (!live).then_some(())
             }
         })
         .await;
+    }
+    // A Service's values are free on both replicas the moment it is gone, wherever they came from.
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    for (i, (replica, c)) in [(&replica_a, &client), (&replica_b, &client_b)]
+        .into_iter()
+        .enumerate()
+    {
+        let old = created[i];
+        let name = old.metadata.name.clone().expect("name");
+        services
+            .delete(&name, &DeleteParams::default())
+            .await
+            .expect("delete");
+        let (ip, port) = (cluster_ip(old).to_string(), node_ports(old)[0]);
+        let again = service(
+            NS,
+            &format!("again-{i}"),
+            json!({"type": "NodePort", "clusterIP": ip, "clusterIPs": [ip], "ports": [{"port": 80, "nodePort": port}]}),
+        );
+        let deleted = Instant::now();
+        loop {
+            match admit_and_create(replica, c, &again).await {
+                Ok(_) => break,
+                Err(e) if deleted.elapsed() > Duration::from_secs(1) => {
+                    let ips = replica.ip_ranges()[0].1.snapshot().await.expect("state");
+                    let ports = replica.port_range().snapshot().await.expect("state");
+                    let ipv: IpAddr = ip.parse().expect("ip");
+                    panic!(
+                        "{name}'s values still refused after 1 s: {e}; claim {:?} / {:?}, holders {:?} / {:?}",
+                        ips.pending().get(&ipv),
+                        ports.pending().get(&port),
+                        ips.holders(ipv),
+                        ports.holders(port)
+                    );
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
     }
 }

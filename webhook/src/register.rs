@@ -227,14 +227,14 @@ pub fn validating_configuration(reg: &Registration) -> ValidatingWebhookConfigur
 /// Name of the allocation webhook inside the MutatingWebhookConfiguration.
 pub const ALLOCATION_WEBHOOK_NAME: &str = "allocation.portico.dev";
 
-/// The MutatingWebhookConfiguration for clusterIP/nodePort allocation: Services on CREATE,
-/// UPDATE and DELETE (DELETE lets freed values come back at the next repair pass rather than
-/// after the grace period) to `/mutate`. Allocation writes its state only for real requests,
+/// The MutatingWebhookConfiguration for clusterIP/nodePort allocation: Services on CREATE and
+/// UPDATE to `/mutate`. Never DELETE: values come back when Portico's watch sees the Service
+/// gone, so an outage with `failurePolicy: Fail` cannot block deletes. Allocation writes its state only for real requests,
 /// hence `sideEffects: NoneOnDryRun`; a later mutating webhook cannot unset what it assigned,
 /// so it is not re-invoked.
 pub fn mutating_configuration(reg: &Registration) -> MutatingWebhookConfiguration {
     let mut rule = rule("", &["services"]);
-    rule.operations = strings(&["CREATE", "UPDATE", "DELETE"]);
+    rule.operations = strings(&["CREATE", "UPDATE"]);
     MutatingWebhookConfiguration {
         metadata: metadata(reg),
         webhooks: Some(vec![MutatingWebhook {
@@ -350,7 +350,7 @@ mod tests {
         assert_eq!(w["reinvocationPolicy"], "Never");
         assert_eq!(
             w["rules"],
-            serde_json::json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE", "DELETE"],
+            serde_json::json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
                 "resources": ["services"], "scope": "Namespaced"}])
         );
     }

@@ -256,18 +256,18 @@ impl<P: Pool> ClaimStore<P> for ObjectStore<P> {
 }
 
 impl<P: Pool> ObjectStore<P> {
-    /// Opens the object `name` for `pool`: reads its claims and cursors (creating it when absent)
+    /// Opens the object `name` for `state` (empty, with its pool and reservations): reads its claims and cursors (creating it when absent)
     /// and spawns the writer task on the current Tokio runtime. The claims are values, valid
     /// whatever the ranges, so an object written under another configuration is simply read.
     pub async fn open(
         client: Client,
         name: impl Into<String>,
-        pool: P,
+        state: RangeState<P>,
         max_attempts: u32,
         metrics: Option<AllocationMetrics>,
     ) -> Result<Self, StoreFailure> {
         let name = name.into();
-        let range = pool.range_string();
+        let range = state.pool().range_string();
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -281,7 +281,7 @@ impl<P: Pool> ObjectStore<P> {
             max_attempts: max_attempts.max(1),
             metrics,
             recorder,
-            state: RangeState::new(pool),
+            state,
             rv: None,
             uid: None,
             recovery: None,

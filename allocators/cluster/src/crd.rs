@@ -15,8 +15,9 @@
 //!   resourceVersion: "4711"       # the fence: every write is a PUT with this precondition
 //! spec:
 //!   range: 10.96.0.0/12           # the ranges in use, for humans (comma-separated)
-//!   pending:                      # handed out, Service not seen yet (or seen < 10 s ago)
-//!     10.96.14.3: {service: default/web, expires: "2026-11-21T22:03:00Z"}
+//!   pending: |                    # handed out, Service not seen yet (or seen < 3 s ago):
+//!     10.96.14.3 default/web 2026-11-21T22:03:00Z
+//!     10.96.14.4 :reserved/portico-7d9f-1a2b3c4d 2026-11-21T22:03:00Z
 //!   cursors:                      # next-fit offsets per range
 //!     10.96.0.0/12: {static: 0, dynamic: 4099}
 //! status:                         # counters for humans, written in the same PUT
@@ -80,9 +81,12 @@ pub struct RangeAllocationSpec {
     /// The ranges in use (`10.96.0.0/12`, `10.96.0.0/12,10.100.0.0/16` or `30000-32767`), for
     /// humans: the claims below are values, valid whatever the ranges are.
     pub range: String,
-    /// Values handed out in an admission whose Service has not been seen yet, by value.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub pending: BTreeMap<String, PendingAllocation>,
+    /// Values handed out in an admission whose Service has not been seen yet, one per line:
+    /// `<value> <namespace>/<name> <expires, RFC 3339>`. The owner `:reserved/<replica>` is a
+    /// replica's reservation. One string rather than a map: the apiserver's cost of a custom
+    /// resource update grows with its number of fields, and this object is written under load.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pending: String,
     /// Where next-fit resumes in each range (offsets into it), so that a restart does not hand a
     /// just-freed value straight back.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -97,16 +101,6 @@ pub struct Cursor {
     pub static_band: u32,
     /// Offset where the dynamic (upper) band resumes.
     pub dynamic: u32,
-}
-
-/// A value handed out and not yet seen on its Service.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PendingAllocation {
-    /// `namespace/name` of the Service (name empty for `generateName`).
-    pub service: String,
-    /// RFC 3339 time after which the claim lapses if the Service has not shown up with the value.
-    pub expires: String,
 }
 
 /// Counters derived from the spec, for `kubectl get`.
@@ -252,19 +246,11 @@ pub struct Stored<V: Ord> {
 
 /// The object's spec and status for `state`.
 pub fn encode<P: Pool>(state: &RangeState<P>) -> (RangeAllocationSpec, RangeAllocationStatus) {
-    let pending = state
-        .stored_claims()
-        .iter()
-        .map(|(v, p)| {
-            (
-                v.to_string(),
-                PendingAllocation {
-                    service: p.owner.to_string(),
-                    expires: p.expires.to_string(),
-                },
-            )
-        })
-        .collect();
+    let mut pending = String::new();
+    for (v, p) in state.stored_claims() {
+        use std::fmt::Write as _;
+        let _ = writeln!(pending, "{v} {} {}", p.owner, p.expires);
+    }
     let cursors = state
         .pool()
         .cursors()
@@ -315,21 +301,25 @@ pub fn status_of<P: Pool>(state: &RangeState<P>) -> RangeAllocationStatus {
 pub fn decode<V: Ord + std::str::FromStr>(obj: &RangeAllocation) -> Stored<V> {
     let mut claims = BTreeMap::new();
     let mut unreadable = Vec::new();
-    for (value, entry) in &obj.spec.pending {
+    for line in obj.spec.pending.lines().filter(|l| !l.trim().is_empty()) {
+        let mut words = line.split_whitespace();
+        let (Some(value), Some(service), Some(expires), None) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            unreadable.push(format!("{line:?}: not `<value> <namespace>/<name> <expires>`"));
+            continue;
+        };
         let Ok(v) = value.parse::<V>() else {
             unreadable.push(format!("{value}: not a value of this range"));
             continue;
         };
-        let Ok(expires) = entry.expires.parse::<Timestamp>() else {
-            unreadable.push(format!("{value}: expiry {:?} is not a time", entry.expires));
+        let Ok(expires) = expires.parse::<Timestamp>() else {
+            unreadable.push(format!("{value}: expiry {expires:?} is not a time"));
             continue;
         };
-        let owner: ServiceRef = entry.service.parse().unwrap_or_default();
-        if owner.namespace.is_empty() {
-            unreadable.push(format!(
-                "{value}: owner {:?} is not namespace/name",
-                entry.service
-            ));
+        let owner: ServiceRef = service.parse().unwrap_or_default();
+        if owner.namespace.is_empty() || owner.name.is_empty() && owner.is_reservation() {
+            unreadable.push(format!("{value}: owner {service:?} is not namespace/name"));
             continue;
         }
         claims.insert(v, Pending { owner, expires });
@@ -408,10 +398,7 @@ mod tests {
         assert_eq!((status.static_used, status.dynamic_used), (1, 1));
         assert_eq!(status.free, 252);
         assert_eq!(status.pending, 1);
-        let (value, entry) = spec.pending.iter().next().expect("one pending");
-        assert_eq!(value, "10.96.0.17");
-        assert_eq!(entry.service, "default/web");
-        assert_eq!(entry.expires, "2027-01-15T08:00:00Z");
+        assert_eq!(spec.pending, "10.96.0.17 default/web 2027-01-15T08:00:00Z\n");
         assert_eq!(
             spec.cursors["10.96.0.0/24"],
             Cursor {
@@ -429,27 +416,23 @@ mod tests {
 
     #[test]
     fn unreadable_entries_are_reported_not_trusted() {
-        let mut spec = RangeAllocationSpec {
+        let spec = RangeAllocationSpec {
             range: "30000-32767".into(),
+            pending: [
+                "30001 ns/web 2027-01-15T08:00:00Z",
+                "",
+                "web ns/web 2027-01-15T08:00:00Z",
+                "30002 ns/web soon",
+                "30003 web 2027-01-15T08:00:00Z",
+                "30004 ns/web",
+                "30005 ns/web 2027-01-15T08:00:00Z extra",
+            ]
+            .join("\n"),
             ..Default::default()
         };
-        for (value, service, expires) in [
-            ("30001", "ns/web", "2027-01-15T08:00:00Z"),
-            ("web", "ns/web", "2027-01-15T08:00:00Z"),
-            ("30002", "ns/web", "soon"),
-            ("30003", "web", "2027-01-15T08:00:00Z"),
-        ] {
-            spec.pending.insert(
-                value.into(),
-                PendingAllocation {
-                    service: service.into(),
-                    expires: expires.into(),
-                },
-            );
-        }
         let stored: Stored<i32> = decode(&RangeAllocation::new("nodeports", spec));
         assert_eq!(stored.claims.keys().copied().collect::<Vec<_>>(), vec![30001]);
-        assert_eq!(stored.unreadable.len(), 3, "{:?}", stored.unreadable);
+        assert_eq!(stored.unreadable.len(), 5, "{:?}", stored.unreadable);
     }
 
     #[test]

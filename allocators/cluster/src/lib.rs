@@ -73,8 +73,8 @@ use portico_allocators::{IpRange, PortRange, RangeError};
 
 pub use claim_store::{ClaimStore, MemoryStore, Mode, ObjectStore, Range, StoreFailure};
 pub use crd::{
-    CRD_NAME, FIELD_MANAGER, PendingAllocation, RangeAllocation, RangeAllocationSpec, RangeAllocationStatus,
-    Recovery, RepairFinding, RepairSummary, crd, install_crds,
+    CRD_NAME, FIELD_MANAGER, RangeAllocation, RangeAllocationSpec, RangeAllocationStatus, Recovery,
+    RepairFinding, RepairSummary, crd, install_crds,
 };
 pub use ip_pool::{IpPool, OutsideError};
 pub use metrics::AllocationMetrics;
@@ -127,6 +127,9 @@ pub struct AllocationConfig {
     pub claim_ttl: Duration,
     /// Most claims one range holds at once; beyond, admissions get a 500 to retry.
     pub max_claims: usize,
+    /// Most next-free values a replica reserves per shared write and hands out without one (1:
+    /// a write per value). A replica reserves at most one value per 32 free ones.
+    pub reservation_batch: usize,
     /// Attempts of one read-modify-write before giving up under contention.
     pub max_attempts: u32,
     /// The Services the watches look at. Production: all.
@@ -135,7 +138,7 @@ pub struct AllocationConfig {
 
 impl AllocationConfig {
     /// A configuration with the defaults: no prefix, 30 s claims, at most 10,000 claims per
-    /// range, 20 attempts, all Services, ranges discovered.
+    /// range, reservations of up to 64, 20 attempts, all Services, ranges discovered.
     pub fn new(service_cidrs: Vec<IpRange>, node_ports: PortRange) -> Self {
         AllocationConfig {
             service_cidrs,
@@ -145,6 +148,7 @@ impl AllocationConfig {
             object_prefix: String::new(),
             claim_ttl: Duration::from_secs(30),
             max_claims: 10_000,
+            reservation_batch: 64,
             max_attempts: 20,
             scope: ServiceScope::default(),
         }

@@ -21,7 +21,7 @@ use portico_allocators::{AllocError, Band, BandStats, PortAllocator};
 
 /// How long a fulfilled claim stays in the shared object: long enough for another replica whose
 /// watch lags to see the Service before the claim disappears from under it.
-pub const FULFILLED_LINGER: Duration = Duration::from_secs(10);
+pub const FULFILLED_LINGER: Duration = Duration::from_secs(3);
 
 /// Whether a range holds ClusterIPs or NodePorts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,6 +41,14 @@ impl RangeKind {
         }
     }
 }
+
+/// Namespace part of a reservation's owner (see [`ServiceRef::reservation`]).
+pub const RESERVED_NAMESPACE: &str = ":reserved";
+
+/// A replica reserves at most one value per this many free ones in the dynamic band, so its
+/// reservations never hide more than a small share of what is left from another replica, and
+/// none once fewer than this many are free.
+const RESERVE_HEADROOM: u64 = 32;
 
 /// Next-fit positions by range (`(static, dynamic)` offsets), stored with the claims.
 pub type Cursors = BTreeMap<String, (u32, u32)>;
@@ -146,9 +154,22 @@ impl ServiceRef {
         }
     }
 
-    /// Whether a claim made for `self` is fulfilled by the Service `other`.
+    /// The owner of a replica's reservations: `:reserved/<replica>` (a namespace no Service can
+    /// have, so it never matches one by name).
+    pub fn reservation(replica: &str) -> Self {
+        ServiceRef::new(RESERVED_NAMESPACE, replica)
+    }
+
+    /// Whether this owner is a replica's reservation.
+    pub fn is_reservation(&self) -> bool {
+        self.namespace == RESERVED_NAMESPACE
+    }
+
+    /// Whether a claim made for `self` is fulfilled by the Service `other`. A reservation is
+    /// fulfilled by whoever holds the value: once held, it has been used.
     pub fn is_fulfilled_by(&self, other: &ServiceRef) -> bool {
-        self.namespace == other.namespace && (self.name.is_empty() || self.name == other.name)
+        self.is_reservation()
+            || (self.namespace == other.namespace && (self.name.is_empty() || self.name == other.name))
     }
 }
 
@@ -212,11 +233,15 @@ pub struct Pending {
     pub expires: Timestamp,
 }
 
-/// A claim whose Service was seen holding the value.
+/// A claim whose Service was seen holding the value. Remembered until the claim would have
+/// expired, so that a copy of it still in the shared object (another replica writes it back
+/// until it rewrites the object) never comes back to life here; stored in the object only for
+/// [`FULFILLED_LINGER`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fulfilled {
     claim: Pending,
     at: Timestamp,
+    stored: bool,
 }
 
 /// How a claim went.
@@ -229,6 +254,22 @@ pub enum Claimed {
     Renewed,
 }
 
+/// How a replica reserves next-free values ahead of requests: one shared write claims a batch
+/// for the replica, and the requests that follow are answered from it without a write.
+#[derive(Debug, Clone)]
+struct Reservations<V> {
+    /// Owner of this replica's reservations.
+    owner: ServiceRef,
+    /// Most values reserved per shared write.
+    batch: usize,
+    /// A reserved value is handed out only while at least this much of its TTL is left.
+    min_left: SignedDuration,
+    /// Reserved by this replica and not handed out yet, in next-fit order.
+    available: std::collections::VecDeque<V>,
+    /// Reserved values handed out, and to which Service (renewals, leak accounting).
+    handed: HashMap<V, ServiceRef>,
+}
+
 /// One range: the cluster's holdings, live claims, and their union as a bitmap; tracks whether
 /// the shared part (claims, cursors) changed.
 #[derive(Debug, Clone)]
@@ -237,6 +278,13 @@ pub struct RangeState<P: Pool> {
     holders: HashMap<P::Value, Vec<Holder>>,
     claims: BTreeMap<P::Value, Pending>,
     fulfilled: BTreeMap<P::Value, Fulfilled>,
+    /// This replica's reservations, when it makes them.
+    reservations: Option<Reservations<P::Value>>,
+    /// When each value last lost its last holder (kept for a claim TTL): a claim made before
+    /// that was consumed by the holder that went, whoever saw it held.
+    released: HashMap<P::Value, Timestamp>,
+    /// How long claims live (to tell when a stored claim was made).
+    claim_ttl: SignedDuration,
     /// Claims that lapsed since the repair loop last looked (first few), and how many.
     lapsed: Vec<(P::Value, Pending)>,
     lapsed_count: u64,
@@ -256,11 +304,35 @@ impl<P: Pool> RangeState<P> {
             holders: HashMap::new(),
             claims: BTreeMap::new(),
             fulfilled: BTreeMap::new(),
+            reservations: None,
+            released: HashMap::new(),
+            claim_ttl: SignedDuration::from_secs(30),
             lapsed: Vec::new(),
             lapsed_count: 0,
             last_repair: None,
             dirty: false,
         }
+    }
+
+    /// Sets how long claims live (30 s unless told).
+    pub fn with_claim_ttl(mut self, ttl: Duration) -> Self {
+        self.claim_ttl = SignedDuration::try_from(ttl).unwrap_or(self.claim_ttl);
+        self
+    }
+
+    /// Makes next-free claims in batches of `batch` owned by `replica` (see [`Reservations`]),
+    /// handing each reserved value out while at least half of `ttl` is left on it.
+    pub fn with_reservations(mut self, replica: &str, batch: usize, ttl: Duration) -> Self {
+        if batch > 1 {
+            self.reservations = Some(Reservations {
+                owner: ServiceRef::reservation(replica),
+                batch,
+                min_left: SignedDuration::try_from(ttl / 2).unwrap_or_default(),
+                available: std::collections::VecDeque::new(),
+                handed: HashMap::new(),
+            });
+        }
+        self
     }
 
     /// The bitmap of used values (holdings inside the pool plus live claims).
@@ -370,17 +442,25 @@ impl<P: Pool> RangeState<P> {
             && claim.owner.is_fulfilled_by(svc)
             && let Some(claim) = self.claims.remove(&v)
         {
-            self.fulfilled.insert(v, Fulfilled { claim, at: now });
+            self.fulfilled.insert(
+                v,
+                Fulfilled {
+                    claim,
+                    at: now,
+                    stored: true,
+                },
+            );
         }
         self.sync_bit(v);
     }
 
-    /// The watch saw `holder` let go of `v` (deleted, or changed to another value).
-    pub fn unhold(&mut self, v: P::Value, holder: &Holder) {
+    /// The watch saw `holder` let go of `v` (deleted, or changed to another value) at `now`.
+    pub fn unhold(&mut self, v: P::Value, holder: &Holder, now: Timestamp) {
         if let Some(list) = self.holders.get_mut(&v) {
             list.retain(|h| h != holder);
             if list.is_empty() {
                 self.holders.remove(&v);
+                self.released.insert(v, now);
             }
         }
         self.sync_bit(v);
@@ -394,6 +474,13 @@ impl<P: Pool> RangeState<P> {
         owner: &ServiceRef,
         expires: Timestamp,
     ) -> Result<Claimed, AllocError> {
+        // A reserved value this replica handed to the same Service (a retried request).
+        if let Some(r) = &self.reservations
+            && r.handed.get(&v) == Some(owner)
+            && self.claims.get(&v).is_some_and(|p| p.owner == r.owner)
+        {
+            return Ok(Claimed::Renewed);
+        }
         if let Some(p) = self.claims.get_mut(&v)
             && p.owner == *owner
         {
@@ -422,8 +509,13 @@ impl<P: Pool> RangeState<P> {
         Ok(Claimed::New)
     }
 
-    /// Claims the next free value for `owner` until `expires`.
+    /// Claims the next free value for `owner` until `expires`. With reservations, a value this
+    /// replica reserved earlier is handed out without changing the shared part; when none is
+    /// left, a new batch is reserved (a change to write) and the first of it handed out.
     pub fn claim_next(&mut self, owner: &ServiceRef, expires: Timestamp) -> Result<P::Value, AllocError> {
+        if self.reservations.is_some() {
+            return self.claim_reserved(owner, expires);
+        }
         let v = self.pool.allocate_next()?;
         self.fulfilled.remove(&v);
         self.claims.insert(
@@ -437,8 +529,60 @@ impl<P: Pool> RangeState<P> {
         Ok(v)
     }
 
+    fn claim_reserved(&mut self, owner: &ServiceRef, expires: Timestamp) -> Result<P::Value, AllocError> {
+        let free = self.pool.band_stats(Band::Dynamic).free;
+        let Some(r) = self.reservations.as_mut() else {
+            return Err(AllocError::Full);
+        };
+        let fresh_enough = expires.checked_sub(r.min_left).unwrap_or(expires);
+        while let Some(v) = r.available.pop_front() {
+            // Still ours and live: not taken by someone the watch saw, not lapsed, not undone.
+            if self
+                .claims
+                .get(&v)
+                .is_some_and(|p| p.owner == r.owner && p.expires >= fresh_enough)
+            {
+                r.handed.insert(v, owner.clone());
+                return Ok(v);
+            }
+        }
+        let batch = usize::try_from(free / RESERVE_HEADROOM)
+            .unwrap_or(usize::MAX)
+            .clamp(1, r.batch);
+        let first = self.pool.allocate_next()?;
+        let mut reserved = vec![first];
+        for _ in 1..batch {
+            match self.pool.allocate_next() {
+                Ok(v) => reserved.push(v),
+                Err(_) => break,
+            }
+        }
+        for v in &reserved {
+            self.fulfilled.remove(v);
+            self.claims.insert(
+                *v,
+                Pending {
+                    owner: r.owner.clone(),
+                    expires,
+                },
+            );
+        }
+        r.handed.insert(first, owner.clone());
+        r.available.extend(reserved.into_iter().skip(1));
+        self.dirty = true;
+        Ok(first)
+    }
+
     /// Undoes a claim: drops `v`'s claim if it is still `owner`'s. Returns whether it did.
     pub fn unclaim(&mut self, v: P::Value, owner: &ServiceRef) -> bool {
+        if let Some(r) = self.reservations.as_mut()
+            && r.handed.get(&v) == Some(owner)
+        {
+            // Back to this replica's reserve: nothing shared changes.
+            r.handed.remove(&v);
+            r.available.push_front(v);
+            return true;
+        }
         match self.claims.get(&v) {
             Some(p) if p.owner == *owner => {
                 self.claims.remove(&v);
@@ -463,18 +607,36 @@ impl<P: Pool> RangeState<P> {
             .collect();
         let mut out = Vec::with_capacity(lapsed.len());
         for v in lapsed {
-            if let Some(p) = self.claims.remove(&v) {
-                self.lapsed_count += 1;
-                if self.lapsed.len() < LAPSED_KEPT {
-                    self.lapsed.push((v, p.clone()));
+            if let Some(mut p) = self.claims.remove(&v) {
+                // An unused reservation lapsing is no leak; a reserved value handed out to a
+                // Service that never appeared is, and is reported under that Service.
+                let handed = self.reservations.as_mut().and_then(|r| r.handed.remove(&v));
+                if let Some(svc) = handed {
+                    p.owner = svc;
                 }
-                out.push((v, p));
+                if !p.owner.is_reservation() {
+                    self.lapsed_count += 1;
+                    if self.lapsed.len() < LAPSED_KEPT {
+                        self.lapsed.push((v, p.clone()));
+                    }
+                    out.push((v, p));
+                }
             }
             self.sync_bit(v);
         }
+        if let Some(r) = self.reservations.as_mut() {
+            let claims = &self.claims;
+            r.handed.retain(|v, _| claims.contains_key(v));
+            r.available.retain(|v| claims.contains_key(v));
+        }
         let linger = SignedDuration::try_from(FULFILLED_LINGER).unwrap_or_default();
-        self.fulfilled
-            .retain(|_, f| f.claim.expires > now && f.at.checked_add(linger).is_ok_and(|t| t > now));
+        self.fulfilled.retain(|_, f| f.claim.expires > now);
+        let ttl = self.claim_ttl;
+        self.released
+            .retain(|_, at| at.checked_add(ttl).is_ok_and(|t| t > now));
+        for f in self.fulfilled.values_mut() {
+            f.stored = f.at.checked_add(linger).is_ok_and(|t| t > now);
+        }
         out
     }
 
@@ -492,13 +654,26 @@ impl<P: Pool> RangeState<P> {
             if self.fulfilled.get(&v).is_some_and(|f| f.claim == claim) {
                 continue;
             }
+            // Made before the value last lost its holder: that holder consumed it, even if this
+            // replica's watch saw the holder before it read the claim.
+            let made = claim.expires.checked_sub(self.claim_ttl).unwrap_or(claim.expires);
+            if self.released.get(&v).is_some_and(|at| *at >= made) {
+                continue;
+            }
             let fulfilled = self.holders.get(&v).is_some_and(|hs| {
                 hs.iter()
                     .filter_map(Holder::service)
                     .any(|s| claim.owner.is_fulfilled_by(s))
             });
             if fulfilled {
-                self.fulfilled.insert(v, Fulfilled { claim, at: now });
+                self.fulfilled.insert(
+                    v,
+                    Fulfilled {
+                        claim,
+                        at: now,
+                        stored: true,
+                    },
+                );
                 continue;
             }
             self.claims.insert(v, claim);
@@ -519,7 +694,7 @@ impl<P: Pool> RangeState<P> {
     /// ago (another replica's watch may not have seen their Service yet).
     pub fn stored_claims(&self) -> BTreeMap<P::Value, Pending> {
         let mut out = self.claims.clone();
-        for (v, f) in &self.fulfilled {
+        for (v, f) in self.fulfilled.iter().filter(|(_, f)| f.stored) {
             out.entry(*v).or_insert_with(|| f.claim.clone());
         }
         out
@@ -576,9 +751,9 @@ mod tests {
             s.claim(30005, &ServiceRef::new("ns", "new"), ts(60)),
             Err(AllocError::PortAllocated)
         );
-        s.unhold(30005, &svc("web"));
+        s.unhold(30005, &svc("web"), ts(3));
         assert!(s.pool().has(30005), "still held by the second Service");
-        s.unhold(30005, &svc("dup"));
+        s.unhold(30005, &svc("dup"), ts(3));
         assert!(!s.pool().has(30005));
         assert_eq!(
             s.claim(30005, &ServiceRef::new("ns", "new"), ts(60)),
@@ -599,15 +774,22 @@ mod tests {
         );
         // A reload of the object that still carries the claim does not revive it.
         let stored = s.stored_claims();
-        s.replace_claims(stored, ts(2));
+        s.replace_claims(stored.clone(), ts(2));
         assert!(s.pending().is_empty());
-        s.unhold(30003, &svc("web"));
+        s.unhold(30003, &svc("web"), ts(3));
         assert!(
             !s.pool().has(30003),
             "deleted Service: free at once, not at the claim's expiry"
         );
         s.expire(ts(1 + FULFILLED_LINGER.as_secs() as i64));
         assert!(s.stored_claims().is_empty(), "no longer stored after the linger");
+        // Another replica's copy of the object still carries it: it stays dead here.
+        s.replace_claims(stored, ts(20));
+        assert!(
+            s.pending().is_empty(),
+            "a fulfilled claim read back after the linger is not revived"
+        );
+        assert!(!s.pool().has(30003));
     }
 
     #[test]
@@ -658,6 +840,37 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_read_after_its_holder_went_is_consumed_not_revived() {
+        // Replica A claimed 30004 for web; this replica saw web hold it and go before it ever
+        // read A's claim, which A's last write still carries.
+        let mut s = state(30000, 30009).with_claim_ttl(Duration::from_secs(30));
+        s.hold(30004, svc("web"), ts(10));
+        s.unhold(30004, &svc("web"), ts(12));
+        let theirs: BTreeMap<i32, Pending> = [(
+            30004,
+            Pending {
+                owner: ServiceRef::reservation("a"),
+                expires: ts(39),
+            },
+        )]
+        .into();
+        s.replace_claims(theirs.clone(), ts(13));
+        assert!(s.pending().is_empty(), "consumed by the holder that went");
+        assert!(!s.pool().has(30004));
+        // A claim made after the value was released is live.
+        let later: BTreeMap<i32, Pending> = [(
+            30004,
+            Pending {
+                owner: ServiceRef::reservation("a"),
+                expires: ts(50),
+            },
+        )]
+        .into();
+        s.replace_claims(later, ts(21));
+        assert_eq!(s.pending().len(), 1);
+    }
+
+    #[test]
     fn a_new_pool_keeps_what_is_held_and_claimed() {
         let mut s = state(30000, 30009);
         s.hold(30011, svc("outside"), ts(0));
@@ -666,6 +879,102 @@ mod tests {
         assert!(s.pool().has(30011), "held before the range grew to cover it");
         assert!(s.pool().has(30001));
         assert_eq!(s.pool().held(), vec![30001, 30011]);
+    }
+
+    fn reserving(lo: u16, hi: u16) -> RangeState<PortAllocator> {
+        state(lo, hi).with_reservations("r1", 4, Duration::from_secs(30))
+    }
+
+    #[test]
+    fn reservations_answer_most_requests_without_a_shared_write() {
+        // 30000-32767: 2,682 free in the dynamic band, room for batches of 4.
+        let mut s = reserving(30000, 32767);
+        let web = |i: i32| ServiceRef::new("ns", format!("web{i}"));
+        let mut got = Vec::new();
+        let mut writes = 0;
+        for i in 0..9 {
+            s.clear_dirty();
+            got.push(s.claim_next(&web(i), ts(100)).expect("free"));
+            writes += usize::from(s.is_dirty());
+        }
+        assert_eq!(writes, 3, "one shared write per batch of 4");
+        assert_eq!(got, (30086..30095).collect::<Vec<_>>(), "next-fit order");
+        assert_eq!(s.pending().len(), 12, "9 handed out, 3 in reserve");
+        assert!(
+            s.pending()
+                .values()
+                .all(|p| p.owner == ServiceRef::reservation("r1"))
+        );
+        assert_eq!(
+            s.claim(30086, &web(0), ts(100)),
+            Ok(Claimed::Renewed),
+            "a retried request"
+        );
+        assert_eq!(s.claim(30086, &web(1), ts(100)), Err(AllocError::PortAllocated));
+        // Handed back (a later range refused the request): the next request gets it.
+        assert!(s.unclaim(30094, &web(8)));
+        assert_eq!(s.claim_next(&web(9), ts(100)), Ok(30094));
+    }
+
+    #[test]
+    fn a_reserved_value_the_cluster_takes_is_skipped_and_freed_with_its_holder() {
+        let mut s = reserving(30000, 32767);
+        let a = ServiceRef::new("ns", "a");
+        assert_eq!(s.claim_next(&a, ts(100)), Ok(30086));
+        // kube-system's Service takes a reserved, not yet handed-out value, as the apiserver may.
+        s.hold(30087, svc("system"), ts(1));
+        assert_eq!(s.claim_next(&ServiceRef::new("ns", "b"), ts(100)), Ok(30088));
+        s.unhold(30087, &svc("system"), ts(3));
+        assert!(
+            !s.pool().has(30087),
+            "the reservation ended with the hold: free at once"
+        );
+        // The handed-out value is fulfilled by its Service and free when it goes.
+        s.hold(30086, Holder::Service(a.clone()), ts(2));
+        s.unhold(30086, &Holder::Service(a), ts(3));
+        assert!(!s.pool().has(30086));
+    }
+
+    #[test]
+    fn unused_reservations_lapse_quietly_and_handed_ones_as_leaks_of_their_service() {
+        let mut s = reserving(30000, 32767);
+        let a = ServiceRef::new("ns", "a");
+        assert_eq!(s.claim_next(&a, ts(100)), Ok(30086));
+        let lapsed = s.expire(ts(100));
+        assert_eq!(
+            lapsed,
+            vec![(
+                30086,
+                Pending {
+                    owner: a,
+                    expires: ts(100)
+                }
+            )]
+        );
+        assert!(s.pending().is_empty() && s.pool().held().is_empty());
+        assert_eq!(s.take_lapsed().1, 1);
+        // A reserved value is not handed out with less than half its TTL left.
+        let b = ServiceRef::new("ns", "b");
+        assert_eq!(s.claim_next(&b, ts(100)), Ok(30090));
+        assert_eq!(
+            s.claim_next(&b, ts(200)),
+            Ok(30094),
+            "the reserve (expiring at 100) is too old for 200"
+        );
+    }
+
+    #[test]
+    fn a_nearly_full_band_is_claimed_one_value_at_a_time() {
+        let mut s = reserving(30000, 30099);
+        s.claim_next(&ServiceRef::new("ns", "a"), ts(100)).expect("free");
+        assert_eq!(s.pending().len(), 2, "84 free: one reserved per 32 free, 2");
+        let mut s = reserving(30000, 30039);
+        s.claim_next(&ServiceRef::new("ns", "a"), ts(100)).expect("free");
+        assert_eq!(
+            s.pending().len(),
+            1,
+            "24 free: no reservation beyond the value asked for"
+        );
     }
 
     #[test]

@@ -26,6 +26,13 @@ fn is_full(r: &Refusal) -> bool {
     matches!(r, Refusal::Internal(m) if m.ends_with(&portico_allocators::AllocError::Full.to_string()))
 }
 
+/// This process's name in reservations: the pod name in a cluster, else host and pid; with a
+/// random suffix, so a restarted pod never takes over its predecessor's reservations.
+fn replica_id() -> String {
+    let base = std::env::var("POD_NAME").unwrap_or_else(|_| format!("pid-{}", std::process::id()));
+    format!("{base}-{:08x}", rand::random::<u32>())
+}
+
 /// What to answer to a Service admission.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -160,23 +167,30 @@ impl ServiceAllocator {
     ) -> Result<Self, AllocationError> {
         config.validate()?;
         let ranges = cluster_watch::discover_ranges(&client, &config).await?;
+        let replica = replica_id();
         let mut ips = Vec::new();
         for (family, pool) in &ranges.pools {
+            let state = RangeState::new(pool.clone())
+                .with_claim_ttl(config.claim_ttl)
+                .with_reservations(&replica, config.reservation_batch, config.claim_ttl);
             let store = ObjectStore::open(
                 client.clone(),
                 config.ip_object_name(*family),
-                pool.clone(),
+                state,
                 config.max_attempts,
                 metrics.clone(),
             )
             .await?;
             ips.push((*family, Range::new(store)));
         }
+        let state = RangeState::new(PortAllocator::new(config.node_ports))
+            .with_claim_ttl(config.claim_ttl)
+            .with_reservations(&replica, config.reservation_batch, config.claim_ttl);
         let ports = Range::new(
             ObjectStore::open(
                 client.clone(),
                 config.port_object_name(),
-                PortAllocator::new(config.node_ports),
+                state,
                 config.max_attempts,
                 metrics.clone(),
             )
@@ -284,8 +298,7 @@ impl ServiceAllocator {
         let plan = Arc::new(plan);
         let expires = expiry(self.config.claim_ttl);
         let limit = self.config.max_claims;
-        let mut assignment = Assignment::default();
-        let mut taken_ips: Vec<(IpFamily, Vec<IpAddr>)> = Vec::new();
+        let mut ranges = Vec::new();
         for family in plan.ip_families() {
             let Some(range) = self.ip_range(family) else {
                 return Ok(Decision::Deny(Denial {
@@ -293,18 +306,49 @@ impl ServiceAllocator {
                     refusals: vec![Refusal::Internal(format!("{family} is not configured"))],
                 }));
             };
-            let job_plan = Arc::clone(&plan);
+            ranges.push((family, range));
+        }
+        // Every range at once: each may need a shared write, and they are independent.
+        let ip_jobs = ranges.iter().map(|(family, range)| {
+            let (family, job_plan) = (*family, Arc::clone(&plan));
             let job = move |s: &mut RangeState<IpPool>| {
                 (
                     job_plan.execute_ips(family, s, expires, limit),
                     s.pool().range_string(),
                 )
             };
-            let result = if dry_run {
-                range.dry_run(job).await
-            } else {
-                range.update(job).await
+            async move {
+                let result = if dry_run {
+                    range.dry_run(job).await
+                } else {
+                    range.update(job).await
+                };
+                (family, result)
+            }
+        });
+        let port_job = async {
+            if plan.port_claims.is_empty() {
+                return None;
+            }
+            let job_plan = Arc::clone(&plan);
+            let job = move |s: &mut RangeState<PortAllocator>| {
+                (job_plan.execute_ports(s, expires, limit), s.pool().range_string())
             };
+            Some(if dry_run {
+                self.ports.dry_run(job).await
+            } else {
+                self.ports.update(job).await
+            })
+        };
+        let (ip_results, port_result) = futures::join!(futures::future::join_all(ip_jobs), port_job);
+
+        let mut assignment = Assignment::default();
+        let mut taken_ips: Vec<(IpFamily, Vec<IpAddr>)> = Vec::new();
+        let mut taken_ports: Vec<i32> = Vec::new();
+        // The first refusal in upstream's order (clusterIPs, then node ports), or the first error.
+        let mut refused: Option<Refusal> = None;
+        let mut failed: Option<AllocationError> = None;
+        for (family, result) in ip_results {
             match result {
                 Ok((Ok(ips), label)) => {
                     for c in plan.ip_claims.iter().filter(|c| c.family == family) {
@@ -318,48 +362,42 @@ impl ServiceAllocator {
                 }
                 Ok((Err(refusal), label)) => {
                     self.count_refusal(&label, RangeKind::ClusterIp, &refusal, dry_run);
-                    self.revert(&plan.service, &taken_ips).await;
-                    return Ok(Decision::Deny(Denial {
-                        name,
-                        refusals: vec![refusal],
-                    }));
+                    refused.get_or_insert(refusal);
                 }
                 Err(failure) => {
-                    self.revert(&plan.service, &taken_ips).await;
-                    return Err(failure.into());
+                    failed.get_or_insert(failure.into());
                 }
             }
         }
-        if !plan.port_claims.is_empty() {
-            let job_plan = Arc::clone(&plan);
-            let job = move |s: &mut RangeState<PortAllocator>| {
-                (job_plan.execute_ports(s, expires, limit), s.pool().range_string())
-            };
-            let result = if dry_run {
-                self.ports.dry_run(job).await
-            } else {
-                self.ports.update(job).await
-            };
-            match result {
-                Ok((Ok(ports), label)) => {
-                    for c in &plan.port_claims {
-                        self.count(&label, RangeKind::NodePort, &c.want, true, dry_run);
-                    }
-                    assignment.ports = ports;
+        match port_result {
+            None => {}
+            Some(Ok((Ok(ports), label))) => {
+                for c in &plan.port_claims {
+                    self.count(&label, RangeKind::NodePort, &c.want, true, dry_run);
                 }
-                Ok((Err(refusal), label)) => {
-                    self.count_refusal(&label, RangeKind::NodePort, &refusal, dry_run);
-                    self.revert(&plan.service, &taken_ips).await;
-                    return Ok(Decision::Deny(Denial {
-                        name,
-                        refusals: vec![refusal],
-                    }));
+                if !dry_run {
+                    taken_ports.clone_from(&ports);
                 }
-                Err(failure) => {
-                    self.revert(&plan.service, &taken_ips).await;
-                    return Err(failure.into());
-                }
+                assignment.ports = ports;
             }
+            Some(Ok((Err(refusal), label))) => {
+                self.count_refusal(&label, RangeKind::NodePort, &refusal, dry_run);
+                refused.get_or_insert(refusal);
+            }
+            Some(Err(failure)) => {
+                failed.get_or_insert(failure.into());
+            }
+        }
+        if refused.is_some() || failed.is_some() {
+            self.revert(&plan.service, &taken_ips, &taken_ports).await;
+            return match (refused, failed) {
+                (Some(refusal), _) => Ok(Decision::Deny(Denial {
+                    name,
+                    refusals: vec![refusal],
+                })),
+                (None, Some(e)) => Err(e),
+                (None, None) => unreachable!("checked above"),
+            };
         }
         let patch = plan.patch(&assignment);
         let mut allocated: Vec<Value> = assignment.ips.iter().map(|(_, ip)| Value::Ip(*ip)).collect();
@@ -372,10 +410,9 @@ impl ServiceAllocator {
         })
     }
 
-    /// Drops the clusterIP claims made for `owner` after a later range refused (best effort:
-    /// what is not dropped here lapses at its TTL). Node ports come last, so they never need
-    /// reverting.
-    async fn revert(&self, owner: &super::ServiceRef, ips: &[(IpFamily, Vec<IpAddr>)]) {
+    /// Drops the claims made for `owner` after another range refused (best effort: what is not
+    /// dropped here lapses at its TTL).
+    async fn revert(&self, owner: &super::ServiceRef, ips: &[(IpFamily, Vec<IpAddr>)], ports: &[i32]) {
         for (family, taken) in ips {
             let Some(range) = self.ip_range(*family) else {
                 continue;
@@ -391,6 +428,20 @@ impl ServiceAllocator {
                 .await
             {
                 tracing::warn!(error = %e, "could not revert clusterIP claims; they will lapse");
+            }
+        }
+        if !ports.is_empty() {
+            let (owner, taken) = (owner.clone(), ports.to_vec());
+            if let Err(e) = self
+                .ports
+                .update(move |s: &mut RangeState<PortAllocator>| {
+                    for p in &taken {
+                        s.unclaim(*p, &owner);
+                    }
+                })
+                .await
+            {
+                tracing::warn!(error = %e, "could not revert nodePort claims; they will lapse");
             }
         }
     }

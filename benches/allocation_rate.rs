@@ -1,0 +1,525 @@
+//! Create rate of NodePort Services: kube-apiserver alone, then with Portico's allocation webhook
+//! (one replica, then two behind a round-robin TCP balancer), each on a fresh control plane, in
+//! one run.
+//!
+//! ```text
+//! cargo bench --bench allocation_rate                       # 1,000 creates, 16 clients
+//! cargo bench --bench allocation_rate -- --creates 300 --clients 8
+//! ```
+//!
+//! Per mode: creates/s, p50/p99 latency, failures (with the first messages), and how long a
+//! delete followed at once by a create of the same nodePort and clusterIP takes to succeed.
+//! Portico runs as `portico run --allocation` (release build, no controllers, no leader
+//! election) with only its mutating webhook registered (`failurePolicy: Fail`), so every create
+//! goes through it. Targets (issue "Allocation on the cluster's own truth"): Portico at 80 % or
+//! more of the apiserver-alone rate, p99 at most 1.5 times it, no failure, delete-then-recreate
+//! under 1 s.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DeleteParams, PostParams};
+use portico_testenv::{ControlPlane, ControlPlaneConfig};
+use portico_webhook::{
+    FailurePolicy, Namespaces, Registration, WebhookEndpoint, register_mutating, write_dev_certs,
+};
+use serde_json::json;
+
+const NS: &str = "bench";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Alone,
+    /// A mutating webhook that admits every Service unchanged (Portico without `--allocation`):
+    /// what calling any webhook costs the apiserver, the floor under every webhook design.
+    NoOpWebhook,
+    Portico(usize),
+}
+
+impl Mode {
+    fn label(self) -> String {
+        match self {
+            Mode::Alone => "kube-apiserver alone".to_owned(),
+            Mode::NoOpWebhook => "no-op webhook (floor)".to_owned(),
+            Mode::Portico(1) => "with Portico, 1 replica".to_owned(),
+            Mode::Portico(n) => format!("with Portico, {n} replicas"),
+        }
+    }
+}
+
+struct Outcome {
+    mode: Mode,
+    seconds: f64,
+    latencies: Vec<Duration>,
+    failures: Vec<String>,
+    recreate: Result<Duration, String>,
+    /// Portico's own view: mutating reviews answered and their mean duration.
+    webhook: Option<(f64, Duration)>,
+    /// CPU seconds during the creates: kube-apiserver, etcd, Portico (all replicas).
+    cpu: (f64, f64, f64),
+    /// The most frequent API requests during the creates (`verb resource code`, count).
+    requests: Vec<(String, u64)>,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.seconds
+    }
+    fn pct(&self, p: f64) -> Duration {
+        let mut v = self.latencies.clone();
+        v.sort_unstable();
+        if v.is_empty() {
+            return Duration::ZERO;
+        }
+        v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+    }
+}
+
+struct Replicas {
+    children: Vec<Child>,
+    /// Metrics address of each replica.
+    metrics: Vec<SocketAddr>,
+}
+
+/// User + system CPU seconds of process `pid` so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// `GET /metrics` of one replica, as text.
+async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}
+
+/// Sum of the samples of `name` (no labels filter).
+fn sample_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Round-robin over `backends`, per connection.
+async fn balancer(backends: Vec<SocketAddr>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let next = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = backends[next.fetch_add(1, Ordering::Relaxed) % backends.len()];
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn start_portico(cp: &ControlPlane, replicas: usize, allocation: bool) -> (Replicas, SocketAddr) {
+    let dir = cp.dir().join("bench-webhook");
+    let certs = write_dev_certs(&dir, &["127.0.0.1", "localhost"]).expect("certificates");
+    let mut children = Vec::new();
+    let mut addrs = Vec::new();
+    let mut metrics = Vec::new();
+    for i in 0..replicas {
+        let port = free_port();
+        let metrics_port = free_port();
+        metrics.push(SocketAddr::from(([127, 0, 0, 1], metrics_port)));
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("allocation-rate-portico-{i}.log")))
+                .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_portico"))
+            .args([
+                "run",
+                "--controllers=",
+                "--leader-elect=false",
+                "--install-crds=true",
+            ])
+            .arg(format!("--allocation={allocation}"))
+            .arg(format!("--metrics-bind-address=127.0.0.1:{metrics_port}"))
+            .arg(format!("--webhook-bind-address=127.0.0.1:{port}"))
+            .arg(format!("--tls-cert-file={}", certs.cert_file.display()))
+            .arg(format!("--tls-private-key-file={}", certs.key_file.display()))
+            .env("KUBECONFIG", cp.kubeconfig_path())
+            .env(
+                "PORTICO_LOG",
+                std::env::var("PORTICO_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start portico");
+        children.push(child);
+        addrs.push(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let url_addr = if replicas == 1 {
+        addrs[0]
+    } else {
+        balancer(addrs.clone()).await
+    };
+    // Registered only once every replica listens: with `Fail`, a create before would fail.
+    for addr in &addrs {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "portico at {addr} did not start (see its log in the temp dir)"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let client = cp.client().await.expect("client");
+    let mut reg =
+        Registration::with_endpoint(WebhookEndpoint::Url(format!("https://{url_addr}")), certs.ca_pem);
+    reg.name = "portico-bench".into();
+    reg.failure_policy = FailurePolicy::Fail;
+    reg.namespaces = Namespaces::Only(vec![NS.into()]);
+    register_mutating(&client, &reg)
+        .await
+        .expect("register the mutating webhook");
+    (Replicas { children, metrics }, url_addr)
+}
+
+fn node_port_service(name: &str) -> Service {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"type": "NodePort", "ports": [{"port": 80}]},
+    }))
+    .expect("service")
+}
+
+/// Waits until a dry-run create comes back with a node port from the webhook in place.
+async fn wait_until_served(api: &Api<Service>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let probe = node_port_service("probe");
+        match api
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &probe,
+            )
+            .await
+        {
+            Ok(_) => return,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the webhook never answered: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn run(mode: Mode, creates: usize, clients: usize) -> Outcome {
+    let cp = ControlPlane::start(ControlPlaneConfig::default())
+        .await
+        .expect("control plane");
+    let client = cp.client().await.expect("client");
+    portico_testenv::fixtures::namespace(&client, NS)
+        .await
+        .expect("namespace");
+    let _replicas = match mode {
+        Mode::Alone => None,
+        Mode::NoOpWebhook => Some(start_portico(&cp, 1, false).await),
+        Mode::Portico(n) => Some(start_portico(&cp, n, true).await),
+    };
+    let api: Api<Service> = Api::namespaced(client.clone(), NS);
+    wait_until_served(&api).await;
+    let [etcd_pid, apiserver_pid] = cp.pids();
+    let portico_pids: Vec<u32> = _replicas
+        .as_ref()
+        .map(|(r, _)| r.children.iter().map(Child::id).collect())
+        .unwrap_or_default();
+    let cpu_now = || {
+        (
+            cpu_seconds(apiserver_pid),
+            cpu_seconds(etcd_pid),
+            portico_pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>(),
+        )
+    };
+    let cpu_before = cpu_now();
+    let requests_before = portico_testenv::fixtures::apiserver_requests(&client)
+        .await
+        .unwrap_or_default();
+    // PORTICO_BENCH_PPROF=<dir>: a 5 s CPU profile of kube-apiserver during each mode's creates.
+    let profile = std::env::var("PORTICO_BENCH_PPROF").ok().map(|dir| {
+        let client = client.clone();
+        let file = std::path::Path::new(&dir).join(format!(
+            "apiserver-{}.pprof",
+            mode.label().replace([' ', ','], "-")
+        ));
+        tokio::spawn(async move {
+            let req = http::Request::get("/debug/pprof/profile?seconds=5")
+                .body(kube::client::Body::empty())
+                .expect("request");
+            if let Ok(resp) = client.send(req).await {
+                use http_body_util::BodyExt;
+                if let Ok(body) = resp.into_body().collect().await {
+                    let _ = std::fs::write(&file, body.to_bytes());
+                }
+            }
+        })
+    });
+    let started = Instant::now();
+    let results: Vec<Result<(Duration, Service), String>> = futures::stream::iter(0..creates)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let t = Instant::now();
+                api.create(&PostParams::default(), &node_port_service(&format!("s{i}")))
+                    .await
+                    .map(|s| (t.elapsed(), s))
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .buffer_unordered(clients)
+        .collect()
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_now();
+    if let Some(p) = profile {
+        let _ = p.await;
+    }
+    let requests_after = portico_testenv::fixtures::apiserver_requests(&client)
+        .await
+        .unwrap_or_default();
+    let mut requests: Vec<(String, u64)> = requests_after
+        .iter()
+        .map(|a| {
+            let before = requests_before
+                .iter()
+                .find(|b| {
+                    (&b.resource, &b.subresource, &b.verb, &b.code)
+                        == (&a.resource, &a.subresource, &a.verb, &a.code)
+                })
+                .map_or(0, |b| b.count);
+            (
+                format!(
+                    "{} {}{} {}",
+                    a.verb,
+                    a.resource,
+                    if a.subresource.is_empty() {
+                        String::new()
+                    } else {
+                        format!("/{}", a.subresource)
+                    },
+                    a.code
+                ),
+                a.count - before,
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    requests.sort_by_key(|r| std::cmp::Reverse(r.1));
+    requests.truncate(6);
+    let cpu = (
+        cpu_after.0 - cpu_before.0,
+        cpu_after.1 - cpu_before.1,
+        cpu_after.2 - cpu_before.2,
+    );
+    let mut latencies = Vec::new();
+    let mut failures = Vec::new();
+    let mut created = Vec::new();
+    for r in results {
+        match r {
+            Ok((d, s)) => {
+                latencies.push(d);
+                created.push(s);
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    let mut webhook = None;
+    if let Some((replicas, _)) = &_replicas {
+        let (mut count, mut sum) = (0.0, 0.0);
+        for addr in &replicas.metrics {
+            let text = scrape(*addr).await;
+            count += sample_sum(&text, "portico_webhook_request_duration_seconds_count");
+            sum += sample_sum(&text, "portico_webhook_request_duration_seconds_sum");
+        }
+        if count > 0.0 {
+            webhook = Some((count, Duration::from_secs_f64(sum / count)));
+        }
+    }
+    let recreate = delete_then_recreate(&api, created.first()).await;
+    Outcome {
+        requests,
+        cpu,
+        webhook,
+        mode,
+        seconds,
+        latencies,
+        failures,
+        recreate,
+    }
+}
+
+/// Deletes `svc` and at once creates another Service asking for its nodePort and clusterIP,
+/// retrying until it is accepted; how long that took.
+async fn delete_then_recreate(api: &Api<Service>, svc: Option<&Service>) -> Result<Duration, String> {
+    let svc = svc.ok_or("nothing was created")?;
+    let spec = svc.spec.as_ref().ok_or("no spec")?;
+    let ip = spec.cluster_ip.clone().ok_or("no clusterIP")?;
+    let port = spec
+        .ports
+        .as_ref()
+        .and_then(|p| p.first())
+        .and_then(|p| p.node_port)
+        .ok_or("no nodePort")?;
+    let again: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "recreated"},
+        "spec": {"type": "NodePort", "clusterIP": ip, "clusterIPs": [ip], "ports": [{"port": 80, "nodePort": port}]},
+    }))
+    .map_err(|e| e.to_string())?;
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    api.delete(&name, &DeleteParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    loop {
+        match api.create(&PostParams::default(), &again).await {
+            Ok(_) => return Ok(t.elapsed()),
+            Err(e) if t.elapsed() > Duration::from_secs(30) => {
+                return Err(format!("still refused after 30 s: {e}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs benches with no such flag: skip.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let creates = arg("--creates", 1000);
+    let clients = arg("--clients", 16);
+    let version = portico_testenv::Assets::discover()
+        .ok()
+        .and_then(|a| Command::new(a.kube_apiserver).arg("--version").output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!(
+        "allocation_rate: {creates} NodePort creates, {clients} clients, {version}, fresh control plane per mode\n"
+    );
+    let mut outcomes = Vec::new();
+    for mode in [Mode::Alone, Mode::NoOpWebhook, Mode::Portico(1), Mode::Portico(2)] {
+        let o = run(mode, creates, clients).await;
+        println!(
+            "{:<28} {:>7.1} creates/s  p50 {:>7}  p99 {:>7}  failures {:>3}  delete→recreate {}",
+            o.mode.label(),
+            o.rate(),
+            ms(o.pct(0.50)),
+            ms(o.pct(0.99)),
+            o.failures.len(),
+            match &o.recreate {
+                Ok(d) => ms(*d),
+                Err(e) => e.clone(),
+            }
+        );
+        println!(
+            "    CPU during the creates: kube-apiserver {:.1} s, etcd {:.1} s, Portico {:.1} s",
+            o.cpu.0, o.cpu.1, o.cpu.2
+        );
+        let top: Vec<String> = o.requests.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        println!("    API requests: {}", top.join(", "));
+        if let Some((n, mean)) = o.webhook {
+            println!(
+                "    Portico's view: {n:.0} reviews answered, mean {:.1} ms in the webhook",
+                mean.as_secs_f64() * 1000.0
+            );
+        }
+        for f in o.failures.iter().take(3) {
+            println!("    failure: {f}");
+        }
+        outcomes.push(o);
+    }
+    let base = &outcomes[0];
+    let floor = &outcomes[1];
+    println!(
+        "\nany webhook at all: rate {:.2}x of alone, p99 {:.2}x (the bound for every webhook design on this machine)",
+        floor.rate() / base.rate(),
+        floor.pct(0.99).as_secs_f64() / base.pct(0.99).as_secs_f64()
+    );
+    for o in &outcomes[2..] {
+        let rate = o.rate() / base.rate();
+        let p99 = o.pct(0.99).as_secs_f64() / base.pct(0.99).as_secs_f64();
+        let recreate_ok = o.recreate.is_ok();
+        println!(
+            "{:<28} rate {:.2}x of alone (target >= 0.80: {}), p99 {:.2}x (target <= 1.5: {}), failures {} (target 0: {}), recreate < 1 s: {}",
+            o.mode.label(),
+            rate,
+            if rate >= 0.8 { "met" } else { "MISSED" },
+            p99,
+            if p99 <= 1.5 { "met" } else { "MISSED" },
+            o.failures.len(),
+            if o.failures.is_empty() { "met" } else { "MISSED" },
+            if recreate_ok { "met" } else { "MISSED" },
+        );
+        println!(
+            "{:<28} against the no-op webhook: rate {:.2}x, p99 {:.2}x",
+            "",
+            o.rate() / floor.rate(),
+            o.pct(0.99).as_secs_f64() / floor.pct(0.99).as_secs_f64()
+        );
+    }
+}
