@@ -3,8 +3,8 @@
 //! one run.
 //!
 //! ```text
-//! cargo bench --bench allocation_rate                       # 1,000 creates, 16 clients
-//! cargo bench --bench allocation_rate -- --creates 300 --clients 8
+//! cargo bench --bench allocation_rate                       # 1,000 creates, 16 clients, 3 rounds
+//! cargo bench --bench allocation_rate -- --creates 300 --clients 8 --rounds 1
 //! ```
 //!
 //! Per mode: creates/s, p50/p99 latency, failures (with the first messages), and how long a
@@ -461,65 +461,96 @@ async fn main() {
     println!(
         "allocation_rate: {creates} NodePort creates, {clients} clients, {version}, fresh control plane per mode\n"
     );
-    let mut outcomes = Vec::new();
-    for mode in [Mode::Alone, Mode::NoOpWebhook, Mode::Portico(1), Mode::Portico(2)] {
-        let o = run(mode, creates, clients).await;
-        println!(
-            "{:<28} {:>7.1} creates/s  p50 {:>7}  p99 {:>7}  failures {:>3}  delete→recreate {}",
-            o.mode.label(),
-            o.rate(),
-            ms(o.pct(0.50)),
-            ms(o.pct(0.99)),
-            o.failures.len(),
-            match &o.recreate {
-                Ok(d) => ms(*d),
-                Err(e) => e.clone(),
-            }
-        );
-        println!(
-            "    CPU during the creates: kube-apiserver {:.1} s, etcd {:.1} s, Portico {:.1} s",
-            o.cpu.0, o.cpu.1, o.cpu.2
-        );
-        let top: Vec<String> = o.requests.iter().map(|(k, n)| format!("{k}: {n}")).collect();
-        println!("    API requests: {}", top.join(", "));
-        if let Some((n, mean)) = o.webhook {
+    let rounds = arg("--rounds", 3).max(1);
+    let modes = [Mode::Alone, Mode::NoOpWebhook, Mode::Portico(1), Mode::Portico(2)];
+    // Rounds of every mode in turn: this machine's speed drifts by tens of percent between runs,
+    // so each ratio is taken within a round and the median over rounds reported.
+    let mut outcomes: Vec<Vec<Outcome>> = Vec::new();
+    for round in 1..=rounds {
+        let mut this = Vec::new();
+        for mode in modes {
+            let o = run(mode, creates, clients).await;
             println!(
-                "    Portico's view: {n:.0} reviews answered, mean {:.1} ms in the webhook",
-                mean.as_secs_f64() * 1000.0
+                "round {round}  {:<28} {:>7.1} creates/s  p50 {:>7}  p99 {:>7}  failures {:>3}  delete→recreate {}",
+                o.mode.label(),
+                o.rate(),
+                ms(o.pct(0.50)),
+                ms(o.pct(0.99)),
+                o.failures.len(),
+                match &o.recreate {
+                    Ok(d) => ms(*d),
+                    Err(e) => e.clone(),
+                }
             );
+            println!(
+                "    CPU during the creates: kube-apiserver {:.1} s, etcd {:.1} s, Portico {:.1} s",
+                o.cpu.0, o.cpu.1, o.cpu.2
+            );
+            let top: Vec<String> = o.requests.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+            println!("    API requests: {}", top.join(", "));
+            if let Some((n, mean)) = o.webhook {
+                println!(
+                    "    Portico's view: {n:.0} reviews answered, mean {:.1} ms in the webhook",
+                    mean.as_secs_f64() * 1000.0
+                );
+            }
+            for f in o.failures.iter().take(3) {
+                println!("    failure: {f}");
+            }
+            this.push(o);
         }
-        for f in o.failures.iter().take(3) {
-            println!("    failure: {f}");
-        }
-        outcomes.push(o);
+        outcomes.push(this);
     }
-    let base = &outcomes[0];
-    let floor = &outcomes[1];
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ratio = |i: usize, of: usize, f: &dyn Fn(&Outcome) -> f64| {
+        median(outcomes.iter().map(|r| f(&r[i]) / f(&r[of])).collect())
+    };
+    let rate = |o: &Outcome| o.rate();
+    let p99 = |o: &Outcome| o.pct(0.99).as_secs_f64();
+    println!(
+        "\nmedians over {rounds} round(s) of {creates} creates, {clients} clients; ratios taken within each round"
+    );
+    for (i, mode) in modes.iter().enumerate() {
+        println!(
+            "{:<28} {:>7.1} creates/s  p50 {:>7}  p99 {:>7}",
+            mode.label(),
+            median(outcomes.iter().map(|r| r[i].rate()).collect()),
+            ms(Duration::from_secs_f64(median(
+                outcomes.iter().map(|r| r[i].pct(0.5).as_secs_f64()).collect()
+            ))),
+            ms(Duration::from_secs_f64(median(
+                outcomes.iter().map(|r| p99(&r[i])).collect()
+            ))),
+        );
+    }
     println!(
         "\nany webhook at all: rate {:.2}x of alone, p99 {:.2}x (the bound for every webhook design on this machine)",
-        floor.rate() / base.rate(),
-        floor.pct(0.99).as_secs_f64() / base.pct(0.99).as_secs_f64()
+        ratio(1, 0, &rate),
+        ratio(1, 0, &p99)
     );
-    for o in &outcomes[2..] {
-        let rate = o.rate() / base.rate();
-        let p99 = o.pct(0.99).as_secs_f64() / base.pct(0.99).as_secs_f64();
-        let recreate_ok = o.recreate.is_ok();
+    for (i, mode) in modes.iter().enumerate().skip(2) {
+        let (r, p) = (ratio(i, 0, &rate), ratio(i, 0, &p99));
+        let failures: usize = outcomes.iter().map(|o| o[i].failures.len()).sum();
+        let recreate_ok = outcomes.iter().all(|o| o[i].recreate.is_ok());
         println!(
             "{:<28} rate {:.2}x of alone (target >= 0.80: {}), p99 {:.2}x (target <= 1.5: {}), failures {} (target 0: {}), recreate < 1 s: {}",
-            o.mode.label(),
-            rate,
-            if rate >= 0.8 { "met" } else { "MISSED" },
-            p99,
-            if p99 <= 1.5 { "met" } else { "MISSED" },
-            o.failures.len(),
-            if o.failures.is_empty() { "met" } else { "MISSED" },
+            mode.label(),
+            r,
+            if r >= 0.8 { "met" } else { "MISSED" },
+            p,
+            if p <= 1.5 { "met" } else { "MISSED" },
+            failures,
+            if failures == 0 { "met" } else { "MISSED" },
             if recreate_ok { "met" } else { "MISSED" },
         );
         println!(
             "{:<28} against the no-op webhook: rate {:.2}x, p99 {:.2}x",
             "",
-            o.rate() / floor.rate(),
-            o.pct(0.99).as_secs_f64() / floor.pct(0.99).as_secs_f64()
+            ratio(i, 1, &rate),
+            ratio(i, 1, &p99)
         );
     }
 }

@@ -127,7 +127,7 @@ impl Running {
     }
 }
 
-/// Starts the webhook (and allocation, when ranges are given). `pods` is a pod cache to read
+/// Starts the webhook (and allocation, with `--allocation` or `--service-cluster-ip-range`). `pods` is a pod cache to read
 /// from for the targetPort warning; without one the webhook watches pods itself. Returns once it is serving and,
 /// out of cluster, registered.
 pub async fn start(

@@ -923,3 +923,59 @@ async fn two_replicas_race_creates_without_a_failure_or_a_duplicate() {
         }
     }
 }
+
+#[tokio::test]
+async fn two_configurations_live_during_a_rollout_never_hand_out_the_same_value() {
+    const NS: &str = "alloc-rollout";
+    let Some((cp, client)) = setup(NS).await else {
+        return;
+    };
+    // The old replica draws from a /24 and 100 ports, the new one from the upper half of both:
+    // they share the claims (same objects), so neither hands out what the other handed out.
+    let old = start(
+        &client,
+        config(
+            "it-rollout-",
+            "10.96.214.0/24",
+            "31700-31799",
+            Duration::from_secs(30),
+        ),
+    )
+    .await;
+    let client_b = cp.client().await.expect("second client");
+    let new = start(
+        &client_b,
+        config(
+            "it-rollout-",
+            "10.96.214.128/25",
+            "31750-31799",
+            Duration::from_secs(30),
+        ),
+    )
+    .await;
+    let results: Vec<Result<Service, String>> = futures::stream::iter(0..60usize)
+        .map(|i| {
+            let (replica, c) = if i % 2 == 0 {
+                (&old, &client)
+            } else {
+                (&new, &client_b)
+            };
+            async move {
+                let svc = service(
+                    NS,
+                    &format!("r{i}"),
+                    json!({"type": "NodePort", "ports": [{"port": 80}]}),
+                );
+                admit_and_create(replica, c, &svc).await
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failures.is_empty(), "{failures:?}");
+    let created: Vec<&Service> = results.iter().flatten().collect();
+    let ips: HashSet<IpAddr> = created.iter().map(|s| cluster_ip(s)).collect();
+    let ports: HashSet<i32> = created.iter().flat_map(|s| node_ports(s)).collect();
+    assert_eq!((ips.len(), ports.len()), (60, 60), "every value once");
+}

@@ -218,12 +218,24 @@ enum Message<P: Pool> {
         done: oneshot::Sender<Result<(), StoreFailure>>,
     },
     Observe(Job<P>),
+    /// A version of the object the watch saw (usually another replica's write).
+    Written(Box<RangeAllocation>),
 }
 
 /// A range shared through its `RangeAllocation` object (see the module docs).
 pub struct ObjectStore<P: Pool> {
     name: String,
     tx: mpsc::UnboundedSender<Message<P>>,
+    _watch: AbortOnDrop,
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl<P: Pool> std::fmt::Debug for ObjectStore<P> {
@@ -288,9 +300,42 @@ impl<P: Pool> ObjectStore<P> {
         };
         writer.load(true).await?;
         let (tx, rx) = mpsc::unbounded_channel();
+        // Another replica's write reaches this one through a watch of the object, so its next
+        // write usually carries the current resourceVersion instead of losing a
+        // compare-and-swap (and a GET) to every write of the other.
+        let watch = tokio::spawn(watch_object(writer.api.clone(), name.clone(), tx.downgrade()));
         let span = tracing::info_span!("range_store", object = %name, range = %range);
         tokio::spawn(writer.run(rx).instrument(span));
-        Ok(ObjectStore { name, tx })
+        Ok(ObjectStore {
+            name,
+            tx,
+            _watch: AbortOnDrop(watch),
+        })
+    }
+}
+
+async fn watch_object<P: Pool>(
+    api: Api<RangeAllocation>,
+    name: String,
+    tx: mpsc::WeakUnboundedSender<Message<P>>,
+) {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::runtime::{WatchStreamExt, watcher};
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    loop {
+        match stream.try_next().await {
+            Ok(Some(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj))) => {
+                let Some(tx) = tx.upgrade() else { return };
+                if tx.send(Message::Written(Box::new(obj))).is_err() {
+                    return;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            // Undecodable versions are the writer's to recover from, at its next read.
+            Err(e) => tracing::debug!(object = %name, error = %e, "RangeAllocation watch"),
+        }
     }
 }
 
@@ -477,6 +522,7 @@ impl<P: Pool> Writer<P> {
             while let Some(msg) = next.take() {
                 match msg {
                     Message::Observe(mut change) => change(&mut self.state),
+                    Message::Written(obj) => self.seen(&obj),
                     Message::Job { run, mode, done } => batch.push((run, mode, done)),
                 }
                 if batch.len() < MAX_BATCH {
@@ -493,6 +539,29 @@ impl<P: Pool> Writer<P> {
                 m.observe(&self.state);
             }
         }
+    }
+
+    /// A version of the object from the watch: taken when newer than the one this writer holds
+    /// (resourceVersions compared as numbers, as etcd issues them; anything else only when it
+    /// differs). Unreadable or recreated objects are left to the next read, which recovers them.
+    fn seen(&mut self, obj: &RangeAllocation) {
+        let Some(rv) = obj.resource_version() else { return };
+        let newer = match (self.rv.as_deref().map(str::parse::<u64>), rv.parse::<u64>()) {
+            (Some(Ok(mine)), Ok(theirs)) => theirs > mine,
+            (Some(_), _) => self.rv.as_deref() != Some(rv.as_str()),
+            (None, _) => false,
+        };
+        if !newer {
+            return;
+        }
+        let stored = crd::decode::<P::Value>(obj);
+        if !stored.unreadable.is_empty() || obj.uid() != self.uid {
+            self.rv = None;
+            return;
+        }
+        self.state.replace_claims(stored.claims, Timestamp::now());
+        self.state.set_last_repair(stored.last_repair);
+        self.rv = Some(rv);
     }
 
     async fn process(&mut self, batch: &mut [Queued<P>]) -> Result<(), StoreFailure> {

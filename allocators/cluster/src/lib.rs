@@ -14,7 +14,9 @@
 //! * **Pending claims are the only shared state.** A value handed out in an admission is
 //!   claimed in the range's `RangeAllocation` object ([`mod@crd`]) with compare-and-swap
 //!   ([`claim_store`]), until the Service carrying it shows up in the watch or its TTL (30 s by
-//!   default) passes. Claims are bounded in number.
+//!   default) passes. Claims are bounded in number. A replica claims next-free values in
+//!   batches (reservations, see [`RangeState::with_reservations`]) and hands them out without a
+//!   write.
 //! * **Ranges from the cluster.** On 1.33+ the clusterIP ranges are the apiserver's ready
 //!   ServiceCIDRs ([`service_cidrs`]), followed at run time; `--service-cluster-ip-range` only
 //!   narrows where new values come from.

@@ -138,7 +138,7 @@ impl AllocationMetrics {
             pending: gauge(
                 registry,
                 "portico_allocator_pending",
-                "Values handed out whose Service has not been seen yet",
+                "Claims: values handed out whose Service has not been seen yet, and replicas' reservations",
                 &["kind", "range"],
             )?,
             recoveries: counter(

@@ -474,6 +474,15 @@ impl<P: Pool> RangeState<P> {
         owner: &ServiceRef,
         expires: Timestamp,
     ) -> Result<Claimed, AllocError> {
+        // Held by another Service (the apiserver gave it away meanwhile): no renewal helps.
+        let held_by_other = self
+            .holders
+            .get(&v)
+            .is_some_and(|hs| hs.iter().any(|h| h.service() != Some(owner)));
+        if held_by_other {
+            self.pool.check(v)?;
+            return Err(P::taken());
+        }
         // A reserved value this replica handed to the same Service (a retried request).
         if let Some(r) = &self.reservations
             && r.handed.get(&v) == Some(owner)
