@@ -228,7 +228,7 @@ pub(crate) async fn start(
     }
     let (tx, rx) = signal::channel(false);
     waits.push(("Services", rx));
-    let task = tokio::spawn(watch_services(
+    let task = tokio::spawn(watch_holders(
         services,
         wc,
         Arc::downgrade(&view),
@@ -241,7 +241,13 @@ pub(crate) async fn start(
         let (tx, rx) = signal::channel(false);
         waits.push(("IPAddresses", rx));
         let api: Api<IPAddress> = Api::all(client.clone());
-        let task = tokio::spawn(watch_addresses(api, Arc::downgrade(&view), sink.clone(), tx));
+        let task = tokio::spawn(watch_holders(
+            api,
+            watcher::Config::default(),
+            Arc::downgrade(&view),
+            sink.clone(),
+            tx,
+        ));
         push_task(&view, task);
     }
 
@@ -275,8 +281,52 @@ fn push_task(view: &ClusterView, task: JoinHandle<()>) {
     }
 }
 
-async fn watch_services(
-    api: Api<Service>,
+/// What the holdings index does with one kind of watched object.
+trait Indexed: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static {
+    /// For logs.
+    const WHAT: &'static str;
+    fn applied(idx: &mut HoldingsIndex, obj: &Self) -> Vec<Change>;
+    fn deleted(idx: &mut HoldingsIndex, obj: &Self) -> Vec<Change>;
+    fn relist(idx: &mut HoldingsIndex);
+    fn relisted(idx: &mut HoldingsIndex) -> Vec<Change>;
+}
+
+impl Indexed for Service {
+    const WHAT: &'static str = "Service";
+    fn applied(idx: &mut HoldingsIndex, obj: &Self) -> Vec<Change> {
+        idx.apply_service(obj)
+    }
+    fn deleted(idx: &mut HoldingsIndex, obj: &Self) -> Vec<Change> {
+        idx.delete_service(obj)
+    }
+    fn relist(idx: &mut HoldingsIndex) {
+        idx.relist_services();
+    }
+    fn relisted(idx: &mut HoldingsIndex) -> Vec<Change> {
+        idx.relisted_services_done()
+    }
+}
+
+impl Indexed for IPAddress {
+    const WHAT: &'static str = "IPAddress";
+    fn applied(idx: &mut HoldingsIndex, obj: &Self) -> Vec<Change> {
+        idx.apply_address(obj)
+    }
+    fn deleted(idx: &mut HoldingsIndex, obj: &Self) -> Vec<Change> {
+        idx.delete_address(obj)
+    }
+    fn relist(idx: &mut HoldingsIndex) {
+        idx.relist_addresses();
+    }
+    fn relisted(idx: &mut HoldingsIndex) -> Vec<Change> {
+        idx.relisted_addresses_done()
+    }
+}
+
+/// Feeds one kind of object into the holdings index and its changes into the ranges; `synced`
+/// turns true at the end of each full list.
+async fn watch_holders<K: Indexed>(
+    api: Api<K>,
     config: watcher::Config,
     view: std::sync::Weak<ClusterView>,
     sink: Sink,
@@ -288,7 +338,7 @@ async fn watch_services(
             Ok(Some(event)) => event,
             Ok(None) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "Service watch failed; retrying with backoff");
+                tracing::warn!(error = %e, "{} watch failed; retrying with backoff", K::WHAT);
                 continue;
             }
         };
@@ -296,51 +346,13 @@ async fn watch_services(
         let changes = {
             let Ok(mut idx) = view.index.lock() else { return };
             match &event {
-                Event::Apply(s) | Event::InitApply(s) => idx.apply_service(s),
-                Event::Delete(s) => idx.delete_service(s),
+                Event::Apply(o) | Event::InitApply(o) => K::applied(&mut idx, o),
+                Event::Delete(o) => K::deleted(&mut idx, o),
                 Event::Init => {
-                    idx.relist_services();
+                    K::relist(&mut idx);
                     Vec::new()
                 }
-                Event::InitDone => idx.relisted_services_done(),
-            }
-        };
-        sink.apply(changes);
-        if matches!(event, Event::InitDone) {
-            let _ = synced.send(true);
-        }
-    }
-}
-
-async fn watch_addresses(
-    api: Api<IPAddress>,
-    view: std::sync::Weak<ClusterView>,
-    sink: Sink,
-    synced: signal::Sender<bool>,
-) {
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    loop {
-        let event = match stream.try_next().await {
-            Ok(Some(event)) => event,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "IPAddress watch failed; retrying with backoff");
-                continue;
-            }
-        };
-        let Some(view) = view.upgrade() else { return };
-        let changes = {
-            let Ok(mut idx) = view.index.lock() else { return };
-            match &event {
-                Event::Apply(a) | Event::InitApply(a) => idx.apply_address(a),
-                Event::Delete(a) => idx.delete_address(a),
-                Event::Init => {
-                    idx.relist_addresses();
-                    Vec::new()
-                }
-                Event::InitDone => idx.relisted_addresses_done(),
+                Event::InitDone => K::relisted(&mut idx),
             }
         };
         sink.apply(changes);

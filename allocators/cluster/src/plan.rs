@@ -179,6 +179,18 @@ pub struct PortClaim {
     pub patch_health_check: bool,
 }
 
+impl PortClaim {
+    /// The node port `np` that `spec.ports[index]` asks for (nothing to patch).
+    fn requested(index: usize, np: i32) -> Self {
+        PortClaim {
+            want: Want::Value(np),
+            request: Request::NodePort { index, node_port: np },
+            patch_ports: Vec::new(),
+            patch_health_check: false,
+        }
+    }
+}
+
 /// Values taken by executing a plan.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Assignment {
@@ -884,15 +896,7 @@ fn plan_create_ports(plan: &mut ServicePlan, spec: &ServiceSpec) {
                 Some(Source::Claim(k)) if np == 0 => plan.port_claims[k].patch_ports.push(i),
                 Some(Source::Known(shared)) if np == 0 => plan.fixed_ports.push((i, shared)),
                 Some(Source::Known(shared)) if np == shared => {}
-                Some(_) => plan.port_claims.push(PortClaim {
-                    want: Want::Value(np),
-                    request: Request::NodePort {
-                        index: i,
-                        node_port: np,
-                    },
-                    patch_ports: Vec::new(),
-                    patch_health_check: false,
-                }),
+                Some(_) => plan.port_claims.push(PortClaim::requested(i, np)),
             }
         }
     }
@@ -972,15 +976,7 @@ fn plan_update_ports(
             if np != 0 {
                 new_numbers.insert(np);
                 if !old_numbers.contains(&np) && allocated.insert(np) {
-                    plan.port_claims.push(PortClaim {
-                        want: Want::Value(np),
-                        request: Request::NodePort {
-                            index: i,
-                            node_port: np,
-                        },
-                        patch_ports: Vec::new(),
-                        patch_health_check: false,
-                    });
+                    plan.port_claims.push(PortClaim::requested(i, np));
                 }
             } else {
                 plan.port_claims.push(PortClaim {

@@ -506,15 +506,7 @@ impl<P: Pool> RangeState<P> {
             return Err(P::taken());
         }
         self.pool.allocate(v)?;
-        self.fulfilled.remove(&v);
-        self.claims.insert(
-            v,
-            Pending {
-                owner: owner.clone(),
-                expires,
-            },
-        );
-        self.dirty = true;
+        self.insert_claim(v, owner, expires);
         Ok(Claimed::New)
     }
 
@@ -526,6 +518,12 @@ impl<P: Pool> RangeState<P> {
             return self.claim_reserved(owner, expires);
         }
         let v = self.pool.allocate_next()?;
+        self.insert_claim(v, owner, expires);
+        Ok(v)
+    }
+
+    /// Records a claim on a value just marked (a change to write).
+    fn insert_claim(&mut self, v: P::Value, owner: &ServiceRef, expires: Timestamp) {
         self.fulfilled.remove(&v);
         self.claims.insert(
             v,
@@ -535,7 +533,6 @@ impl<P: Pool> RangeState<P> {
             },
         );
         self.dirty = true;
-        Ok(v)
     }
 
     fn claim_reserved(&mut self, owner: &ServiceRef, expires: Timestamp) -> Result<P::Value, AllocError> {
