@@ -236,7 +236,7 @@ ALLOWED: list[Check] = [
     *_checks("update", "", "services", APP_NS, "web", "finalizers"),
     *_checks("create patch", "events.k8s.io", "events", APP_NS),
     *_checks("get create update", "portico.dev", "rangeallocations", "", "clusterip-ipv4"),
-    *_checks("create", "portico.dev", "rangeallocations"),
+    *_checks("create list watch", "portico.dev", "rangeallocations"),
     *_checks("list watch", "networking.k8s.io", "servicecidrs"),
     *_checks("list watch", "networking.k8s.io", "ipaddresses"),
     *_checks("get patch", "admissionregistration.k8s.io", "validatingwebhookconfigurations", "", FULLNAME),
@@ -261,7 +261,7 @@ FORBIDDEN: list[Check] = [
     *_checks("create", "", "events", APP_NS),
     *_checks("update delete list", "events.k8s.io", "events", APP_NS),
     *_checks("delete patch", "portico.dev", "rangeallocations", "", "clusterip-ipv4"),
-    *_checks("list watch deletecollection", "portico.dev", "rangeallocations"),
+    *_checks("deletecollection", "portico.dev", "rangeallocations"),
     # Only the chart's own webhook configurations, and only to set caBundle.
     *_checks("get patch update", "admissionregistration.k8s.io", "validatingwebhookconfigurations", "", "someone-else"),
     *_checks("patch", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", "someone-else"),

@@ -73,7 +73,7 @@ ENDPOINTSLICE_CONTROLLER = (
     | rules("", "services/finalizers", "update")
 )
 ENDPOINT_CONTROLLER = rules("", "endpoints", "get list watch create update delete")
-ALLOCATION = rules("portico.dev", "rangeallocations", "get create update") | rules(
+ALLOCATION = rules("portico.dev", "rangeallocations", "get list watch create update") | rules(
     "networking.k8s.io", "servicecidrs", "list watch"
 ) | rules("networking.k8s.io", "ipaddresses", "list watch")
 

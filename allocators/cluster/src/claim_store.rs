@@ -36,6 +36,9 @@ use super::range_state::{Pool, RangeState};
 /// Most jobs run in one write.
 const MAX_BATCH: usize = 256;
 
+/// How often an idle writer expires claims and writes the end of lingers.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
 /// Why a store operation failed. Cloneable: one failure may end a whole batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("RangeAllocation {object}: {reason}")]
@@ -66,8 +69,9 @@ pub trait ClaimStore<P: Pool>: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
     /// Runs `job` as `mode` says; resolves once it ran (and, for [`Mode::Write`], was written).
     fn run(&self, job: Job<P>, mode: Mode) -> BoxFuture<'_, Result<(), StoreFailure>>;
-    /// Applies what the watches saw (holdings, ranges): once, in order with the jobs, never
-    /// written, not waited for.
+    /// Applies what the watches saw (holdings, ranges): once, never written, not waited for.
+    /// It may take effect before jobs submitted earlier that are still queued (a value held or
+    /// freed a moment sooner).
     fn observe(&self, change: Job<P>);
 }
 
@@ -333,8 +337,12 @@ async fn watch_object<P: Pool>(
             }
             Ok(Some(_)) => {}
             Ok(None) => return,
-            // Undecodable versions are the writer's to recover from, at its next read.
-            Err(e) => tracing::debug!(object = %name, error = %e, "RangeAllocation watch"),
+            // Undecodable versions are the writer's to recover from, at its next read; anything
+            // else (RBAC: `list, watch` on rangeallocations) costs every write a lost
+            // compare-and-swap, so it is said loudly.
+            Err(e) => {
+                tracing::warn!(object = %name, error = %e, "RangeAllocation watch failed; retrying with backoff")
+            }
         }
     }
 }
@@ -516,9 +524,16 @@ impl<P: Pool> Writer<P> {
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Message<P>>) {
-        while let Some(first) = rx.recv().await {
+        loop {
+            // Idle, the writer still wakes up now and then: claims lapse and lingers end (a
+            // change to write) without any request coming in.
+            let first = match tokio::time::timeout(IDLE_TICK, rx.recv()).await {
+                Ok(Some(first)) => Some(first),
+                Ok(None) => return,
+                Err(_) => None,
+            };
             let mut batch = Vec::new();
-            let mut next = Some(first);
+            let mut next = first;
             while let Some(msg) = next.take() {
                 match msg {
                     Message::Observe(mut change) => change(&mut self.state),
@@ -529,7 +544,10 @@ impl<P: Pool> Writer<P> {
                     next = rx.try_recv().ok();
                 }
             }
-            if !batch.is_empty() {
+            if batch.is_empty() {
+                self.state.expire(Timestamp::now());
+            }
+            if !batch.is_empty() || self.state.is_dirty() {
                 let result = self.process(&mut batch).await;
                 for (_, _, done) in batch {
                     let _ = done.send(result.clone());
@@ -569,10 +587,12 @@ impl<P: Pool> Writer<P> {
         // The claims before this batch: a retry starts again from them (then from whatever the
         // object holds), so a job that claims a next-free value never claims twice.
         let baseline = self.state.stored_claims();
+        let reserve = self.state.save_reservations();
         let mut refresh = self.rv.is_none() || batch.iter().any(|(_, m, _)| *m == Mode::DryRun);
         for attempt in 1..=self.max_attempts {
             if attempt > 1 {
                 self.state.replace_claims(baseline.clone(), Timestamp::now());
+                self.state.restore_reservations(reserve.clone());
             }
             if refresh {
                 self.load(false).await?;
@@ -621,6 +641,7 @@ impl<P: Pool> Writer<P> {
                     // The write may or may not have happened: forget this batch's claims and
                     // re-read before the next write.
                     self.state.replace_claims(baseline, Timestamp::now());
+                    self.state.restore_reservations(reserve);
                     self.state.clear_dirty();
                     self.rv = None;
                     return Err(self.fail(e));
@@ -628,6 +649,7 @@ impl<P: Pool> Writer<P> {
             }
         }
         self.state.replace_claims(baseline, Timestamp::now());
+        self.state.restore_reservations(reserve);
         self.state.clear_dirty();
         self.rv = None;
         Err(self.fail(format!("gave up after {} conflicting writes", self.max_attempts)))

@@ -181,7 +181,7 @@ impl Sink {
                     for c in &list {
                         match c {
                             Change::Hold(Value::Ip(ip), h) => s.hold(*ip, h.clone(), now),
-                            Change::Unhold(Value::Ip(ip), h) => s.unhold(*ip, h, now),
+                            Change::Unhold(Value::Ip(ip), h) => s.unhold(*ip, h),
                             _ => {}
                         }
                     }
@@ -193,7 +193,7 @@ impl Sink {
                 for c in &ports {
                     match c {
                         Change::Hold(Value::Port(p), h) => s.hold(*p, h.clone(), now),
-                        Change::Unhold(Value::Port(p), h) => s.unhold(*p, h, now),
+                        Change::Unhold(Value::Port(p), h) => s.unhold(*p, h),
                         _ => {}
                     }
                 }

@@ -254,6 +254,16 @@ pub enum Claimed {
     Renewed,
 }
 
+/// Saved reservation bookkeeping (see [`RangeState::save_reservations`]).
+#[derive(Debug, Clone)]
+pub struct SavedReservations<V>(Option<Reservations<V>>);
+
+/// Whether `holder` taking the value ends a claim of `owner`: its own Service does, and any
+/// holder ends a reservation (the value has been used, or taken by someone else).
+fn fulfils(owner: &ServiceRef, holder: &Holder) -> bool {
+    owner.is_reservation() || holder.service().is_some_and(|s| owner.is_fulfilled_by(s))
+}
+
 /// How a replica reserves next-free values ahead of requests: one shared write claims a batch
 /// for the replica, and the requests that follow are answered from it without a write.
 #[derive(Debug, Clone)]
@@ -280,13 +290,8 @@ pub struct RangeState<P: Pool> {
     fulfilled: BTreeMap<P::Value, Fulfilled>,
     /// This replica's reservations, when it makes them.
     reservations: Option<Reservations<P::Value>>,
-    /// When each value last lost its last holder (kept for a claim TTL): a claim made before
-    /// that was consumed by the holder that went, whoever saw it held.
-    released: HashMap<P::Value, Timestamp>,
-    /// How long claims live (to tell when a stored claim was made).
-    claim_ttl: SignedDuration,
-    /// Claims that lapsed since the repair loop last looked (first few), and how many.
-    lapsed: Vec<(P::Value, Pending)>,
+    /// The last claims that lapsed, numbered, and how many ever did.
+    lapsed: std::collections::VecDeque<(u64, P::Value, Pending)>,
     lapsed_count: u64,
     /// Carried through every write, so admissions never erase the repair loop's report.
     last_repair: Option<RepairSummary>,
@@ -305,19 +310,11 @@ impl<P: Pool> RangeState<P> {
             claims: BTreeMap::new(),
             fulfilled: BTreeMap::new(),
             reservations: None,
-            released: HashMap::new(),
-            claim_ttl: SignedDuration::from_secs(30),
-            lapsed: Vec::new(),
+            lapsed: std::collections::VecDeque::new(),
             lapsed_count: 0,
             last_repair: None,
             dirty: false,
         }
-    }
-
-    /// Sets how long claims live (30 s unless told).
-    pub fn with_claim_ttl(mut self, ttl: Duration) -> Self {
-        self.claim_ttl = SignedDuration::try_from(ttl).unwrap_or(self.claim_ttl);
-        self
     }
 
     /// Makes next-free claims in batches of `batch` owned by `replica` (see [`Reservations`]),
@@ -438,8 +435,7 @@ impl<P: Pool> RangeState<P> {
         if !list.contains(&holder) {
             list.push(holder.clone());
         }
-        if let (Some(claim), Some(svc)) = (self.claims.get(&v), holder.service())
-            && claim.owner.is_fulfilled_by(svc)
+        if self.claims.get(&v).is_some_and(|c| fulfils(&c.owner, &holder))
             && let Some(claim) = self.claims.remove(&v)
         {
             self.fulfilled.insert(
@@ -454,13 +450,12 @@ impl<P: Pool> RangeState<P> {
         self.sync_bit(v);
     }
 
-    /// The watch saw `holder` let go of `v` (deleted, or changed to another value) at `now`.
-    pub fn unhold(&mut self, v: P::Value, holder: &Holder, now: Timestamp) {
+    /// The watch saw `holder` let go of `v` (deleted, or changed to another value).
+    pub fn unhold(&mut self, v: P::Value, holder: &Holder) {
         if let Some(list) = self.holders.get_mut(&v) {
             list.retain(|h| h != holder);
             if list.is_empty() {
                 self.holders.remove(&v);
-                self.released.insert(v, now);
             }
         }
         self.sync_bit(v);
@@ -482,6 +477,18 @@ impl<P: Pool> RangeState<P> {
         if held_by_other {
             self.pool.check(v)?;
             return Err(P::taken());
+        }
+        // A value of this replica's own reserve, not handed out yet: the request takes it, as
+        // its own claim.
+        let own_reserve = self.reservations.as_ref().is_some_and(|r| {
+            !r.handed.contains_key(&v) && self.claims.get(&v).is_some_and(|p| p.owner == r.owner)
+        });
+        if own_reserve {
+            if let Some(r) = self.reservations.as_mut() {
+                r.available.retain(|x| *x != v);
+            }
+            self.insert_claim(v, owner, expires);
+            return Ok(Claimed::New);
         }
         // A reserved value this replica handed to the same Service (a retried request).
         if let Some(r) = &self.reservations
@@ -542,11 +549,14 @@ impl<P: Pool> RangeState<P> {
         };
         let fresh_enough = expires.checked_sub(r.min_left).unwrap_or(expires);
         while let Some(v) = r.available.pop_front() {
-            // Still ours and live: not taken by someone the watch saw, not lapsed, not undone.
-            if self
-                .claims
-                .get(&v)
-                .is_some_and(|p| p.owner == r.owner && p.expires >= fresh_enough)
+            // Still ours and live (not lapsed, not undone, not ended by a holder the watch saw),
+            // free in the cluster and inside the current pool.
+            if !self.holders.contains_key(&v)
+                && self.pool.contains(v)
+                && self
+                    .claims
+                    .get(&v)
+                    .is_some_and(|p| p.owner == r.owner && p.expires >= fresh_enough)
             {
                 r.handed.insert(v, owner.clone());
                 return Ok(v);
@@ -600,10 +610,10 @@ impl<P: Pool> RangeState<P> {
         }
     }
 
-    /// Ends the claims whose TTL has passed at `now` and forgets fulfilled claims old enough.
+    /// Ends the claims whose TTL has passed at `now`, and the linger of fulfilled claims.
     /// Returns the lapsed claims (leaks: the admission never turned into a Service holding the
-    /// value). Not a change to write by itself: every replica expires claims on its own clock,
-    /// and the next write leaves them out.
+    /// value). A lapsed claim is not a change to write (every replica expires claims on its own
+    /// clock); the end of a linger is, so that the object stops carrying a consumed claim.
     pub fn expire(&mut self, now: Timestamp) -> Vec<(P::Value, Pending)> {
         let lapsed: Vec<P::Value> = self
             .claims
@@ -622,9 +632,10 @@ impl<P: Pool> RangeState<P> {
                 }
                 if !p.owner.is_reservation() {
                     self.lapsed_count += 1;
-                    if self.lapsed.len() < LAPSED_KEPT {
-                        self.lapsed.push((v, p.clone()));
+                    if self.lapsed.len() == LAPSED_KEPT {
+                        self.lapsed.pop_front();
                     }
+                    self.lapsed.push_back((self.lapsed_count, v, p.clone()));
                     out.push((v, p));
                 }
             }
@@ -637,11 +648,12 @@ impl<P: Pool> RangeState<P> {
         }
         let linger = SignedDuration::try_from(FULFILLED_LINGER).unwrap_or_default();
         self.fulfilled.retain(|_, f| f.claim.expires > now);
-        let ttl = self.claim_ttl;
-        self.released
-            .retain(|_, at| at.checked_add(ttl).is_ok_and(|t| t > now));
         for f in self.fulfilled.values_mut() {
-            f.stored = f.at.checked_add(linger).is_ok_and(|t| t > now);
+            let stored = f.at.checked_add(linger).is_ok_and(|t| t > now);
+            // The linger ended: the object should stop carrying the claim, or a replica that
+            // reads it only after the Service is gone would keep the value until the TTL.
+            self.dirty |= f.stored && !stored;
+            f.stored = stored;
         }
         out
     }
@@ -660,17 +672,10 @@ impl<P: Pool> RangeState<P> {
             if self.fulfilled.get(&v).is_some_and(|f| f.claim == claim) {
                 continue;
             }
-            // Made before the value last lost its holder: that holder consumed it, even if this
-            // replica's watch saw the holder before it read the claim.
-            let made = claim.expires.checked_sub(self.claim_ttl).unwrap_or(claim.expires);
-            if self.released.get(&v).is_some_and(|at| *at >= made) {
-                continue;
-            }
-            let fulfilled = self.holders.get(&v).is_some_and(|hs| {
-                hs.iter()
-                    .filter_map(Holder::service)
-                    .any(|s| claim.owner.is_fulfilled_by(s))
-            });
+            let fulfilled = self
+                .holders
+                .get(&v)
+                .is_some_and(|hs| hs.iter().any(|h| fulfils(&claim.owner, h)));
             if fulfilled {
                 self.fulfilled.insert(
                     v,
@@ -690,10 +695,26 @@ impl<P: Pool> RangeState<P> {
         }
     }
 
-    /// The claims that lapsed since the last call (first few) and how many.
-    pub fn take_lapsed(&mut self) -> (Vec<(P::Value, Pending)>, u64) {
-        let count = std::mem::take(&mut self.lapsed_count);
-        (std::mem::take(&mut self.lapsed), count)
+    /// The claims that lapsed after `mark` (the last ones kept), how many did, and the mark to
+    /// pass next time. Reading changes nothing, so a job that runs twice reports the same.
+    pub fn lapsed_since(&self, mark: u64) -> (Vec<(P::Value, Pending)>, u64, u64) {
+        let list = self
+            .lapsed
+            .iter()
+            .filter(|(n, _, _)| *n > mark)
+            .map(|(_, v, p)| (*v, p.clone()))
+            .collect();
+        (list, self.lapsed_count.saturating_sub(mark), self.lapsed_count)
+    }
+
+    /// This replica's reservation bookkeeping, to restore when a write it made fails.
+    pub fn save_reservations(&self) -> SavedReservations<P::Value> {
+        SavedReservations(self.reservations.clone())
+    }
+
+    /// Puts back what [`save_reservations`](Self::save_reservations) saved.
+    pub fn restore_reservations(&mut self, saved: SavedReservations<P::Value>) {
+        self.reservations = saved.0;
     }
 
     /// The claims to store: the live ones plus those fulfilled less than [`FULFILLED_LINGER`]
@@ -757,9 +778,9 @@ mod tests {
             s.claim(30005, &ServiceRef::new("ns", "new"), ts(60)),
             Err(AllocError::PortAllocated)
         );
-        s.unhold(30005, &svc("web"), ts(3));
+        s.unhold(30005, &svc("web"));
         assert!(s.pool().has(30005), "still held by the second Service");
-        s.unhold(30005, &svc("dup"), ts(3));
+        s.unhold(30005, &svc("dup"));
         assert!(!s.pool().has(30005));
         assert_eq!(
             s.claim(30005, &ServiceRef::new("ns", "new"), ts(60)),
@@ -782,7 +803,7 @@ mod tests {
         let stored = s.stored_claims();
         s.replace_claims(stored.clone(), ts(2));
         assert!(s.pending().is_empty());
-        s.unhold(30003, &svc("web"), ts(3));
+        s.unhold(30003, &svc("web"));
         assert!(
             !s.pool().has(30003),
             "deleted Service: free at once, not at the claim's expiry"
@@ -846,34 +867,55 @@ mod tests {
     }
 
     #[test]
-    fn a_claim_read_after_its_holder_went_is_consumed_not_revived() {
-        // Replica A claimed 30004 for web; this replica saw web hold it and go before it ever
-        // read A's claim, which A's last write still carries.
-        let mut s = state(30000, 30009).with_claim_ttl(Duration::from_secs(30));
-        s.hold(30004, svc("web"), ts(10));
-        s.unhold(30004, &svc("web"), ts(12));
+    fn a_claim_of_another_replica_stays_live_until_a_holder_ends_it() {
+        // Replica A claimed 30004 for new right after old let go of it; this replica saw old
+        // go only later. The claim stays (another value is handed out meanwhile).
+        let mut s = state(30000, 30009);
+        s.hold(30004, svc("old"), ts(10));
         let theirs: BTreeMap<i32, Pending> = [(
             30004,
             Pending {
-                owner: ServiceRef::reservation("a"),
-                expires: ts(39),
+                owner: ServiceRef::new("ns", "new"),
+                expires: ts(40),
             },
         )]
         .into();
-        s.replace_claims(theirs.clone(), ts(13));
-        assert!(s.pending().is_empty(), "consumed by the holder that went");
-        assert!(!s.pool().has(30004));
-        // A claim made after the value was released is live.
-        let later: BTreeMap<i32, Pending> = [(
-            30004,
+        s.unhold(30004, &svc("old"));
+        s.replace_claims(theirs, ts(13));
+        assert_eq!(s.pending().len(), 1, "still claimed for new");
+        assert_eq!(
+            s.claim(30004, &ServiceRef::new("ns", "other"), ts(50)),
+            Err(AllocError::PortAllocated)
+        );
+        // A parentless IPAddress (another manager's reservation) ends a reservation too.
+        let mut s = state(30000, 30009);
+        let reserved: BTreeMap<i32, Pending> = [(
+            30005,
             Pending {
                 owner: ServiceRef::reservation("a"),
-                expires: ts(50),
+                expires: ts(40),
             },
         )]
         .into();
-        s.replace_claims(later, ts(21));
-        assert_eq!(s.pending().len(), 1);
+        s.replace_claims(reserved, ts(1));
+        s.hold(30005, Holder::Address { parent: None }, ts(2));
+        assert!(s.pending().is_empty());
+        s.unhold(30005, &Holder::Address { parent: None });
+        assert!(!s.pool().has(30005));
+    }
+
+    #[test]
+    fn the_end_of_a_linger_is_a_change_to_write() {
+        let mut s = state(30000, 30009);
+        let web = ServiceRef::new("ns", "web");
+        s.claim(30002, &web, ts(60)).expect("free");
+        s.hold(30002, Holder::Service(web), ts(1));
+        s.clear_dirty();
+        s.expire(ts(2));
+        assert!(!s.is_dirty(), "still lingering");
+        s.expire(ts(1 + FULFILLED_LINGER.as_secs() as i64));
+        assert!(s.is_dirty(), "the object must drop it now");
+        assert!(s.stored_claims().is_empty());
     }
 
     #[test]
@@ -917,9 +959,27 @@ mod tests {
             "a retried request"
         );
         assert_eq!(s.claim(30086, &web(1), ts(100)), Err(AllocError::PortAllocated));
+        // A value of the reserve not handed out yet is this replica's to give: an explicit
+        // request takes it, as upstream would accept it.
+        assert_eq!(s.claim(30095, &web(20), ts(100)), Ok(Claimed::New));
+        assert_eq!(s.pending()[&30095].owner, web(20));
+        assert_ne!(
+            s.claim_next(&web(21), ts(100)),
+            Ok(30095),
+            "no longer in the reserve"
+        );
         // Handed back (a later range refused the request): the next request gets it.
         assert!(s.unclaim(30094, &web(8)));
         assert_eq!(s.claim_next(&web(9), ts(100)), Ok(30094));
+        // A failed write restores the reserve as it was.
+        let saved = s.save_reservations();
+        let taken = s.claim_next(&web(10), ts(100)).expect("free");
+        s.restore_reservations(saved);
+        assert_eq!(
+            s.claim_next(&web(11), ts(100)),
+            Ok(taken),
+            "the same value again, not a leak"
+        );
     }
 
     #[test]
@@ -930,14 +990,14 @@ mod tests {
         // kube-system's Service takes a reserved, not yet handed-out value, as the apiserver may.
         s.hold(30087, svc("system"), ts(1));
         assert_eq!(s.claim_next(&ServiceRef::new("ns", "b"), ts(100)), Ok(30088));
-        s.unhold(30087, &svc("system"), ts(3));
+        s.unhold(30087, &svc("system"));
         assert!(
             !s.pool().has(30087),
             "the reservation ended with the hold: free at once"
         );
         // The handed-out value is fulfilled by its Service and free when it goes.
         s.hold(30086, Holder::Service(a.clone()), ts(2));
-        s.unhold(30086, &Holder::Service(a), ts(3));
+        s.unhold(30086, &Holder::Service(a));
         assert!(!s.pool().has(30086));
     }
 
@@ -958,7 +1018,8 @@ mod tests {
             )]
         );
         assert!(s.pending().is_empty() && s.pool().held().is_empty());
-        assert_eq!(s.take_lapsed().1, 1);
+        assert_eq!(s.lapsed_since(0).1, 1);
+        assert_eq!(s.lapsed_since(1).1, 0, "nothing new after the mark");
         // A reserved value is not handed out with less than half its TTL left.
         let b = ServiceRef::new("ns", "b");
         assert_eq!(s.claim_next(&b, ts(100)), Ok(30090));

@@ -119,6 +119,8 @@ pub struct Repair {
     allocator: Arc<ServiceAllocator>,
     recorder: Option<Recorder>,
     config: RepairConfig,
+    /// Per range object: the lapsed-claim count already reported.
+    marks: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Repair {
@@ -188,6 +190,7 @@ impl Repair {
             allocator,
             recorder,
             config,
+            marks: std::sync::Mutex::default(),
         }
     }
 
@@ -221,27 +224,39 @@ impl Repair {
     pub async fn run_once(&self) -> Result<RepairReport, AllocationError> {
         let mut report = RepairReport::default();
         let allocator = Arc::clone(&self.allocator);
+        // With the narrowing enforced the pool is the narrowing, not the cluster's range: values
+        // outside it are legitimate (the apiserver gave them), so they are not reported.
+        let ips_out_of_range = self.config.report_out_of_range && !allocator.config().refuse_outside_range;
         for (_, range) in allocator.ip_ranges() {
-            self.range(range, &mut report)
+            self.range(range, ips_out_of_range, &mut report)
                 .await
                 .inspect_err(|_| self.count_failure(RangeKind::ClusterIp))?;
         }
-        self.range(allocator.port_range(), &mut report)
-            .await
-            .inspect_err(|_| self.count_failure(RangeKind::NodePort))?;
+        self.range(
+            allocator.port_range(),
+            self.config.report_out_of_range,
+            &mut report,
+        )
+        .await
+        .inspect_err(|_| self.count_failure(RangeKind::NodePort))?;
         Ok(report)
     }
 
     async fn range<P: Describe>(
         &self,
         range: &Range<P>,
+        out_of_range: bool,
         report: &mut RepairReport,
     ) -> Result<(), AllocationError> {
-        let out_of_range = self.config.report_out_of_range;
-        let (found, lapsed, lapsed_count, ranges) = range
+        let mark = self
+            .marks
+            .lock()
+            .map(|m| m.get(range.name()).copied().unwrap_or_default())
+            .unwrap_or_default();
+        let (found, lapsed, lapsed_count, next_mark, ranges) = range
             .update(move |s: &mut RangeState<P>| {
                 let found = findings(s, out_of_range);
-                let (lapsed, count) = s.take_lapsed();
+                let (lapsed, count, next_mark) = s.lapsed_since(mark);
                 let held = |list: &[(ServiceRef, P::Value)]| {
                     RepairFinding::of(list.iter().map(|(s, v)| format!("{v} {s}")))
                 };
@@ -264,9 +279,12 @@ impl Repair {
                 {
                     s.record_repair(summary);
                 }
-                (found, lapsed, count, s.pool().range_string())
+                (found, lapsed, count, next_mark, s.pool().range_string())
             })
             .await?;
+        if let Ok(mut marks) = self.marks.lock() {
+            marks.insert(range.name().to_owned(), next_mark);
+        }
         let kind = P::KIND;
         self.metric(kind, "leak", lapsed_count as usize);
         self.metric(kind, "duplicate", found.duplicates.len());
@@ -371,6 +389,6 @@ mod tests {
         s.hold(v, Holder::Service(web), now);
         let f = findings(&s, true);
         assert!(f.duplicates.is_empty() && f.out_of_range.is_empty());
-        assert_eq!(s.take_lapsed().1, 0);
+        assert_eq!(s.lapsed_since(0).1, 0);
     }
 }

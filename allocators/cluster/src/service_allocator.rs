@@ -156,7 +156,7 @@ impl ServiceAllocator {
     /// ones), opens (creating when absent) the `RangeAllocation` object of every range, starts
     /// the watches of Services, `IPAddress`es and ServiceCIDRs, and returns once their first
     /// full lists are in: nothing in use is handed out. The CRD must be installed
-    /// ([`super::install_crds`]). RBAC: `get, create, update` on `rangeallocations.portico.dev`;
+    /// ([`super::install_crds`]). RBAC: `get, list, watch, create, update` on `rangeallocations.portico.dev`;
     /// `list, watch` on `services`, `ipaddresses.networking.k8s.io` and
     /// `servicecidrs.networking.k8s.io`; `create, patch` on `events.k8s.io/events`.
     #[tracing::instrument(name = "allocation_start", skip_all, fields(prefix = %config.object_prefix))]
@@ -170,9 +170,11 @@ impl ServiceAllocator {
         let replica = replica_id();
         let mut ips = Vec::new();
         for (family, pool) in &ranges.pools {
-            let state = RangeState::new(pool.clone())
-                .with_claim_ttl(config.claim_ttl)
-                .with_reservations(&replica, config.reservation_batch, config.claim_ttl);
+            let state = RangeState::new(pool.clone()).with_reservations(
+                &replica,
+                config.reservation_batch,
+                config.claim_ttl,
+            );
             let store = ObjectStore::open(
                 client.clone(),
                 config.ip_object_name(*family),
@@ -183,9 +185,11 @@ impl ServiceAllocator {
             .await?;
             ips.push((*family, Range::new(store)));
         }
-        let state = RangeState::new(PortAllocator::new(config.node_ports))
-            .with_claim_ttl(config.claim_ttl)
-            .with_reservations(&replica, config.reservation_batch, config.claim_ttl);
+        let state = RangeState::new(PortAllocator::new(config.node_ports)).with_reservations(
+            &replica,
+            config.reservation_batch,
+            config.claim_ttl,
+        );
         let ports = Range::new(
             ObjectStore::open(
                 client.clone(),

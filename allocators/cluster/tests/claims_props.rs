@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use portico_allocation::{Holder, Pending, Pool, RangeState, ServiceRef};
+use portico_allocation::{Holder, Pending, RangeState, ServiceRef};
 use portico_allocators::{PortAllocator, PortRange};
 use proptest::prelude::*;
 
@@ -23,6 +23,8 @@ enum Op {
     Hold(u8, u8),
     /// The watch sees Service `s` let go of the value.
     Unhold(u8, u8),
+    /// An `IPAddress` of another manager (no Service parent) takes the value, or goes.
+    Address(u8, bool),
     /// The clock moves on by this many seconds.
     Tick(u8),
     /// Another replica's write: the shared claims are read back with one more claim of its own.
@@ -35,6 +37,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<u8>(), any::<u8>()).prop_map(|(s, v)| Op::Claim(s, v)),
         3 => (any::<u8>(), any::<u8>()).prop_map(|(s, v)| Op::Hold(s, v)),
         2 => (any::<u8>(), any::<u8>()).prop_map(|(s, v)| Op::Unhold(s, v)),
+        1 => (any::<u8>(), any::<bool>()).prop_map(|(v, on)| Op::Address(v, on)),
         1 => (0u8..40).prop_map(Op::Tick),
         1 => any::<u8>().prop_map(Op::Reload),
     ]
@@ -49,8 +52,7 @@ fn svc(s: u8) -> ServiceRef {
 }
 
 fn check(reservations: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut state = RangeState::new(PortAllocator::new(PortRange::new(LO, HI).expect("range")))
-        .with_claim_ttl(Duration::from_secs(30));
+    let mut state = RangeState::new(PortAllocator::new(PortRange::new(LO, HI).expect("range")));
     if reservations {
         state = state.with_reservations("me", 4, Duration::from_secs(30));
     }
@@ -86,7 +88,21 @@ fn check(reservations: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if let Some(h) = held.get_mut(&v) {
                     h.remove(&(s % 8));
                 }
-                state.unhold(v, &Holder::Service(svc(s)), now);
+                state.unhold(v, &Holder::Service(svc(s)));
+            }
+            Op::Address(v, on) => {
+                // Holder id 8: no Service's.
+                let v = port(v);
+                let holder = Holder::Address { parent: None };
+                if on {
+                    held.entry(v).or_default().insert(8);
+                    state.hold(v, holder, now);
+                } else {
+                    if let Some(h) = held.get_mut(&v) {
+                        h.remove(&8);
+                    }
+                    state.unhold(v, &holder);
+                }
             }
             Op::Tick(secs) => {
                 now = now

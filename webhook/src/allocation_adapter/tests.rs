@@ -45,16 +45,14 @@ impl Mem {
     fn unhold_as(&self, value: &str, holder: &str) {
         let h = Holder::Service(ServiceRef::new("ns", holder));
         if let Ok(port) = value.parse::<i32>() {
-            self.0
-                .port_range()
-                .observe(move |s| s.unhold(port, &h, Timestamp::now()));
+            self.0.port_range().observe(move |s| s.unhold(port, &h));
             return;
         }
         let ip: std::net::IpAddr = value.parse().expect("ip");
         self.0
             .ip_range(IpFamily::of(ip))
             .expect("family configured")
-            .observe(move |s| s.unhold(ip, &h, Timestamp::now()));
+            .observe(move |s| s.unhold(ip, &h));
     }
 
     async fn pending_owner(&self, ip: &str) -> Option<ServiceRef> {
