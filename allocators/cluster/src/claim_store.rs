@@ -546,6 +546,10 @@ impl<P: Pool> Writer<P> {
             }
             if batch.is_empty() {
                 self.state.expire(Timestamp::now());
+                // Idle: write the end of lingers (busy, the next write carries it anyway).
+                if self.state.take_linger_ended() {
+                    self.state.touch();
+                }
             }
             if !batch.is_empty() || self.state.is_dirty() {
                 let result = self.process(&mut batch).await;

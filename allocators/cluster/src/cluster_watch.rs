@@ -24,7 +24,8 @@ use tokio::task::JoinHandle;
 use super::claim_store::Range;
 use super::holdings::{Change, HoldingsIndex};
 use super::ip_pool::IpPool;
-use super::plan::{IpFamily, Value};
+use super::plan::{IpFamily, Value, held_values};
+use super::range_state::Holder;
 use super::service_cidrs::{self, Narrowing};
 use super::{AllocationConfig, AllocationError, RangeSource};
 
@@ -117,14 +118,56 @@ pub async fn discover_ranges(
 }
 
 /// What the watches see, and the tasks that run them (stopped when dropped).
-#[derive(Debug)]
 pub struct ClusterView {
+    client: Client,
     index: Mutex<HoldingsIndex>,
     cidrs: Mutex<BTreeMap<IpFamily, Vec<IpNet>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+impl std::fmt::Debug for ClusterView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterView")
+            .field("services", &self.services())
+            .field("addresses", &self.addresses())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ClusterView {
+    /// Whether every holder of `v` the watches report is gone in the apiserver (a read from
+    /// storage), i.e. the watch is behind: a Service deleted (or changed to other values) and an
+    /// `IPAddress` deleted. `false` when a holder still exists, or when nothing is known.
+    pub async fn holders_are_gone(&self, v: Value, holders: &[Holder]) -> bool {
+        if holders.is_empty() {
+            return false;
+        }
+        for h in holders {
+            let gone = match (h, v) {
+                (Holder::Service(s), _) => {
+                    let api: Api<Service> = Api::namespaced(self.client.clone(), &s.namespace);
+                    match api.get_opt(&s.name).await {
+                        Ok(None) => true,
+                        Ok(Some(svc)) => !svc
+                            .spec
+                            .as_ref()
+                            .is_some_and(|spec| held_values(spec).contains(&v)),
+                        Err(_) => false,
+                    }
+                }
+                (Holder::Address { .. }, Value::Ip(ip)) => {
+                    let api: Api<IPAddress> = Api::all(self.client.clone());
+                    matches!(api.get_opt(&ip.to_string()).await, Ok(None))
+                }
+                (Holder::Address { .. }, Value::Port(_)) => false,
+            };
+            if !gone {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Services with values, as indexed.
     pub fn services(&self) -> usize {
         self.index.lock().map(|i| i.services()).unwrap_or_default()
@@ -211,6 +254,7 @@ pub(crate) async fn start(
     ports: Range<PortAllocator>,
 ) -> Result<Arc<ClusterView>, AllocationError> {
     let view = Arc::new(ClusterView {
+        client: client.clone(),
         index: Mutex::new(HoldingsIndex::new()),
         cidrs: Mutex::new(BTreeMap::new()),
         tasks: Mutex::new(Vec::new()),

@@ -290,6 +290,8 @@ pub struct RangeState<P: Pool> {
     fulfilled: BTreeMap<P::Value, Fulfilled>,
     /// This replica's reservations, when it makes them.
     reservations: Option<Reservations<P::Value>>,
+    /// A fulfilled claim stopped being stored (see [`RangeState::take_linger_ended`]).
+    linger_ended: bool,
     /// The last claims that lapsed, numbered, and how many ever did.
     lapsed: std::collections::VecDeque<(u64, P::Value, Pending)>,
     lapsed_count: u64,
@@ -310,6 +312,7 @@ impl<P: Pool> RangeState<P> {
             claims: BTreeMap::new(),
             fulfilled: BTreeMap::new(),
             reservations: None,
+            linger_ended: false,
             lapsed: std::collections::VecDeque::new(),
             lapsed_count: 0,
             last_repair: None,
@@ -612,8 +615,9 @@ impl<P: Pool> RangeState<P> {
 
     /// Ends the claims whose TTL has passed at `now`, and the linger of fulfilled claims.
     /// Returns the lapsed claims (leaks: the admission never turned into a Service holding the
-    /// value). A lapsed claim is not a change to write (every replica expires claims on its own
-    /// clock); the end of a linger is, so that the object stops carrying a consumed claim.
+    /// value). Neither is a change to write by itself (every replica expires claims on its own
+    /// clock, and the next write leaves them out); the end of a linger is remembered
+    /// ([`take_linger_ended`](Self::take_linger_ended)) so that an idle writer still writes it.
     pub fn expire(&mut self, now: Timestamp) -> Vec<(P::Value, Pending)> {
         let lapsed: Vec<P::Value> = self
             .claims
@@ -652,7 +656,7 @@ impl<P: Pool> RangeState<P> {
             let stored = f.at.checked_add(linger).is_ok_and(|t| t > now);
             // The linger ended: the object should stop carrying the claim, or a replica that
             // reads it only after the Service is gone would keep the value until the TTL.
-            self.dirty |= f.stored && !stored;
+            self.linger_ended |= f.stored && !stored;
             f.stored = stored;
         }
         out
@@ -705,6 +709,12 @@ impl<P: Pool> RangeState<P> {
             .map(|(_, v, p)| (*v, p.clone()))
             .collect();
         (list, self.lapsed_count.saturating_sub(mark), self.lapsed_count)
+    }
+
+    /// Whether a fulfilled claim stopped being stored since the last call: the object still
+    /// carries it until the next write.
+    pub fn take_linger_ended(&mut self) -> bool {
+        std::mem::take(&mut self.linger_ended)
     }
 
     /// This replica's reservation bookkeeping, to restore when a write it made fails.
@@ -905,16 +915,16 @@ mod tests {
     }
 
     #[test]
-    fn the_end_of_a_linger_is_a_change_to_write() {
+    fn the_end_of_a_linger_is_remembered_for_the_next_write() {
         let mut s = state(30000, 30009);
         let web = ServiceRef::new("ns", "web");
         s.claim(30002, &web, ts(60)).expect("free");
         s.hold(30002, Holder::Service(web), ts(1));
-        s.clear_dirty();
         s.expire(ts(2));
-        assert!(!s.is_dirty(), "still lingering");
+        assert!(!s.take_linger_ended(), "still lingering");
         s.expire(ts(1 + FULFILLED_LINGER.as_secs() as i64));
-        assert!(s.is_dirty(), "the object must drop it now");
+        assert!(s.take_linger_ended(), "the object must drop it now");
+        assert!(!s.take_linger_ended(), "once");
         assert!(s.stored_claims().is_empty());
     }
 

@@ -14,7 +14,7 @@ use super::claim_store::{MemoryStore, ObjectStore, Range, expiry};
 use super::cluster_watch::{self, ClusterView};
 use super::ip_pool::IpPool;
 use super::metrics::AllocationMetrics;
-use super::plan::{Assignment, IpFamily, Operation, Value, Want, plan_service, review_name};
+use super::plan::{Assignment, IpFamily, Operation, Value, Want, held_values, plan_service, review_name};
 use super::range_state::{Pool, RangeKind, RangeState};
 use super::{AllocationConfig, AllocationError};
 
@@ -257,9 +257,10 @@ impl ServiceAllocator {
     /// `dry_run`), and returns the patch or the refusal. On a refusal or an error nothing stays
     /// claimed. `new`/`old` must carry `metadata.namespace`.
     ///
-    /// A range found full is looked at again for up to [`FULL_WAIT`]: the apiserver frees a
-    /// deleted Service's values in the delete request itself, and the watch reports it a moment
-    /// later, so a create right after a delete must not fail for that moment.
+    /// A range found full, or requested values refused only because of holders the apiserver
+    /// no longer has, are looked at again for up to [`FULL_WAIT`]: the apiserver frees a deleted
+    /// Service's values in the delete request itself, and the watch reports it a moment later,
+    /// so a create right after a delete must not fail for that moment.
     #[tracing::instrument(name = "allocate", skip_all, fields(op = ?op, dry_run))]
     pub async fn decide(
         &self,
@@ -272,13 +273,58 @@ impl ServiceAllocator {
         let mut pause = Duration::from_millis(25);
         loop {
             let decision = self.decide_once(op, new, old, dry_run).await?;
-            let full = matches!(&decision, Decision::Deny(d) if d.refusals.iter().any(is_full));
-            if !full || started.elapsed() + pause > FULL_WAIT {
+            let Decision::Deny(denial) = &decision else {
+                return Ok(decision);
+            };
+            let again = denial.refusals.iter().any(is_full) || self.watch_is_behind(denial, new).await;
+            if !again || started.elapsed() + pause > FULL_WAIT {
                 return Ok(decision);
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
         }
+    }
+
+    /// Whether a refusal of requested values comes only from holders the apiserver no longer
+    /// has: the Service was deleted (the apiserver freed its values in that request) and the
+    /// watch has not said so yet. Costs a read per holder, only on such refusals.
+    async fn watch_is_behind(&self, denial: &Denial, new: Option<&Service>) -> bool {
+        let (Some(cluster), Some(spec)) = (self.cluster.as_deref(), new.and_then(|s| s.spec.as_ref())) else {
+            return false;
+        };
+        if !denial.refusals.iter().any(|r| {
+            r.field_error()
+                .is_some_and(|e| e.detail.ends_with("already allocated"))
+        }) {
+            return false;
+        }
+        let mut any = false;
+        for v in held_values(spec) {
+            let holders = match v {
+                Value::Ip(ip) => match self.ip_range(IpFamily::of(ip)) {
+                    Some(r) => r
+                        .snapshot()
+                        .await
+                        .map(|s| s.holders(ip).to_vec())
+                        .unwrap_or_default(),
+                    None => continue,
+                },
+                Value::Port(p) => self
+                    .ports
+                    .snapshot()
+                    .await
+                    .map(|s| s.holders(p).to_vec())
+                    .unwrap_or_default(),
+            };
+            if holders.is_empty() {
+                continue;
+            }
+            if !cluster.holders_are_gone(v, &holders).await {
+                return false;
+            }
+            any = true;
+        }
+        any
     }
 
     async fn decide_once(
