@@ -394,6 +394,7 @@ impl<P: Pool> Writer<P> {
         self.uid = written.uid();
         if let Some(m) = &self.metrics {
             m.observe(&self.state);
+            m.write(P::KIND, &self.name);
         }
     }
 
@@ -532,6 +533,7 @@ impl<P: Pool> Writer<P> {
                 Ok(None) => return,
                 Err(_) => None,
             };
+            let idle = first.is_none();
             let mut batch = Vec::new();
             let mut next = first;
             while let Some(msg) = next.take() {
@@ -544,9 +546,10 @@ impl<P: Pool> Writer<P> {
                     next = rx.try_recv().ok();
                 }
             }
-            if batch.is_empty() {
+            // Idle (nothing for a tick, not merely no job among watch events): write the end of
+            // lingers; busy, the next write carries it anyway.
+            if idle {
                 self.state.expire(Timestamp::now());
-                // Idle: write the end of lingers (busy, the next write carries it anyway).
                 if self.state.take_linger_ended() {
                     self.state.touch();
                 }

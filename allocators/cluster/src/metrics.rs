@@ -21,6 +21,7 @@
 //! | `portico_allocator_items` | gauge | `kind` (`clusterip`/`nodeport`), `range`, `band` (`static`/`dynamic`), `state` (`used`/`free`) |
 //! | `portico_allocator_pending` | gauge | `kind`, `range` |
 //! | `portico_allocator_write_conflicts_total` | counter | `kind`, `range` (lost compare-and-swaps; `range` is the object's name) |
+//! | `portico_allocator_writes_total` | counter | `kind`, `object` (successful writes of a RangeAllocation) |
 //! | `portico_allocator_state_recoveries_total` | counter | `kind`, `object`, `reason` (`deleted`/`corrupt`: the RangeAllocation was rebuilt from a replica's state) |
 //!
 //! Repair type `leak` counts claims that lapsed (an admission whose Service never appeared);
@@ -47,6 +48,7 @@ pub struct AllocationMetrics {
     items: IntGaugeVec,
     pending: IntGaugeVec,
     recoveries: IntCounterVec,
+    writes: IntCounterVec,
     conflicts: IntCounterVec,
     ip_repair: IntCounterVec,
     port_repair: IntCounterVec,
@@ -147,6 +149,12 @@ impl AllocationMetrics {
                 "RangeAllocation objects rebuilt from a replica's state after being deleted or corrupted",
                 &["kind", "object", "reason"],
             )?,
+            writes: counter(
+                registry,
+                "portico_allocator_writes_total",
+                "Writes of a RangeAllocation object that succeeded",
+                &["kind", "object"],
+            )?,
             conflicts: counter(
                 registry,
                 "portico_allocator_write_conflicts_total",
@@ -219,6 +227,11 @@ impl AllocationMetrics {
     /// Counts a lost compare-and-swap.
     pub fn conflict(&self, kind: RangeKind, range: &str) {
         self.conflicts.with_label_values(&[kind.as_str(), range]).inc();
+    }
+
+    /// Counts a successful write of a RangeAllocation object.
+    pub fn write(&self, kind: RangeKind, object: &str) {
+        self.writes.with_label_values(&[kind.as_str(), object]).inc();
     }
 
     /// Counts a rebuild of a RangeAllocation object (`deleted` or `corrupt`).
