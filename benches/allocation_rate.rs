@@ -86,20 +86,6 @@ struct Replicas {
     metrics: Vec<SocketAddr>,
 }
 
-/// User + system CPU seconds of process `pid` so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 /// `GET /metrics` of one replica, as text.
 async fn scrape(addr: SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -131,13 +117,6 @@ impl Drop for Replicas {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Round-robin over `backends`, per connection.
 async fn balancer(backends: Vec<SocketAddr>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -163,8 +142,8 @@ async fn start_portico(cp: &ControlPlane, replicas: usize, allocation: bool) -> 
     let mut addrs = Vec::new();
     let mut metrics = Vec::new();
     for i in 0..replicas {
-        let port = free_port();
-        let metrics_port = free_port();
+        let port = portico_testenv::free_port().expect("a free port");
+        let metrics_port = portico_testenv::free_port().expect("a free port");
         metrics.push(SocketAddr::from(([127, 0, 0, 1], metrics_port)));
         let log =
             std::fs::File::create(std::env::temp_dir().join(format!("allocation-rate-portico-{i}.log")))
@@ -276,9 +255,12 @@ async fn run(mode: Mode, creates: usize, clients: usize) -> Outcome {
         .unwrap_or_default();
     let cpu_now = || {
         (
-            cpu_seconds(apiserver_pid),
-            cpu_seconds(etcd_pid),
-            portico_pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>(),
+            portico_testenv::cpu_seconds(apiserver_pid),
+            portico_testenv::cpu_seconds(etcd_pid),
+            portico_pids
+                .iter()
+                .map(|p| portico_testenv::cpu_seconds(*p))
+                .sum::<f64>(),
         )
     };
     let cpu_before = cpu_now();

@@ -97,7 +97,6 @@ impl Controller {
 /// The controller under test, as a child process (killed on drop).
 struct Proc {
     child: Child,
-    clk_tck: f64,
 }
 
 impl Drop for Proc {
@@ -167,23 +166,12 @@ impl Proc {
             .stderr(log)
             .spawn()
             .expect("start the controller");
-        // SAFETY: sysconf has no preconditions.
-        let clk_tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Proc { child, clk_tck }
+        Proc { child }
     }
 
     /// User + system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<f64> = rest
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        f.iter().sum::<f64>() / self.clk_tck
+        portico_testenv::cpu_seconds(self.child.id())
     }
 
     /// Peak resident set size (VmHWM) in MiB since the last [`Proc::reset_peak`].

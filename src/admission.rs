@@ -13,7 +13,6 @@ use kube::Api;
 use portico_allocation::{
     AllocationConfig, AllocationMetrics, Repair, RepairConfig, ServiceAllocator, install_crds,
 };
-use portico_webhook::allocation_adapter::AllocatingMutator;
 use portico_webhook::bootstrap::{CertBootstrap, service_sans};
 use portico_webhook::validation::Options;
 use portico_webhook::{
@@ -221,7 +220,7 @@ pub async fn start(
                 .await
                 .context("starting the allocators")?,
         );
-        handlers = handlers.with_mutator(Arc::new(AllocatingMutator(allocator.clone())));
+        handlers = handlers.with_mutator(allocator.clone());
         let repair = Repair::new(
             allocator,
             client.clone(),

@@ -2,8 +2,6 @@
 //! (crate `portico-allocation`) in the middle, a [`Verdict`] out. Everything about which values a
 //! Service gets lives in that crate; this module only reads reviews and shapes answers.
 
-use std::sync::Arc;
-
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Service;
 use kube::core::admission::Operation as AdmissionOperation;
@@ -122,12 +120,9 @@ pub async fn admit(allocator: &ServiceAllocator, request: &AdmissionRequest) -> 
 }
 
 /// A [`ServiceAllocator`] behind `/mutate`.
-#[derive(Debug, Clone)]
-pub struct AllocatingMutator(pub Arc<ServiceAllocator>);
-
-impl Mutate for AllocatingMutator {
+impl Mutate for ServiceAllocator {
     fn mutate<'a>(&'a self, request: &'a AdmissionRequest) -> BoxFuture<'a, Verdict> {
-        Box::pin(admit(&self.0, request))
+        Box::pin(admit(self, request))
     }
 }
 

@@ -59,7 +59,8 @@ pub enum Mode {
     Write,
     /// On a copy of freshly read state; nothing is written (dry runs).
     DryRun,
-    /// On a copy of the state as this process has it; nothing is written.
+    /// On the state as this process has it, through [`Range::read`] (a shared reference, so
+    /// it cannot change anything); nothing is written.
     Read,
 }
 
@@ -126,9 +127,18 @@ impl<P: Pool> Range<P> {
         self.submit(f, Mode::DryRun).await
     }
 
+    /// Runs `f` on the state as this process has it; nothing is changed or written.
+    pub async fn read<R, F>(&self, mut f: F) -> Result<R, StoreFailure>
+    where
+        R: Send + 'static,
+        F: FnMut(&RangeState<P>) -> R + Send + 'static,
+    {
+        self.submit(move |s: &mut RangeState<P>| f(s), Mode::Read).await
+    }
+
     /// A copy of the state as this process has it.
     pub async fn snapshot(&self) -> Result<RangeState<P>, StoreFailure> {
-        self.submit(|s: &mut RangeState<P>| s.clone(), Mode::Read).await
+        self.read(RangeState::clone).await
     }
 
     /// Applies a change seen by the watches (see [`ClaimStore::observe`]).
@@ -201,7 +211,8 @@ impl<P: Pool> ClaimStore<P> for MemoryStore<P> {
                     job(state);
                     state.clear_dirty();
                 }
-                Mode::DryRun | Mode::Read => job(&mut state.clone()),
+                Mode::Read => job(state),
+                Mode::DryRun => job(&mut state.clone()),
             }
         });
         Box::pin(async move { result })
@@ -607,7 +618,8 @@ impl<P: Pool> Writer<P> {
             for (job, mode, _) in batch.iter_mut() {
                 match mode {
                     Mode::Write => job(&mut self.state),
-                    Mode::DryRun | Mode::Read => job(&mut self.state.clone()),
+                    Mode::Read => job(&mut self.state),
+                    Mode::DryRun => job(&mut self.state.clone()),
                 }
             }
             if !self.state.is_dirty() {

@@ -27,7 +27,7 @@ use super::ip_pool::IpPool;
 use super::plan::{IpFamily, Value, held_values};
 use super::range_state::Holder;
 use super::service_cidrs::{self, Narrowing};
-use super::{AllocationConfig, AllocationError, RangeSource};
+use super::{AllocationConfig, AllocationError};
 
 /// How long [`start`] waits for the watches' first full lists.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
@@ -70,7 +70,7 @@ pub async fn discover_ranges(
 ) -> Result<DiscoveredRanges, AllocationError> {
     let ipaddresses = served(&Api::<IPAddress>::all(client.clone())).await?;
     let cidr_api = Api::<ServiceCIDR>::all(client.clone());
-    let discover = config.range_source == RangeSource::Discover && served(&cidr_api).await?;
+    let discover = served(&cidr_api).await?;
     if !discover {
         if config.service_cidrs.is_empty() {
             return Err(AllocationError::Config(
@@ -121,7 +121,6 @@ pub async fn discover_ranges(
 pub struct ClusterView {
     client: Client,
     index: Mutex<HoldingsIndex>,
-    cidrs: Mutex<BTreeMap<IpFamily, Vec<IpNet>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -176,11 +175,6 @@ impl ClusterView {
     /// `IPAddress` objects, as indexed.
     pub fn addresses(&self) -> usize {
         self.index.lock().map(|i| i.addresses()).unwrap_or_default()
-    }
-
-    /// The ready ServiceCIDRs' ranges by family, as last seen (empty without ServiceCIDRs).
-    pub fn service_cidrs(&self) -> BTreeMap<IpFamily, Vec<IpNet>> {
-        self.cidrs.lock().map(|c| c.clone()).unwrap_or_default()
     }
 }
 
@@ -256,7 +250,6 @@ pub(crate) async fn start(
     let view = Arc::new(ClusterView {
         client: client.clone(),
         index: Mutex::new(HoldingsIndex::new()),
-        cidrs: Mutex::new(BTreeMap::new()),
         tasks: Mutex::new(Vec::new()),
     });
     let sink = Sink { ips, ports };
@@ -297,12 +290,7 @@ pub(crate) async fn start(
 
     if ranges.from_service_cidrs {
         let api: Api<ServiceCIDR> = Api::all(client.clone());
-        let task = tokio::spawn(watch_service_cidrs(
-            api,
-            Arc::downgrade(&view),
-            sink,
-            config.narrowing(),
-        ));
+        let task = tokio::spawn(watch_service_cidrs(api, sink, config.narrowing()));
         push_task(&view, task);
     }
 
@@ -406,12 +394,7 @@ async fn watch_holders<K: Indexed>(
     }
 }
 
-async fn watch_service_cidrs(
-    api: Api<ServiceCIDR>,
-    view: std::sync::Weak<ClusterView>,
-    sink: Sink,
-    narrowing: Narrowing,
-) {
+async fn watch_service_cidrs(api: Api<ServiceCIDR>, sink: Sink, narrowing: Narrowing) {
     let mut stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -449,10 +432,6 @@ async fn watch_service_cidrs(
         }
         let list: Vec<ServiceCIDR> = objects.values().cloned().collect();
         let cluster = service_cidrs::usable_cidrs(&list);
-        let Some(view) = view.upgrade() else { return };
-        if let Ok(mut c) = view.cidrs.lock() {
-            c.clone_from(&cluster);
-        }
         if applied.as_ref() == Some(&cluster) {
             continue;
         }

@@ -54,11 +54,6 @@ impl HoldingsIndex {
         self.addresses.len()
     }
 
-    /// The values the Service `key` holds, as indexed.
-    pub fn service_values(&self, key: &ServiceRef) -> Option<&BTreeSet<Value>> {
-        self.services.get(key)
-    }
-
     /// A Service was added or changed.
     pub fn apply_service(&mut self, svc: &Service) -> Vec<Change> {
         let key = service_key(svc);

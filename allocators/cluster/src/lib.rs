@@ -97,28 +97,16 @@ pub struct ServiceScope {
     pub label_selector: Option<String>,
 }
 
-/// Where the clusterIP ranges come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RangeSource {
-    /// The apiserver's ServiceCIDRs when it serves them (1.33+), else the configured ranges.
-    #[default]
-    Discover,
-    /// The configured ranges only (tests, and apiservers before 1.33).
-    Configured,
-}
-
 /// What a [`ServiceAllocator`] manages and how.
 #[derive(Debug, Clone)]
 pub struct AllocationConfig {
     /// `--service-cluster-ip-range`: one or two CIDRs of different families, primary first.
-    /// Before 1.33 (or with [`RangeSource::Configured`]) these are the ranges; on 1.33+ they
+    /// Before 1.33 these are the ranges; on 1.33+ (the apiserver serves ServiceCIDRs) they
     /// narrow where new values come from, and may be empty.
     pub service_cidrs: Vec<IpRange>,
     /// With a narrowing, also refuse explicit clusterIPs outside it that the apiserver would
     /// accept (`--refuse-outside-service-cluster-ip-range`).
     pub refuse_outside_range: bool,
-    /// Where the clusterIP ranges come from.
-    pub range_source: RangeSource,
     /// The node-port range; must be the apiserver's `--service-node-port-range` or inside it.
     pub node_ports: PortRange,
     /// Prefix of the `RangeAllocation` object names: objects are `<prefix>clusterip-ipv4`,
@@ -145,7 +133,6 @@ impl AllocationConfig {
         AllocationConfig {
             service_cidrs,
             refuse_outside_range: false,
-            range_source: RangeSource::Discover,
             node_ports,
             object_prefix: String::new(),
             claim_ttl: Duration::from_secs(30),

@@ -214,16 +214,6 @@ impl Holder {
     }
 }
 
-impl fmt::Display for Holder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Holder::Service(s) => write!(f, "Service {s}"),
-            Holder::Address { parent: Some(s) } => write!(f, "IPAddress of Service {s}"),
-            Holder::Address { parent: None } => f.write_str("IPAddress"),
-        }
-    }
-}
-
 /// A value handed out in an admission and not yet seen on its Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {

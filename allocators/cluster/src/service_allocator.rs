@@ -302,18 +302,13 @@ impl ServiceAllocator {
         for v in held_values(spec) {
             let holders = match v {
                 Value::Ip(ip) => match self.ip_range(IpFamily::of(ip)) {
-                    Some(r) => r
-                        .snapshot()
-                        .await
-                        .map(|s| s.holders(ip).to_vec())
-                        .unwrap_or_default(),
+                    Some(r) => r.read(move |s| s.holders(ip).to_vec()).await.unwrap_or_default(),
                     None => continue,
                 },
                 Value::Port(p) => self
                     .ports
-                    .snapshot()
+                    .read(move |s| s.holders(p).to_vec())
                     .await
-                    .map(|s| s.holders(p).to_vec())
                     .unwrap_or_default(),
             };
             if holders.is_empty() {
@@ -515,14 +510,12 @@ impl ServiceAllocator {
     pub async fn held(&self) -> Result<Vec<Value>, AllocationError> {
         let mut out = Vec::new();
         for (_, range) in &self.ips {
-            out.extend(range.snapshot().await?.pool().held().into_iter().map(Value::Ip));
+            out.extend(range.read(|s| s.pool().held()).await?.into_iter().map(Value::Ip));
         }
         out.extend(
             self.ports
-                .snapshot()
+                .read(|s| s.pool().held())
                 .await?
-                .pool()
-                .held()
                 .into_iter()
                 .map(Value::Port),
         );

@@ -17,4 +17,5 @@ mod shared;
 
 pub use assets::{Assets, MissingAssets, VERSION_ENV, cache_dir, pinned_version};
 pub use control_plane::{ControlPlane, ControlPlaneConfig, Error};
+pub use process::{cpu_seconds, free_port};
 pub use shared::{REQUIRE_ENV, integration_required, shared, skip_notice};
