@@ -24,14 +24,17 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Args)]
 pub struct WebhookArgs {
     /// Serve the admission webhook.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PORTICO_WEBHOOK")]
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, env = "PORTICO_WEBHOOK")]
     pub webhook: bool,
-    /// Where the webhook listens (HTTPS).
-    #[arg(long, default_value = "0.0.0.0:9443", env = "PORTICO_WEBHOOK_BIND_ADDRESS")]
-    pub webhook_bind_address: SocketAddr,
+    /// Where the webhook listens (HTTPS). Default: `0.0.0.0:9443`, or with `--webhook-url`
+    /// naming a port, that port on every interface.
+    #[arg(long, env = "PORTICO_WEBHOOK_BIND_ADDRESS")]
+    pub webhook_bind_address: Option<SocketAddr>,
     /// Out of cluster: the URL the apiserver reaches this webhook at (`https://127.0.0.1:9443`).
-    /// Portico then makes its own CA and certificate and registers its Validating and Mutating
-    /// webhook configurations pointing there, so a plain apiserver is wired with one command.
+    /// Portico then listens on its port (unless `--webhook-bind-address` says otherwise, which
+    /// must then be reachable through it), makes its own CA and certificate and registers its
+    /// Validating and Mutating webhook configurations pointing there, so a plain apiserver is
+    /// wired with one command.
     #[arg(long, env = "PORTICO_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
     /// Serving certificate (PEM), e.g. from a cert-manager Secret; reloaded when it changes.
@@ -99,12 +102,114 @@ pub struct WebhookArgs {
     pub repair_interval: Duration,
     /// Report Services whose clusterIP or nodePort lies outside every range (Events and
     /// metrics).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PORTICO_REPAIR_REPORT_OUT_OF_RANGE")]
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, env = "PORTICO_REPAIR_REPORT_OUT_OF_RANGE")]
     pub repair_report_out_of_range: bool,
     /// Install (server-side apply) the RangeAllocation CRD at start-up. The chart installs it
     /// itself; `portico dev` and out-of-cluster runs turn this on.
-    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, env = "PORTICO_INSTALL_CRDS")]
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, env = "PORTICO_INSTALL_CRDS")]
     pub install_crds: bool,
+}
+
+/// The webhook's listen address when neither flag names one.
+const DEFAULT_WEBHOOK_BIND_ADDRESS: &str = "0.0.0.0:9443";
+
+impl WebhookArgs {
+    /// Where the webhook listens. A `--webhook-url` that names a port decides it when
+    /// `--webhook-bind-address` is not given; when both are given and the URL (an IP address
+    /// or `localhost`) cannot reach the listener, start-up fails naming the flag to change,
+    /// rather than registering a webhook the apiserver gets "connection refused" from.
+    pub fn bind_address(&self) -> anyhow::Result<SocketAddr> {
+        let url = self.webhook_url.as_deref().map(url_authority).transpose()?;
+        let bind = match (self.webhook_bind_address, &url) {
+            (Some(bind), _) => bind,
+            (None, Some((host, Some(port)))) => {
+                let any = if host.is_ipv6() {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                };
+                return Ok(SocketAddr::new(any, *port));
+            }
+            (None, _) => return Ok(DEFAULT_WEBHOOK_BIND_ADDRESS.parse()?),
+        };
+        let (Some(url_str), Some((host, port))) = (&self.webhook_url, url) else {
+            return Ok(bind);
+        };
+        if let Some(port) = port
+            && host.is_local()
+            && port != bind.port()
+        {
+            anyhow::bail!(
+                "--webhook-url {url_str} points at port {port} but --webhook-bind-address {bind} \
+                 listens on port {}: the apiserver would get \"connection refused\" and, with \
+                 failurePolicy Fail, refuse every Service write. Leave out \
+                 --webhook-bind-address (Portico then listens on the URL's port) or make the two \
+                 ports agree",
+                bind.port()
+            );
+        }
+        if bind.ip().is_loopback() && host.is_remote_ip() {
+            anyhow::bail!(
+                "--webhook-bind-address {bind} listens on loopback only, which --webhook-url \
+                 {url_str} cannot reach: bind to {} or to that address instead",
+                if bind.is_ipv6() { "[::]" } else { "0.0.0.0" }
+            );
+        }
+        Ok(bind)
+    }
+}
+
+/// The host of a webhook URL, as far as reachability goes.
+#[derive(Debug, Clone, PartialEq)]
+enum UrlHost {
+    Ip(std::net::IpAddr),
+    Localhost,
+    Name,
+}
+
+impl UrlHost {
+    fn is_local(&self) -> bool {
+        matches!(self, UrlHost::Localhost | UrlHost::Ip(_))
+    }
+
+    fn is_remote_ip(&self) -> bool {
+        matches!(self, UrlHost::Ip(ip) if !ip.is_loopback())
+    }
+
+    fn is_ipv6(&self) -> bool {
+        matches!(self, UrlHost::Ip(std::net::IpAddr::V6(_)))
+    }
+}
+
+/// Host and port of an `https://` URL (`https://[::1]:9443/x` → `::1`, 9443).
+fn url_authority(url: &str) -> anyhow::Result<(UrlHost, Option<u16>)> {
+    let bad = || anyhow::anyhow!("--webhook-url {url:?} is not an https:// URL with a host");
+    let rest = url.strip_prefix("https://").ok_or_else(bad)?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad());
+    }
+    let port = port
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(|_| anyhow::anyhow!("--webhook-url {url:?}: invalid port {p:?}"))
+        })
+        .transpose()?;
+    let host = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => UrlHost::Ip(ip),
+        Err(_) if host.eq_ignore_ascii_case("localhost") => UrlHost::Localhost,
+        Err(_) => UrlHost::Name,
+    };
+    Ok((host, port))
 }
 
 /// A started webhook: the server future plus what else it needs running.
@@ -136,6 +241,7 @@ pub async fn start(
     registry: &prometheus::Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    let bind = args.bind_address()?;
     let mut tasks = tokio::task::JoinSet::new();
     let cert_dir = args
         .webhook_cert_dir
@@ -233,13 +339,9 @@ pub async fn start(
         repair_loop = Some((repair, args.repair_interval));
     }
 
-    let server = Server::bind(
-        WebhookConfig::new(args.webhook_bind_address, cert_file, key_file),
-        handlers,
-        registry,
-    )
-    .await
-    .with_context(|| format!("binding the webhook on {}", args.webhook_bind_address))?;
+    let server = Server::bind(WebhookConfig::new(bind, cert_file, key_file), handlers, registry)
+        .await
+        .with_context(|| format!("binding the webhook on {bind}"))?;
     let addr = server.local_addr();
     let stop = shutdown.clone();
     tasks.spawn(async move { server.run(stop.cancelled_owned()).await.context("webhook server") });
@@ -308,7 +410,52 @@ fn with_port(url: &str, port: u16) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::with_port;
+    use super::*;
+
+    fn args(flags: &[&str]) -> WebhookArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            web: WebhookArgs,
+        }
+        let argv = std::iter::once("t").chain(flags.iter().copied());
+        T::try_parse_from(argv).expect("flags parse").web
+    }
+
+    #[test]
+    fn the_webhook_listens_where_its_url_points() {
+        let bind = |flags: &[&str]| args(flags).bind_address().map(|a| a.to_string());
+        assert_eq!(bind(&[]).unwrap(), "0.0.0.0:9443");
+        // The footgun: the URL named a port and Portico listened on 9443 anyway.
+        assert_eq!(bind(&["--webhook-url", "https://127.0.0.1:40123"]).unwrap(), "0.0.0.0:40123");
+        assert_eq!(bind(&["--webhook-url", "https://[::1]:40123/x"]).unwrap(), "[::]:40123");
+        assert_eq!(bind(&["--webhook-url", "https://127.0.0.1"]).unwrap(), "0.0.0.0:9443");
+        let both = ["--webhook-url", "https://127.0.0.1:40123", "--webhook-bind-address"];
+        assert_eq!(bind(&[&both[..], &["127.0.0.1:40123"]].concat()).unwrap(), "127.0.0.1:40123");
+        // Without a port in the URL, the bound one is appended at registration (port 0 works).
+        let url_only = ["--webhook-url", "https://127.0.0.1", "--webhook-bind-address", "127.0.0.1:0"];
+        assert_eq!(bind(&url_only).unwrap(), "127.0.0.1:0");
+        // A DNS name may sit in front of a proxy: its port is the user's business.
+        let lb = ["--webhook-url", "https://webhook.example:443", "--webhook-bind-address", "0.0.0.0:9443"];
+        assert_eq!(bind(&lb).unwrap(), "0.0.0.0:9443");
+    }
+
+    #[test]
+    fn a_url_that_cannot_reach_the_listener_is_refused_naming_the_flag() {
+        let err = |flags: &[&str]| args(flags).bind_address().unwrap_err().to_string();
+        let e = err(&["--webhook-url", "https://127.0.0.1:40123", "--webhook-bind-address", "0.0.0.0:9443"]);
+        assert!(e.contains("port 40123") && e.contains("--webhook-bind-address 0.0.0.0:9443"), "{e}");
+        assert!(e.contains("Leave out --webhook-bind-address"), "{e}");
+        let e = err(&["--webhook-url", "https://localhost:1", "--webhook-bind-address", "127.0.0.1:0"]);
+        assert!(e.contains("port 1 "), "{e}");
+        let e = err(&["--webhook-url", "https://10.0.0.5:9443", "--webhook-bind-address", "127.0.0.1:9443"]);
+        assert!(e.contains("loopback only") && e.contains("0.0.0.0"), "{e}");
+        let e = err(&["--webhook-url", "https://127.0.0.1:99999"]);
+        assert!(e.contains("invalid port"), "{e}");
+        let e = err(&["--webhook-url", "http://127.0.0.1:9443"]);
+        assert!(e.contains("not an https:// URL"), "{e}");
+    }
 
     #[test]
     fn a_url_without_port_gets_the_bound_one() {

@@ -72,3 +72,48 @@ pub fn init_tracing(args: &LogArgs) {
         LogFormat::Json => builder.json().init(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every boolean flag of every subcommand, by name.
+    fn boolean_flags() -> Vec<(String, String, String)> {
+        let cli = Cli::command();
+        let mut flags = Vec::new();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let is_bool = arg.get_value_parser().type_id() == clap::builder::ValueParser::bool().type_id();
+                if let (true, Some(long)) = (is_bool, arg.get_long()) {
+                    flags.push((sub.get_name().to_owned(), long.to_owned(), arg.get_id().to_string()));
+                }
+            }
+        }
+        flags
+    }
+
+    /// kube-controller-manager takes `--leader-elect` and `--leader-elect=false` alike; so does
+    /// every boolean flag here.
+    #[test]
+    fn every_boolean_flag_takes_a_bare_and_an_explicit_form() {
+        let flags = boolean_flags();
+        for name in ["leader-elect", "webhook", "install-crds", "allocation", "once"] {
+            assert!(flags.iter().any(|(_, l, _)| l == name), "{name} not found in {flags:?}");
+        }
+        for (sub, long, id) in flags {
+            for (form, want) in [
+                (format!("--{long}"), true),
+                (format!("--{long}=true"), true),
+                (format!("--{long}=false"), false),
+            ] {
+                let m = Cli::command()
+                    .try_get_matches_from(["portico", &sub, &form])
+                    .unwrap_or_else(|e| panic!("portico {sub} {form}: {e}"));
+                let got = m.subcommand_matches(&sub).and_then(|m| m.get_one::<bool>(&id).copied());
+                assert_eq!(got, Some(want), "portico {sub} {form}");
+            }
+        }
+    }
+}

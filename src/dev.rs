@@ -18,10 +18,10 @@ pub struct DevArgs {
     #[arg(long, default_value = "portico-demo")]
     pub sample_namespace: String,
     /// Skip applying the sample.
-    #[arg(long)]
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub no_sample: bool,
     /// Apply the sample, print the outcome and exit instead of running until Ctrl-C.
-    #[arg(long)]
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub once: bool,
     #[command(flatten)]
     pub run: crate::run::RunArgs,
@@ -45,9 +45,10 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
     };
     // Out of cluster: Portico serves on a free loopback port, makes its own certificate and
     // registers its webhook configurations; the CRD is installed from the binary.
-    web.webhook_url
-        .get_or_insert_with(|| "https://127.0.0.1".to_owned());
-    web.webhook_bind_address = "127.0.0.1:0".parse()?;
+    if web.webhook_url.is_none() {
+        web.webhook_url = Some("https://127.0.0.1".to_owned());
+        web.webhook_bind_address.get_or_insert("127.0.0.1:0".parse()?);
+    }
     web.install_crds = true;
     args.run.metrics_bind_address = "127.0.0.1:0".parse()?;
 

@@ -48,7 +48,7 @@ pub struct RunArgs {
     pub metrics_bind_address: std::net::SocketAddr,
     /// Run the controllers and the repair loop only while holding a coordination.k8s.io Lease,
     /// so several replicas can serve the webhook while one writes.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PORTICO_LEADER_ELECT")]
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, env = "PORTICO_LEADER_ELECT")]
     pub leader_elect: bool,
     /// How long a lease lasts without renewal before another replica may take it.
     #[arg(long, default_value = "15s", value_parser = parse_duration, env = "PORTICO_LEADER_ELECT_LEASE_DURATION")]
