@@ -31,6 +31,11 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot
 # Builder: Debian with the musl C toolchain (ring compiles a little C and assembly).
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS builder
 ARG TARGETARCH
+# `portico version` facts; the context has no .git (.dockerignore), so pass them:
+#   --build-arg PORTICO_GIT_COMMIT=$(git rev-parse --short=12 HEAD) \
+#   --build-arg SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)
+ARG PORTICO_GIT_COMMIT=""
+ARG SOURCE_DATE_EPOCH=""
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/*

@@ -38,8 +38,25 @@ pub enum Command {
     Crds,
     /// Show allocation ranges, repair findings and controller health.
     Status(crate::status::StatusArgs),
-    /// Print the version.
-    Version,
+    /// Print the version, the commit and toolchain it was built from, and the Kubernetes API.
+    Version(crate::version::VersionArgs),
+}
+
+/// Output format of the commands that report (`status`, `version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+    Yaml,
+}
+
+/// `value` as `output` asks: text from `text`, or the value serialized.
+pub fn render<T: serde::Serialize>(value: &T, output: Output, text: impl FnOnce(&T) -> String) -> anyhow::Result<String> {
+    Ok(match output {
+        Output::Text => text(value),
+        Output::Json => serde_json::to_string_pretty(value)? + "\n",
+        Output::Yaml => serde_saphyr::to_string(value)?,
+    })
 }
 
 impl Command {
@@ -53,10 +70,7 @@ impl Command {
                 Ok(())
             }
             Command::Status(args) => crate::status::run(args).await,
-            Command::Version => {
-                println!("portico {}", env!("CARGO_PKG_VERSION"));
-                Ok(())
-            }
+            Command::Version(args) => crate::version::run(args),
         }
     }
 }

@@ -7,6 +7,7 @@ mod observe;
 mod run;
 mod signals;
 mod status;
+mod version;
 
 use clap::Parser;
 

@@ -389,3 +389,41 @@ async fn one_command_wires_allocation_validation_and_controllers() {
     );
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// Allocation without the RangeAllocation CRD: `portico run` exits saying what is missing and
+/// how to install it, instead of the apiserver's bare "404 page not found". A control plane of
+/// its own, since the shared one gets the CRD from other tests.
+#[tokio::test]
+async fn allocation_without_the_crd_says_how_to_install_it() {
+    if portico_testenv::shared().is_none() {
+        return;
+    }
+    let cp = ControlPlane::start(portico_testenv::ControlPlaneConfig::default())
+        .await
+        .expect("a control plane of its own");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args([
+            "run",
+            "--controllers=",
+            "--leader-elect=false",
+            "--allocation",
+            "--metrics-bind-address=127.0.0.1:0",
+            "--webhook-url=https://127.0.0.1",
+            "--webhook-bind-address=127.0.0.1:0",
+        ])
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("portico exits by itself")
+        .expect("run portico");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the RangeAllocation CRD (rangeallocations.portico.dev) is not installed")
+            && stderr.contains("portico crds | kubectl apply -f -")
+            && stderr.contains("--install-crds"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("page not found"), "{stderr}");
+}

@@ -216,6 +216,13 @@ pub enum AllocationError {
     /// The configuration is unusable.
     #[error("invalid allocation configuration: {0}")]
     Config(String),
+    /// The RangeAllocation resource is unknown to the apiserver.
+    #[error(
+        "the RangeAllocation CRD (rangeallocations.portico.dev) is not installed: install it with \
+         `portico crds | kubectl apply -f -`, or start Portico once with --install-crds (the Helm \
+         chart installs it unless installCRDs=false)"
+    )]
+    CrdMissing,
     /// The CRD did not become Established in time.
     #[error("CustomResourceDefinition {name} not established after {after:?}")]
     CrdNotEstablished {

@@ -166,6 +166,7 @@ impl ServiceAllocator {
         metrics: Option<AllocationMetrics>,
     ) -> Result<Self, AllocationError> {
         config.validate()?;
+        require_crd(&client).await?;
         let ranges = cluster_watch::discover_ranges(&client, &config).await?;
         let replica = replica_id();
         let mut ips = Vec::new();
@@ -522,3 +523,15 @@ impl ServiceAllocator {
         Ok(out)
     }
 }
+
+/// Fails with [`AllocationError::CrdMissing`] when the apiserver does not serve RangeAllocations
+/// (it answers a bare "404 page not found", which says nothing of what to do).
+async fn require_crd(client: &Client) -> Result<(), AllocationError> {
+    let api = kube::Api::<crate::RangeAllocation>::all(client.clone());
+    match api.list_metadata(&kube::api::ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(AllocationError::CrdMissing),
+        Err(e) => Err(e.into()),
+    }
+}
+
