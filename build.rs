@@ -36,7 +36,12 @@ fn main() {
         .or_else(|| {
             run(
                 "git",
-                &["log", "-1", "--date=format-local:%Y-%m-%dT%H:%M:%SZ", "--format=%cd"],
+                &[
+                    "log",
+                    "-1",
+                    "--date=format-local:%Y-%m-%dT%H:%M:%SZ",
+                    "--format=%cd",
+                ],
             )
         })
         .unwrap_or_else(|| "unknown".into());

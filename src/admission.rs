@@ -218,6 +218,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The allocation repair loop and its interval, when allocating; the leader runs it.
     pub repair: Option<(Repair, Duration)>,
+    /// The serving certificate and key files (kept current), for other HTTPS listeners.
+    pub cert_files: (PathBuf, PathBuf),
     tasks: tokio::task::JoinSet<anyhow::Result<()>>,
 }
 
@@ -339,6 +341,7 @@ pub async fn start(
         repair_loop = Some((repair, args.repair_interval));
     }
 
+    let cert_files = (cert_file.clone(), key_file.clone());
     let server = Server::bind(WebhookConfig::new(bind, cert_file, key_file), handlers, registry)
         .await
         .with_context(|| format!("binding the webhook on {bind}"))?;
@@ -386,6 +389,7 @@ pub async fn start(
     Ok(Running {
         addr,
         repair: repair_loop,
+        cert_files,
         tasks,
     })
 }
@@ -428,28 +432,72 @@ mod tests {
         let bind = |flags: &[&str]| args(flags).bind_address().map(|a| a.to_string());
         assert_eq!(bind(&[]).unwrap(), "0.0.0.0:9443");
         // The footgun: the URL named a port and Portico listened on 9443 anyway.
-        assert_eq!(bind(&["--webhook-url", "https://127.0.0.1:40123"]).unwrap(), "0.0.0.0:40123");
-        assert_eq!(bind(&["--webhook-url", "https://[::1]:40123/x"]).unwrap(), "[::]:40123");
-        assert_eq!(bind(&["--webhook-url", "https://127.0.0.1"]).unwrap(), "0.0.0.0:9443");
-        let both = ["--webhook-url", "https://127.0.0.1:40123", "--webhook-bind-address"];
-        assert_eq!(bind(&[&both[..], &["127.0.0.1:40123"]].concat()).unwrap(), "127.0.0.1:40123");
+        assert_eq!(
+            bind(&["--webhook-url", "https://127.0.0.1:40123"]).unwrap(),
+            "0.0.0.0:40123"
+        );
+        assert_eq!(
+            bind(&["--webhook-url", "https://[::1]:40123/x"]).unwrap(),
+            "[::]:40123"
+        );
+        assert_eq!(
+            bind(&["--webhook-url", "https://127.0.0.1"]).unwrap(),
+            "0.0.0.0:9443"
+        );
+        let both = [
+            "--webhook-url",
+            "https://127.0.0.1:40123",
+            "--webhook-bind-address",
+        ];
+        assert_eq!(
+            bind(&[&both[..], &["127.0.0.1:40123"]].concat()).unwrap(),
+            "127.0.0.1:40123"
+        );
         // Without a port in the URL, the bound one is appended at registration (port 0 works).
-        let url_only = ["--webhook-url", "https://127.0.0.1", "--webhook-bind-address", "127.0.0.1:0"];
+        let url_only = [
+            "--webhook-url",
+            "https://127.0.0.1",
+            "--webhook-bind-address",
+            "127.0.0.1:0",
+        ];
         assert_eq!(bind(&url_only).unwrap(), "127.0.0.1:0");
         // A DNS name may sit in front of a proxy: its port is the user's business.
-        let lb = ["--webhook-url", "https://webhook.example:443", "--webhook-bind-address", "0.0.0.0:9443"];
+        let lb = [
+            "--webhook-url",
+            "https://webhook.example:443",
+            "--webhook-bind-address",
+            "0.0.0.0:9443",
+        ];
         assert_eq!(bind(&lb).unwrap(), "0.0.0.0:9443");
     }
 
     #[test]
     fn a_url_that_cannot_reach_the_listener_is_refused_naming_the_flag() {
         let err = |flags: &[&str]| args(flags).bind_address().unwrap_err().to_string();
-        let e = err(&["--webhook-url", "https://127.0.0.1:40123", "--webhook-bind-address", "0.0.0.0:9443"]);
-        assert!(e.contains("port 40123") && e.contains("--webhook-bind-address 0.0.0.0:9443"), "{e}");
+        let e = err(&[
+            "--webhook-url",
+            "https://127.0.0.1:40123",
+            "--webhook-bind-address",
+            "0.0.0.0:9443",
+        ]);
+        assert!(
+            e.contains("port 40123") && e.contains("--webhook-bind-address 0.0.0.0:9443"),
+            "{e}"
+        );
         assert!(e.contains("Leave out --webhook-bind-address"), "{e}");
-        let e = err(&["--webhook-url", "https://localhost:1", "--webhook-bind-address", "127.0.0.1:0"]);
+        let e = err(&[
+            "--webhook-url",
+            "https://localhost:1",
+            "--webhook-bind-address",
+            "127.0.0.1:0",
+        ]);
         assert!(e.contains("port 1 "), "{e}");
-        let e = err(&["--webhook-url", "https://10.0.0.5:9443", "--webhook-bind-address", "127.0.0.1:9443"]);
+        let e = err(&[
+            "--webhook-url",
+            "https://10.0.0.5:9443",
+            "--webhook-bind-address",
+            "127.0.0.1:9443",
+        ]);
         assert!(e.contains("loopback only") && e.contains("0.0.0.0"), "{e}");
         let e = err(&["--webhook-url", "https://127.0.0.1:99999"]);
         assert!(e.contains("invalid port"), "{e}");

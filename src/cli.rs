@@ -51,7 +51,11 @@ pub enum Output {
 }
 
 /// `value` as `output` asks: text from `text`, or the value serialized.
-pub fn render<T: serde::Serialize>(value: &T, output: Output, text: impl FnOnce(&T) -> String) -> anyhow::Result<String> {
+pub fn render<T: serde::Serialize>(
+    value: &T,
+    output: Output,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<String> {
     Ok(match output {
         Output::Text => text(value),
         Output::Json => serde_json::to_string_pretty(value)? + "\n",
@@ -99,9 +103,14 @@ mod tests {
         let mut flags = Vec::new();
         for sub in cli.get_subcommands() {
             for arg in sub.get_arguments() {
-                let is_bool = arg.get_value_parser().type_id() == clap::builder::ValueParser::bool().type_id();
+                let is_bool =
+                    arg.get_value_parser().type_id() == clap::builder::ValueParser::bool().type_id();
                 if let (true, Some(long)) = (is_bool, arg.get_long()) {
-                    flags.push((sub.get_name().to_owned(), long.to_owned(), arg.get_id().to_string()));
+                    flags.push((
+                        sub.get_name().to_owned(),
+                        long.to_owned(),
+                        arg.get_id().to_string(),
+                    ));
                 }
             }
         }
@@ -114,7 +123,10 @@ mod tests {
     fn every_boolean_flag_takes_a_bare_and_an_explicit_form() {
         let flags = boolean_flags();
         for name in ["leader-elect", "webhook", "install-crds", "allocation", "once"] {
-            assert!(flags.iter().any(|(_, l, _)| l == name), "{name} not found in {flags:?}");
+            assert!(
+                flags.iter().any(|(_, l, _)| l == name),
+                "{name} not found in {flags:?}"
+            );
         }
         for (sub, long, id) in flags {
             for (form, want) in [
@@ -125,7 +137,9 @@ mod tests {
                 let m = Cli::command()
                     .try_get_matches_from(["portico", &sub, &form])
                     .unwrap_or_else(|e| panic!("portico {sub} {form}: {e}"));
-                let got = m.subcommand_matches(&sub).and_then(|m| m.get_one::<bool>(&id).copied());
+                let got = m
+                    .subcommand_matches(&sub)
+                    .and_then(|m| m.get_one::<bool>(&id).copied());
                 assert_eq!(got, Some(want), "portico {sub} {form}");
             }
         }

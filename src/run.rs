@@ -43,9 +43,13 @@ pub struct RunArgs {
     /// Manage one namespace only (default: all).
     #[arg(long, env = "PORTICO_NAMESPACE")]
     pub namespace: Option<String>,
-    /// Plain-HTTP address for /metrics, /healthz and /readyz.
+    /// Address for /metrics, /healthz and /readyz (plain HTTP unless `--metrics-secure`).
     #[arg(long, default_value = "0.0.0.0:8080", env = "PORTICO_METRICS_BIND_ADDRESS")]
     pub metrics_bind_address: std::net::SocketAddr,
+    /// Serve /metrics, /healthz and /readyz over HTTPS with the webhook's serving certificate
+    /// (needs the webhook).
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, env = "PORTICO_METRICS_SECURE")]
+    pub metrics_secure: bool,
     /// Run the controllers and the repair loop only while holding a coordination.k8s.io Lease,
     /// so several replicas can serve the webhook while one writes.
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, env = "PORTICO_LEADER_ELECT")]
@@ -162,18 +166,23 @@ pub struct Portico {
     pub webhook_addr: Option<std::net::SocketAddr>,
     leading: tokio::task::JoinHandle<anyhow::Result<()>>,
     webhook: Option<crate::admission::Running>,
-    observe: tokio::task::JoinHandle<std::io::Result<()>>,
+    observe: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Stops the observability endpoints: last, so probes see the drain (`/readyz` 503).
+    observe_stop: CancellationToken,
 }
 
 impl Portico {
     /// Waits until everything has stopped (after the shutdown token is cancelled).
     pub async fn join(self) -> anyhow::Result<()> {
-        let led = self.leading.await.context("leader task panicked")?;
-        if let Some(w) = self.webhook {
-            w.join().await?;
-        }
+        let led = self.leading.await.context("leader task panicked");
+        let webhook = match self.webhook {
+            Some(w) => w.join().await,
+            None => Ok(()),
+        };
+        self.observe_stop.cancel();
         self.observe.await.context("metrics server panicked")??;
-        led
+        led??;
+        webhook
     }
 }
 
@@ -184,15 +193,34 @@ pub async fn start(
     cfg: RuntimeConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Portico> {
+    if args.metrics_secure && !args.webhook.webhook {
+        anyhow::bail!("--metrics-secure serves with the webhook's certificate: it needs --webhook");
+    }
     let registry = prometheus::Registry::new();
     let ready = crate::observe::Readiness::default();
-    let (metrics_addr, observe) = crate::observe::serve(
-        args.metrics_bind_address,
-        registry.clone(),
-        ready.clone(),
-        shutdown.clone(),
-    )
-    .await?;
+    let live = crate::observe::Liveness::default();
+    ready.drop_on(shutdown.clone());
+    let observe_stop = CancellationToken::new();
+    let serve_observe = |tls| {
+        let listen = crate::observe::Listen {
+            addr: args.metrics_bind_address,
+            tls,
+        };
+        crate::observe::serve(
+            listen,
+            registry.clone(),
+            ready.clone(),
+            live.clone(),
+            observe_stop.clone(),
+        )
+    };
+    // Plain HTTP starts first, so probes answer while caches sync; HTTPS needs the webhook's
+    // certificate, which exists once the webhook has started.
+    let observe = if args.metrics_secure {
+        None
+    } else {
+        Some(serve_observe(None).await?)
+    };
     // Every replica keeps the controllers' caches warm, so a takeover starts syncing at once.
     let controllers = if cfg.endpointslice || cfg.endpoints {
         let metrics = Metrics::register(&registry)?;
@@ -204,6 +232,10 @@ pub async fn start(
     } else {
         None
     };
+    if let Some(c) = &controllers {
+        let beats = c.heartbeats();
+        live.add(std::sync::Arc::new(move || beats.stuck()));
+    }
     // The webhook's targetPort warning reads pods too: share the controllers' cache when it
     // covers every namespace, rather than watching all pods a second time.
     let pods = controllers.as_ref().filter(|_| args.namespace.is_none()).map(
@@ -215,6 +247,10 @@ pub async fn start(
         None
     };
     let webhook_addr = webhook.as_ref().map(|w| w.addr);
+    let (metrics_addr, observe) = match observe {
+        Some(plain) => plain,
+        None => serve_observe(webhook.as_ref().map(|w| w.cert_files.clone())).await?,
+    };
     let repair = webhook.as_mut().and_then(|w| w.repair.take());
 
     // What only one replica may do: write EndpointSlices and Endpoints, and repair allocations.
@@ -277,6 +313,7 @@ pub async fn start(
         leading,
         webhook,
         observe,
+        observe_stop,
     })
 }
 

@@ -53,7 +53,10 @@ impl Info {
 }
 
 pub fn run(args: VersionArgs) -> anyhow::Result<()> {
-    print!("{}", crate::cli::render(&Info::of_this_build(), args.output, Info::text)?);
+    print!(
+        "{}",
+        crate::cli::render(&Info::of_this_build(), args.output, Info::text)?
+    );
     Ok(())
 }
 
@@ -70,7 +73,10 @@ mod tests {
         assert!(info.rustc_version.starts_with("rustc 1."), "{info:?}");
         assert!(!info.platform.is_empty());
         // The tests run from a git checkout (CI clones), so the commit and its date are known.
-        assert!(info.git_commit.len() >= 7 && info.git_commit != "unknown", "{info:?}");
+        assert!(
+            info.git_commit.len() >= 7 && info.git_commit != "unknown",
+            "{info:?}"
+        );
         assert!(info.build_date.ends_with('Z'), "{info:?}");
     }
 

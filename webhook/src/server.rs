@@ -198,14 +198,6 @@ impl Server {
     pub async fn bind(config: WebhookConfig, handlers: Handlers, registry: &Registry) -> Result<Self, Error> {
         let metrics = Metrics::register(registry)?;
         let certs = CertStore::load(&config.cert_file, &config.key_file)?.with_metrics(metrics.clone());
-        let acceptor = TlsAcceptor::from(certs.server_config()?);
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(Error::Serve)?;
         let ready = Arc::new(AtomicBool::new(false));
         let router = router(AppState {
             handlers,
@@ -215,6 +207,31 @@ impl Server {
             max_handler_time: config.max_handler_time,
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
+        Self::bind_with(config, router, certs, ready).await
+    }
+
+    /// Serves another router with the same TLS, certificate reloading, timeouts and drain
+    /// (e.g. `/metrics` over HTTPS with the webhook's certificate). Registers no metrics.
+    pub async fn bind_router(config: WebhookConfig, router: Router) -> Result<Self, Error> {
+        let certs = CertStore::load(&config.cert_file, &config.key_file)?;
+        let router = router.layer(DefaultBodyLimit::max(config.max_body_bytes));
+        Self::bind_with(config, router, certs, Arc::new(AtomicBool::new(false))).await
+    }
+
+    async fn bind_with(
+        config: WebhookConfig,
+        router: Router,
+        certs: Arc<CertStore>,
+        ready: Arc<AtomicBool>,
+    ) -> Result<Self, Error> {
+        let acceptor = TlsAcceptor::from(certs.server_config()?);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(Error::Serve)?;
         Ok(Server {
             listener,
             local_addr,

@@ -528,10 +528,12 @@ impl ServiceAllocator {
 /// (it answers a bare "404 page not found", which says nothing of what to do).
 async fn require_crd(client: &Client) -> Result<(), AllocationError> {
     let api = kube::Api::<crate::RangeAllocation>::all(client.clone());
-    match api.list_metadata(&kube::api::ListParams::default().limit(1)).await {
+    match api
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Err(AllocationError::CrdMissing),
         Err(e) => Err(e.into()),
     }
 }
-

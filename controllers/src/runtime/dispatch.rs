@@ -152,9 +152,13 @@ pub(crate) async fn run(ctx: Arc<Context>, mut w: Writers, shutdown: Cancellatio
         ));
     }
     let mut events = futures::stream::select_all(streams);
+    // Beats while idle too, so a silent dispatcher means a stuck one (liveness).
+    let mut beat = tokio::time::interval(super::liveness::DISPATCH_BEAT);
     loop {
+        ctx.heartbeats.dispatcher_beat();
         let ev = tokio::select! {
             ev = events.next() => ev,
+            _ = beat.tick() => continue,
             () = shutdown.cancelled() => return,
         };
         let Some(ev) = ev else { return };

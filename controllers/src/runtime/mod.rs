@@ -10,6 +10,7 @@ mod cache;
 mod dispatch;
 mod endpoints_sync;
 mod index;
+pub mod liveness;
 mod metrics;
 pub mod queue;
 mod slices_sync;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::index::ByNamespace;
+pub use self::liveness::Heartbeats;
 pub use self::metrics::{Metrics, MetricsError};
 pub use self::queue::{Backoff, WorkQueue};
 use crate::endpoints::StaleEndpointsTracker;
@@ -168,6 +170,7 @@ pub(crate) struct Context {
     pub(crate) endpoints_triggers: Mutex<TriggerTimeTracker>,
     pub(crate) slice_recorder: Recorder,
     pub(crate) endpoints_recorder: Recorder,
+    pub(crate) heartbeats: Arc<Heartbeats>,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical
@@ -271,6 +274,11 @@ impl Controllers {
         start(client, cfg, metrics, shutdown).await
     }
 
+    /// The dispatcher's and workers' heartbeats, for a liveness probe.
+    pub fn heartbeats(&self) -> Arc<Heartbeats> {
+        Arc::clone(&self.ctx.heartbeats)
+    }
+
     /// The cached (trimmed) pods of a namespace, for other readers of pods in the same process;
     /// from the by-namespace index, so no scan of the cluster.
     pub fn pods_by_namespace(&self) -> impl Fn(&str) -> Vec<Arc<Pod>> + Send + Sync + 'static {
@@ -302,8 +310,8 @@ impl Controllers {
             if !ctx.enabled(which) {
                 continue;
             }
-            for _ in 0..ctx.cfg.workers.max(1) {
-                workers.push(tokio::spawn(worker(ctx.clone(), which, token.clone())));
+            for n in 0..ctx.cfg.workers.max(1) {
+                workers.push(tokio::spawn(worker(ctx.clone(), which, n, token.clone())));
             }
         }
         token.cancelled().await;
@@ -366,6 +374,7 @@ async fn start(
         zone_shares: std::sync::RwLock::new(None),
         endpoints_stale: Mutex::new(StaleEndpointsTracker::new()),
         endpoints_triggers: Mutex::new(TriggerTimeTracker::new()),
+        heartbeats: Arc::new(Heartbeats::new(cfg.sync_timeout)),
         cfg,
     });
 
@@ -456,7 +465,7 @@ async fn apiserver_keeps_hints(client: &kube::Client, ns: &str) -> bool {
     }
 }
 
-async fn worker(ctx: Arc<Context>, which: Which, token: CancellationToken) {
+async fn worker(ctx: Arc<Context>, which: Which, n: usize, token: CancellationToken) {
     let queue = ctx.queue(which).clone();
     let name = which.queue_name();
     loop {
@@ -469,6 +478,7 @@ async fn worker(ctx: Arc<Context>, which: Which, token: CancellationToken) {
             .queue_depth
             .with_label_values(&[name])
             .set(queue.len() as i64);
+        ctx.heartbeats.sync_started(name, n, key.to_string());
         let span = tracing::info_span!("sync", controller = name, service = %key);
         let timer = ctx.metrics.work_duration.with_label_values(&[name]).start_timer();
         let synced =
@@ -480,11 +490,13 @@ async fn worker(ctx: Arc<Context>, which: Which, token: CancellationToken) {
             },
             () = token.cancelled() => {
                 // Leadership ended: the key stays queued for whoever leads next in-process.
+                ctx.heartbeats.sync_ended(name, n);
                 queue.done(&key);
                 queue.add(key);
                 break;
             }
         };
+        ctx.heartbeats.sync_ended(name, n);
         timer.observe_duration();
         let syncs = match which {
             Which::Slices => &ctx.metrics.slice_syncs,
