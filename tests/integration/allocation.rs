@@ -698,11 +698,16 @@ async fn a_deleted_or_corrupted_range_allocation_is_rebuilt_without_handing_out_
         claimed(&rewritten.spec.pending, port(&first)),
         "the claims survived the corruption"
     );
-    let reason = rewritten
-        .status
-        .and_then(|s| s.last_recovery)
-        .expect("recorded")
-        .reason;
+    // The status subresource follows the claims' write at once (a recovery cannot wait).
+    let reason = eventually(5, "the recovery in the status", || {
+        let objects = objects.clone();
+        async move {
+            let obj = objects.get("it-lost-nodeports").await.ok()?;
+            let reason = obj.status?.last_recovery?.reason;
+            reason.starts_with("unreadable").then_some(reason)
+        }
+    })
+    .await;
     assert!(reason.starts_with("unreadable claims: not-a-port"), "{reason}");
     let events: Vec<Event> = eventually(10, "the recovery Events", || {
         let client = client.clone();
@@ -781,14 +786,37 @@ async fn a_full_band_is_free_again_right_after_its_services_go() {
                 "Internal error occurred: failed to allocate a nodePort: range is full"
             )
         );
+        // What `kubectl wait --for=condition=Exhausted rangeallocation/...` reads.
+        exhausted(&client, "it-refill-nodeports", "True").await;
         for i in 0..40 {
             services
                 .delete(&format!("r{round}-{i}"), &DeleteParams::default())
                 .await
                 .expect("delete");
         }
+        if round == 1 {
+            exhausted(&client, "it-refill-nodeports", "False").await;
+        }
         // The next round creates right after the deletes returned.
     }
+}
+
+/// Waits until the `Exhausted` condition of RangeAllocation `name` has `status`.
+async fn exhausted(client: &kube::Client, name: &str, status: &str) {
+    let objects: Api<RangeAllocation> = Api::all(client.clone());
+    eventually(10, &format!("{name} Exhausted={status}"), || {
+        let objects = objects.clone();
+        async move {
+            let obj = objects.get(name).await.ok()?;
+            let c = obj
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Exhausted")?;
+            (c.status == status).then_some(())
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

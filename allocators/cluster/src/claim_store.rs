@@ -29,7 +29,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::crd::{self, RangeAllocation, Recovery};
+use super::crd::{self, RangeAllocation, RangeAllocationStatus, Recovery};
 use super::metrics::AllocationMetrics;
 use super::range_state::{Pool, RangeState};
 
@@ -38,6 +38,9 @@ const MAX_BATCH: usize = 256;
 
 /// How often an idle writer expires claims and writes the end of lingers.
 const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// Under load, how often the status (counters) is written when nothing urgent changed.
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why a store operation failed. Cloneable: one failure may end a whole batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -312,6 +315,8 @@ impl<P: Pool> ObjectStore<P> {
             rv: None,
             uid: None,
             recovery: None,
+            stored_status: None,
+            status_written: None,
         };
         writer.load(true).await?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -375,9 +380,53 @@ struct Writer<P: Pool> {
     uid: Option<String>,
     /// The last time the object had to be rebuilt from this replica's state.
     recovery: Option<Recovery>,
+    /// The status as last read or written (`None`: unknown, write it).
+    stored_status: Option<RangeAllocationStatus>,
+    /// When this writer last wrote the status.
+    status_written: Option<tokio::time::Instant>,
 }
 
 impl<P: Pool> Writer<P> {
+    /// The status this replica's state calls for.
+    fn status(&self) -> RangeAllocationStatus {
+        let mut status = crd::status_of(&self.state);
+        status.last_recovery = self.recovery.clone();
+        status.with_conditions(self.stored_status.as_ref(), Timestamp::now())
+    }
+
+    /// Writes the status subresource when it differs from the stored one: at once when that
+    /// cannot wait (a condition flips, a repair report or recovery), otherwise when `idle` or
+    /// [`STATUS_INTERVAL`] after the last status write. A failed write is left to the next turn.
+    async fn write_status(&mut self, idle: bool) {
+        let Some(rv) = self.rv.clone() else { return };
+        let status = self.status();
+        if self.stored_status.as_ref() == Some(&status) {
+            return;
+        }
+        let due = self
+            .status_written
+            .is_none_or(|at| at.elapsed() >= STATUS_INTERVAL);
+        if !(idle || due || status.is_urgent_over(self.stored_status.as_ref())) {
+            return;
+        }
+        let mut obj = self.object(Some(rv));
+        obj.status = Some(status);
+        self.status_written = Some(tokio::time::Instant::now());
+        match self
+            .api
+            .replace_status(&self.name, &PostParams::default(), &obj)
+            .await
+        {
+            Ok(written) => {
+                self.seen(&written);
+                if let Some(m) = &self.metrics {
+                    m.status_write(P::KIND, &self.name);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "status not written; retried on the next turn"),
+        }
+    }
+
     fn fail(&self, reason: impl std::fmt::Display) -> StoreFailure {
         StoreFailure {
             object: self.name.clone(),
@@ -424,6 +473,7 @@ impl<P: Pool> Writer<P> {
                         self.recovery = obj.status.as_ref().and_then(|s| s.last_recovery.clone());
                     }
                     self.state.set_last_repair(stored.last_repair);
+                    self.stored_status.clone_from(&obj.status);
                     if recreated || !stored.unreadable.is_empty() {
                         let reason = if recreated {
                             "the object was deleted and recreated by someone else".to_owned()
@@ -466,11 +516,25 @@ impl<P: Pool> Writer<P> {
                 }
                 // The object does not even decode (a field of the wrong type): overwrite it.
                 Err(kube::Error::SerdeError(e)) => {
-                    let meta = self
+                    let mut meta = self
                         .api
                         .get_metadata(&self.name)
                         .await
                         .map_err(|e| self.fail(e))?;
+                    // The status is a subresource the spec write leaves alone: overwrite it
+                    // first (its answer may not decode either), then write the spec over the
+                    // version that left.
+                    let fresh = self.object(meta.resource_version());
+                    let _ = self
+                        .api
+                        .replace_status(&self.name, &PostParams::default(), &fresh)
+                        .await;
+                    meta = self
+                        .api
+                        .get_metadata(&self.name)
+                        .await
+                        .map_err(|e| self.fail(e))?;
+                    self.stored_status = None;
                     self.rv = meta.resource_version();
                     self.uid = meta.uid();
                     self.state.touch();
@@ -571,6 +635,7 @@ impl<P: Pool> Writer<P> {
                     let _ = done.send(result.clone());
                 }
             }
+            self.write_status(idle).await;
             if let Some(m) = &self.metrics {
                 m.observe(&self.state);
             }
@@ -597,6 +662,7 @@ impl<P: Pool> Writer<P> {
         }
         self.state.replace_claims(stored.claims, Timestamp::now());
         self.state.set_last_repair(stored.last_repair);
+        self.stored_status.clone_from(&obj.status);
         self.rv = Some(rv);
     }
 

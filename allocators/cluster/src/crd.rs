@@ -20,15 +20,20 @@
 //!     10.96.14.4 :reserved/portico-7d9f-1a2b3c4d 2026-11-21T22:03:00Z
 //!   cursors:                      # next-fit offsets per range
 //!     10.96.0.0/12: {static: 0, dynamic: 4099}
-//! status:                         # counters for humans, written in the same PUT
+//! status:                         # the status subresource: counters and conditions
 //!   kind: ClusterIP
 //!   size: 1048574
 //!   used: 12
 //!   ...
+//!   conditions:
+//!   - {type: Exhausted, status: "False", reason: ValuesFree, ...}
 //! ```
 //!
-//! The CRD has **no status subresource**, on purpose: the counters are part of the same write as
-//! the claims, so they never lag them and a single PUT stays the only write.
+//! The status is a subresource, so `kubectl wait --for=condition=Exhausted` and status-only RBAC
+//! work as for any controller's object. It is written separately from the claims, and not after
+//! every claim write: at once when a condition, the repair report or the recovery record
+//! changes, otherwise when the writer is idle or every few seconds under load (counters may lag
+//! the claims by that much; the claims themselves never wait for it).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -74,6 +79,11 @@ const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
     printcolumn(name = "Dynamic Free", type_ = "integer", json_path = ".status.dynamicFree"),
     printcolumn(name = "Static Free", type_ = "integer", json_path = ".status.staticFree"),
     printcolumn(name = "Pending", type_ = "integer", json_path = ".status.pending"),
+    printcolumn(
+        name = "Exhausted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Exhausted\")].status"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -131,6 +141,85 @@ pub struct RangeAllocationStatus {
     /// What the last repair pass over this range found and did (absent until one has run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_repair: Option<RepairSummary>,
+    /// `Exhausted`: `True` while no value is free (new Services needing one are refused with
+    /// upstream's "range is full").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<RangeCondition>,
+}
+
+/// A condition, shaped as `metav1.Condition` (what `kubectl wait --for=condition=` reads).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RangeCondition {
+    /// The condition's name (`Exhausted`).
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True` or `False`.
+    pub status: String,
+    /// CamelCase reason of the last transition.
+    pub reason: String,
+    /// For humans.
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
+}
+
+/// The `Exhausted` condition type.
+pub const EXHAUSTED: &str = "Exhausted";
+
+impl RangeAllocationStatus {
+    /// Sets the conditions from the counters; a condition whose status is unchanged from
+    /// `previous` keeps its transition time.
+    pub fn with_conditions(mut self, previous: Option<&RangeAllocationStatus>, now: Timestamp) -> Self {
+        let (status, reason, message) = if self.size > 0 && self.free == 0 {
+            (
+                "True",
+                "RangeFull",
+                format!(
+                    "all {} values are held or claimed: new values are refused as \"range is full\"",
+                    self.size
+                ),
+            )
+        } else {
+            (
+                "False",
+                "ValuesFree",
+                format!("{} of {} values free", self.free, self.size),
+            )
+        };
+        let since = previous
+            .and_then(|p| p.condition(EXHAUSTED))
+            .filter(|c| c.status == status)
+            .map_or_else(|| now.to_string(), |c| c.last_transition_time.clone());
+        self.conditions = vec![RangeCondition {
+            type_: EXHAUSTED.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            last_transition_time: since,
+        }];
+        self
+    }
+
+    /// The condition of type `type_`, if set.
+    pub fn condition(&self, type_: &str) -> Option<&RangeCondition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// Whether writing `self` over `stored` cannot wait: a condition flips, or the repair
+    /// report or the recovery record changes (counters alone can).
+    pub fn is_urgent_over(&self, stored: Option<&RangeAllocationStatus>) -> bool {
+        let Some(stored) = stored else { return true };
+        let statuses = |s: &RangeAllocationStatus| -> Vec<(String, String)> {
+            s.conditions
+                .iter()
+                .map(|c| (c.type_.clone(), c.status.clone()))
+                .collect()
+        };
+        statuses(self) != statuses(stored)
+            || self.last_repair != stored.last_repair
+            || self.last_recovery != stored.last_recovery
+    }
 }
 
 /// A rebuild of the object from a replica's state.
@@ -198,14 +287,9 @@ impl RepairFinding {
     }
 }
 
-/// The CRD as installed: the derived definition without the status subresource (see the
-/// module docs).
+/// The CRD as installed, with its status subresource.
 pub fn crd() -> CustomResourceDefinition {
-    let mut crd = RangeAllocation::crd();
-    for version in &mut crd.spec.versions {
-        version.subresources = None;
-    }
-    crd
+    RangeAllocation::crd()
 }
 
 /// Installs (server-side apply, forced, field manager [`FIELD_MANAGER`]) the `RangeAllocation`
@@ -293,6 +377,7 @@ pub fn status_of<P: Pool>(state: &RangeState<P>) -> RangeAllocationStatus {
         pending: state.pending().len() as u64,
         last_recovery: None,
         last_repair: state.last_repair().cloned(),
+        conditions: Vec::new(),
     }
 }
 
@@ -346,7 +431,7 @@ mod tests {
     use portico_allocators::{PortAllocator, PortRange};
 
     #[test]
-    fn crd_is_cluster_scoped_without_status_subresource() {
+    fn crd_is_cluster_scoped_with_a_status_subresource() {
         let crd = crd();
         assert_eq!(crd.metadata.name.as_deref(), Some(CRD_NAME));
         assert_eq!(crd.spec.scope, "Cluster");
@@ -355,7 +440,7 @@ mod tests {
         let v = &crd.spec.versions[0];
         assert_eq!(v.name, "v1alpha1");
         assert!(v.served && v.storage);
-        assert!(v.subresources.is_none());
+        assert!(v.subresources.as_ref().is_some_and(|s| s.status.is_some()));
         let cols: Vec<&str> = v
             .additional_printer_columns
             .iter()
@@ -371,6 +456,7 @@ mod tests {
                 "Dynamic Free",
                 "Static Free",
                 "Pending",
+                "Exhausted",
                 "Age"
             ]
         );
@@ -378,6 +464,41 @@ mod tests {
         let props = &schema["openAPIV3Schema"]["properties"];
         assert_eq!(props["spec"]["required"], serde_json::json!(["range"]));
         assert!(props["status"]["properties"]["dynamicFree"].is_object());
+        assert!(props["status"]["properties"]["conditions"].is_object());
+    }
+
+    #[test]
+    fn exhausted_follows_the_free_count_and_keeps_its_transition_time() {
+        let t0: Timestamp = "2026-12-05T01:00:00Z".parse().unwrap();
+        let t1: Timestamp = "2026-12-05T01:05:00Z".parse().unwrap();
+        let counters = |free| RangeAllocationStatus {
+            size: 4,
+            used: 4 - free,
+            free,
+            ..Default::default()
+        };
+        let free = counters(2).with_conditions(None, t0);
+        let c = free.condition(EXHAUSTED).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "ValuesFree"));
+        assert_eq!(c.message, "2 of 4 values free");
+        assert!(free.is_urgent_over(None));
+        // Counters alone change: same transition time, and it can wait.
+        let fewer = counters(1).with_conditions(Some(&free), t1);
+        assert_eq!(
+            fewer.condition(EXHAUSTED).unwrap().last_transition_time,
+            t0.to_string()
+        );
+        assert!(!fewer.is_urgent_over(Some(&free)));
+        // Full: flips, with a new transition time, at once.
+        let full = counters(0).with_conditions(Some(&fewer), t1);
+        let c = full.condition(EXHAUSTED).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "RangeFull"));
+        assert_eq!(c.last_transition_time, t1.to_string());
+        assert!(full.is_urgent_over(Some(&fewer)));
+        // A new repair report cannot wait either.
+        let mut repaired = fewer.clone();
+        repaired.last_repair = Some(RepairSummary::default());
+        assert!(repaired.is_urgent_over(Some(&fewer)));
     }
 
     #[test]

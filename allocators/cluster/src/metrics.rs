@@ -21,7 +21,8 @@
 //! | `portico_allocator_items` | gauge | `kind` (`clusterip`/`nodeport`), `range`, `band` (`static`/`dynamic`), `state` (`used`/`free`) |
 //! | `portico_allocator_pending` | gauge | `kind`, `range` |
 //! | `portico_allocator_write_conflicts_total` | counter | `kind`, `range` (lost compare-and-swaps; `range` is the object's name) |
-//! | `portico_allocator_writes_total` | counter | `kind`, `object` (successful writes of a RangeAllocation) |
+//! | `portico_allocator_writes_total` | counter | `kind`, `object` (successful writes of a RangeAllocation's claims) |
+//! | `portico_allocator_status_writes_total` | counter | `kind`, `object` (successful writes of its status subresource) |
 //! | `portico_allocator_state_recoveries_total` | counter | `kind`, `object`, `reason` (`deleted`/`corrupt`: the RangeAllocation was rebuilt from a replica's state) |
 //!
 //! Repair type `leak` counts claims that lapsed (an admission whose Service never appeared);
@@ -49,6 +50,7 @@ pub struct AllocationMetrics {
     pending: IntGaugeVec,
     recoveries: IntCounterVec,
     writes: IntCounterVec,
+    status_writes: IntCounterVec,
     conflicts: IntCounterVec,
     ip_repair: IntCounterVec,
     port_repair: IntCounterVec,
@@ -155,6 +157,12 @@ impl AllocationMetrics {
                 "Writes of a RangeAllocation object that succeeded",
                 &["kind", "object"],
             )?,
+            status_writes: counter(
+                registry,
+                "portico_allocator_status_writes_total",
+                "Writes of a RangeAllocation's status subresource (counters and conditions) that succeeded",
+                &["kind", "object"],
+            )?,
             conflicts: counter(
                 registry,
                 "portico_allocator_write_conflicts_total",
@@ -232,6 +240,13 @@ impl AllocationMetrics {
     /// Counts a successful write of a RangeAllocation object.
     pub fn write(&self, kind: RangeKind, object: &str) {
         self.writes.with_label_values(&[kind.as_str(), object]).inc();
+    }
+
+    /// Counts a write of a RangeAllocation's status subresource.
+    pub fn status_write(&self, kind: RangeKind, object: &str) {
+        self.status_writes
+            .with_label_values(&[kind.as_str(), object])
+            .inc();
     }
 
     /// Counts a rebuild of a RangeAllocation object (`deleted` or `corrupt`).
