@@ -55,6 +55,27 @@ pub struct WebhookArgs {
     /// Directory for certificate files Portico writes itself (self-managed or out-of-cluster).
     #[arg(long, env = "PORTICO_WEBHOOK_CERT_DIR")]
     pub webhook_cert_dir: Option<PathBuf>,
+    /// Require a TLS client certificate signed by this CA (PEM) on the webhook: the apiserver
+    /// presents one when its admission configuration gives it a kubeconfig for Portico (see
+    /// the README, "Only the apiserver gets in").
+    #[arg(long, env = "PORTICO_WEBHOOK_CLIENT_CA_FILE")]
+    pub webhook_client_ca_file: Option<PathBuf>,
+    /// Require `Authorization: Bearer <token>` on reviews, the token read from this file (the
+    /// apiserver sends one the same way). Probes and metrics stay open.
+    #[arg(long, env = "PORTICO_WEBHOOK_CLIENT_TOKEN_FILE")]
+    pub webhook_client_token_file: Option<PathBuf>,
+    /// Reviews judged at once; more wait within their time budget, then get 503.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..),
+          env = "PORTICO_WEBHOOK_MAX_CONCURRENT_REVIEWS")]
+    pub webhook_max_concurrent_reviews: u16,
+    /// Open connections to the webhook; more are closed at once.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..),
+          env = "PORTICO_WEBHOOK_MAX_CONNECTIONS")]
+    pub webhook_max_connections: u32,
+    /// Time allowed for a review's body to arrive once its headers are in (408 after).
+    #[arg(long, default_value = "10s", value_parser = crate::run::parse_duration,
+          env = "PORTICO_WEBHOOK_BODY_READ_TIMEOUT")]
+    pub webhook_body_read_timeout: Duration,
     /// Name of the Validating and Mutating webhook configurations.
     #[arg(long, default_value = "portico", env = "PORTICO_WEBHOOK_CONFIGURATION_NAME")]
     pub webhook_configuration_name: String,
@@ -342,7 +363,15 @@ pub async fn start(
     }
 
     let cert_files = (cert_file.clone(), key_file.clone());
-    let server = Server::bind(WebhookConfig::new(bind, cert_file, key_file), handlers, registry)
+    let mut config = WebhookConfig::new(bind, cert_file, key_file);
+    config.client_ca_file.clone_from(&args.webhook_client_ca_file);
+    config
+        .client_token_file
+        .clone_from(&args.webhook_client_token_file);
+    config.max_concurrent_reviews = usize::from(args.webhook_max_concurrent_reviews);
+    config.max_connections = args.webhook_max_connections as usize;
+    config.body_read_timeout = args.webhook_body_read_timeout;
+    let server = Server::bind(config, handlers, registry)
         .await
         .with_context(|| format!("binding the webhook on {bind}"))?;
     let addr = server.local_addr();

@@ -66,6 +66,19 @@ impl DevCa {
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
+
+    /// A client certificate for `common_name` (e.g. the apiserver's identity towards webhooks),
+    /// as (certificate PEM, PKCS#8 key PEM).
+    pub fn issue_client(&self, common_name: &str) -> Result<(String, String), Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
 }
 
 /// Files written by [`write_dev_certs`].

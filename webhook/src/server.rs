@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -60,6 +60,20 @@ pub struct WebhookConfig {
     pub keep_alive_timeout: Duration,
     /// How long shutdown waits for open connections to finish. Default 10 s.
     pub drain_timeout: Duration,
+    /// Reviews judged at once; more wait (within their time budget) for a slot, then get 503.
+    /// Bounds memory: at most this many bodies are read and parsed at a time. Default 64.
+    pub max_concurrent_reviews: usize,
+    /// Open connections; a connection beyond is closed at once. Default 1024.
+    pub max_connections: usize,
+    /// Time allowed to receive a request body once its headers are in (a body trickled slowly
+    /// would otherwise hold its connection and review slot). Default 10 s; 408 after.
+    pub body_read_timeout: Duration,
+    /// Who may call: with a CA (PEM file), a TLS client certificate it signed is required (the
+    /// apiserver presents one through its admission configuration's kubeconfig).
+    pub client_ca_file: Option<PathBuf>,
+    /// With a token (file holding it), reviews need `Authorization: Bearer <token>` (the
+    /// apiserver sends one the same way); 401 otherwise. Probes and metrics stay open.
+    pub client_token_file: Option<PathBuf>,
 }
 
 impl WebhookConfig {
@@ -75,7 +89,71 @@ impl WebhookConfig {
             handshake_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(120),
             drain_timeout: Duration::from_secs(10),
+            max_concurrent_reviews: 64,
+            max_connections: 1024,
+            body_read_timeout: Duration::from_secs(10),
+            client_ca_file: None,
+            client_token_file: None,
         }
+    }
+}
+
+/// What a review must get through before it is judged: a slot, its body in time, the token.
+#[derive(Clone)]
+struct Gate {
+    slots: Arc<tokio::sync::Semaphore>,
+    max_body_bytes: usize,
+    body_read_timeout: Duration,
+    token: Option<Arc<[u8]>>,
+}
+
+impl Gate {
+    fn open(max_body_bytes: usize) -> Self {
+        Gate {
+            slots: Arc::new(tokio::sync::Semaphore::new(64)),
+            max_body_bytes,
+            body_read_timeout: Duration::from_secs(10),
+            token: None,
+        }
+    }
+
+    fn of(config: &WebhookConfig) -> Result<Self, Error> {
+        let token = match &config.client_token_file {
+            Some(path) => {
+                let raw = std::fs::read(path).map_err(|source| Error::File {
+                    action: "cannot read",
+                    path: path.clone(),
+                    source,
+                })?;
+                let token = raw.trim_ascii().to_vec();
+                if token.is_empty() {
+                    return Err(Error::Config(format!(
+                        "the client token file {} is empty",
+                        path.display()
+                    )));
+                }
+                Some(Arc::from(token))
+            }
+            None => None,
+        };
+        Ok(Gate {
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_reviews.max(1))),
+            max_body_bytes: config.max_body_bytes,
+            body_read_timeout: config.body_read_timeout,
+            token,
+        })
+    }
+
+    /// Whether `headers` carry the token (compared in constant time), when one is required.
+    fn authorized(&self, headers: &axum::http::HeaderMap) -> bool {
+        let Some(want) = &self.token else { return true };
+        let Some(got) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        else {
+            return false;
+        };
+        got.len() == want.len() && got.iter().zip(want.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 }
 
@@ -86,6 +164,7 @@ struct AppState {
     registry: Registry,
     ready: Arc<AtomicBool>,
     max_handler_time: Duration,
+    gate: Gate,
 }
 
 /// The router of the webhook, without TLS: for tests (`tower::ServiceExt::oneshot`) and for
@@ -98,6 +177,7 @@ pub fn app(handlers: Handlers, registry: &Registry, max_body_bytes: usize) -> Re
         registry: registry.clone(),
         ready: Arc::new(AtomicBool::new(true)),
         max_handler_time: Duration::from_secs(25),
+        gate: Gate::open(max_body_bytes),
     })
     .layer(DefaultBodyLimit::max(max_body_bytes)))
 }
@@ -113,16 +193,79 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn validate(State(st): State<AppState>, uri: Uri, body: Bytes) -> Response {
-    review(st, Endpoint::Validate, uri, body).await
+async fn validate(
+    State(st): State<AppState>,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Response {
+    review(st, Endpoint::Validate, uri, headers, body).await
 }
 
-async fn mutate(State(st): State<AppState>, uri: Uri, body: Bytes) -> Response {
-    review(st, Endpoint::Mutate, uri, body).await
+async fn mutate(
+    State(st): State<AppState>,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Response {
+    review(st, Endpoint::Mutate, uri, headers, body).await
 }
 
-async fn review(st: AppState, endpoint: Endpoint, uri: Uri, body: Bytes) -> Response {
+fn refuse(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message + "\n",
+    )
+        .into_response()
+}
+
+async fn review(
+    st: AppState,
+    endpoint: Endpoint,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Response {
+    if !st.gate.authorized(&headers) {
+        return refuse(StatusCode::UNAUTHORIZED, "a client token is required".into());
+    }
     let budget = budget_from_query(uri.query(), st.max_handler_time);
+    // A slot first: at most that many bodies are in memory at once.
+    let _slot = match tokio::time::timeout(budget, st.gate.slots.clone().acquire_owned()).await {
+        Ok(Ok(slot)) => slot,
+        _ => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("too many reviews in flight: none finished within {budget:?}"),
+            );
+        }
+    };
+    let limited = http_body_util::Limited::new(body, st.gate.max_body_bytes);
+    let body = match tokio::time::timeout(
+        st.gate.body_read_timeout,
+        http_body_util::BodyExt::collect(limited),
+    )
+    .await
+    {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the review is larger than {} bytes", st.gate.max_body_bytes),
+            );
+        }
+        Ok(Err(e)) => return refuse(StatusCode::BAD_REQUEST, format!("cannot read the review: {e}")),
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the review's body did not arrive within {:?}",
+                    st.gate.body_read_timeout
+                ),
+            );
+        }
+    };
     let answer = st
         .handlers
         .answer(endpoint, &body, budget, Some(&st.metrics))
@@ -205,6 +348,7 @@ impl Server {
             registry: registry.clone(),
             ready: ready.clone(),
             max_handler_time: config.max_handler_time,
+            gate: Gate::of(&config)?,
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
         Self::bind_with(config, router, certs, ready).await
@@ -212,7 +356,9 @@ impl Server {
 
     /// Serves another router with the same TLS, certificate reloading, timeouts and drain
     /// (e.g. `/metrics` over HTTPS with the webhook's certificate). Registers no metrics.
-    pub async fn bind_router(config: WebhookConfig, router: Router) -> Result<Self, Error> {
+    pub async fn bind_router(mut config: WebhookConfig, router: Router) -> Result<Self, Error> {
+        // Probes and scrapers present no client certificate.
+        config.client_ca_file = None;
         let certs = CertStore::load(&config.cert_file, &config.key_file)?;
         let router = router.layer(DefaultBodyLimit::max(config.max_body_bytes));
         Self::bind_with(config, router, certs, Arc::new(AtomicBool::new(false))).await
@@ -224,7 +370,7 @@ impl Server {
         certs: Arc<CertStore>,
         ready: Arc<AtomicBool>,
     ) -> Result<Self, Error> {
-        let acceptor = TlsAcceptor::from(certs.server_config()?);
+        let acceptor = TlsAcceptor::from(certs.server_config(config.client_ca_file.as_deref())?);
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Bind {
@@ -278,6 +424,7 @@ impl Server {
             .keep_alive(true);
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
+        let open = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
         let mut shutdown = std::pin::pin!(shutdown);
         ready.store(true, Ordering::Relaxed);
         tracing::info!(addr = %local_addr, "webhook serving");
@@ -296,6 +443,11 @@ impl Server {
                     }
                 },
             };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, max = config.max_connections, "too many open connections; closing");
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let watcher = graceful.watcher();
             let acceptor = acceptor.clone();
@@ -304,6 +456,7 @@ impl Server {
             let mut stop = stop_rx.clone();
             let handshake_timeout = config.handshake_timeout;
             connections.spawn(async move {
+                let _permit = permit;
                 let tls = tokio::select! {
                     r = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => r,
                     _ = stop.wait_for(|stop| *stop) => return,

@@ -160,17 +160,49 @@ impl CertStore {
     }
 
     /// A rustls server configuration that asks this store for the certificate on every handshake.
-    /// ALPN offers `http/1.1` only (the apiserver's webhook client speaks nothing else).
-    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, Error> {
-        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+    /// ALPN offers `http/1.1` only (the apiserver's webhook client speaks nothing else). With
+    /// `client_ca` (PEM file), clients must present a certificate that CA signed.
+    pub fn server_config(self: &Arc<Self>, client_ca: Option<&Path>) -> Result<Arc<ServerConfig>, Error> {
+        let tls_error = |reason: String| Error::Tls {
+            cert: self.cert_file.clone(),
+            key: self.key_file.clone(),
+            reason,
+        };
+        let builder = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Tls {
-                cert: self.cert_file.clone(),
-                key: self.key_file.clone(),
-                reason: e.to_string(),
-            })?
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
+            .map_err(|e| tls_error(e.to_string()))?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                use rustls_pki_types::pem::PemObject;
+                let pem = std::fs::read(path).map_err(|source| Error::File {
+                    action: "cannot read",
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let mut roots = rustls::RootCertStore::empty();
+                for der in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                    let der = der.map_err(|e| tls_error(format!("client CA {}: {e}", path.display())))?;
+                    roots
+                        .add(der)
+                        .map_err(|e| tls_error(format!("client CA {}: {e}", path.display())))?;
+                }
+                if roots.is_empty() {
+                    return Err(tls_error(format!(
+                        "client CA {}: no certificate in it",
+                        path.display()
+                    )));
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    self.provider.clone(),
+                )
+                .build()
+                .map_err(|e| tls_error(format!("client CA {}: {e}", path.display())))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }

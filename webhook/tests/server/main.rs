@@ -3,6 +3,7 @@
 //! server (certificate reload, shutdown).
 
 mod fixtures;
+mod limits;
 mod props;
 mod router;
 mod tls;
