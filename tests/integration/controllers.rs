@@ -24,6 +24,7 @@ const MANAGER: &str = "endpointslice-controller.portico";
 struct Controllers {
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<Result<(), runtime::RunError>>,
+    registry: prometheus::Registry,
 }
 
 impl Controllers {
@@ -33,10 +34,31 @@ impl Controllers {
             ..Default::default()
         };
         tweak(&mut cfg);
-        let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::register(&registry).expect("metrics");
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(runtime::run(client.clone(), cfg, metrics, shutdown.clone()));
-        Controllers { shutdown, handle }
+        Controllers {
+            shutdown,
+            handle,
+            registry,
+        }
+    }
+
+    /// The value of counter `name` with label `result`.
+    fn syncs(&self, name: &str, result: &str) -> f64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "result" && l.value() == result)
+            })
+            .map(|m| m.get_counter().get_value())
+            .sum()
     }
 
     async fn stop(self) {
@@ -921,5 +943,102 @@ async fn traffic_distribution_values_of_current_releases() {
         (hints(&client, ns, "td").await == vec![(vec![], vec![]); 3]).then_some(())
     })
     .await;
+    ctl.stop().await;
+}
+
+/// A slice of Portico's relabelled by hand to another Service: the old Service gets its slices
+/// back within seconds, and its syncs stop finding the cache "stale" (before, the tracker
+/// waited for ever for the slice to reappear under the old Service, retrying every 100 ms).
+#[tokio::test]
+async fn a_slice_relabelled_to_another_service_is_replaced() {
+    let ns = "ctl-relabel";
+    let Some((_cp, client)) = setup(ns).await else {
+        return;
+    };
+    let nodes = nodes(&client, ns).await;
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    services
+        .create(
+            &PostParams::default(),
+            &service("web", "web", IntOrString::String("http".into())),
+        )
+        .await
+        .expect("web");
+    pods(&client, ns, &nodes, "web", 0, 3).await;
+    let ctl = Controllers::start(&client, ns, |_| {});
+    let moved = eventually(30, "web's slice", || async {
+        let s = slices(&client, ns, "web").await;
+        (summarize(&s).0 == ips(0..3)).then(|| s[0].metadata.name.clone().expect("name"))
+    })
+    .await;
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        &moved,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"labels": {"kubernetes.io/service-name": "other"}}})),
+    )
+    .await
+    .expect("relabel");
+    pods(&client, ns, &nodes, "web", 3, 5).await;
+    eventually(10, "web's slices recreated with all 8 pods", || async {
+        let s = slices(&client, ns, "web").await;
+        (summarize(&s).0 == ips(0..8)).then_some(())
+    })
+    .await;
+    let stale = ctl.syncs("endpoint_slice_controller_syncs", "stale");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        ctl.syncs("endpoint_slice_controller_syncs", "stale"),
+        stale,
+        "stale syncs keep coming"
+    );
+    ctl.stop().await;
+}
+
+/// A slice of Portico's held by someone else's finalizer and deleted: it stays listed (being
+/// deleted) for as long as the finalizer does, so the write Portico remembers never shows up as
+/// it was. The Service is reconciled from the cache after the stale limit (10 s) instead of
+/// waiting for ever, and gets a replacement slice with the new pods.
+#[tokio::test]
+async fn a_slice_held_by_a_foreign_finalizer_does_not_stop_its_service() {
+    let ns = "ctl-finalizer";
+    let Some((_cp, client)) = setup(ns).await else {
+        return;
+    };
+    let nodes = nodes(&client, ns).await;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &service("web", "web", IntOrString::String("http".into())),
+        )
+        .await
+        .expect("web");
+    pods(&client, ns, &nodes, "web", 0, 2).await;
+    let ctl = Controllers::start(&client, ns, |_| {});
+    let held = eventually(30, "web's slice", || async {
+        let s = slices(&client, ns, "web").await;
+        (summarize(&s).0 == ips(0..2)).then(|| s[0].metadata.name.clone().expect("name"))
+    })
+    .await;
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let hold = serde_json::json!({"metadata": {"finalizers": ["example.com/hold"]}});
+    api.patch(&held, &PatchParams::default(), &Patch::Merge(hold))
+        .await
+        .expect("finalizer");
+    api.delete(&held, &DeleteParams::default()).await.expect("delete");
+    pods(&client, ns, &nodes, "web", 2, 2).await;
+    eventually(30, "a replacement slice with all 4 pods", || async {
+        let live: Vec<EndpointSlice> = slices(&client, ns, "web")
+            .await
+            .into_iter()
+            .filter(|s| s.metadata.deletion_timestamp.is_none())
+            .collect();
+        (summarize(&live).0 == ips(0..4)).then_some(())
+    })
+    .await;
+    let release = serde_json::json!({"metadata": {"finalizers": null}});
+    api.patch(&held, &PatchParams::default(), &Patch::Merge(release))
+        .await
+        .expect("release");
     ctl.stop().await;
 }

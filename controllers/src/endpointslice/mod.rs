@@ -33,7 +33,8 @@
 //! Event handlers: an EndpointSlice add/update event requeues its Service (from
 //! [`service_key_for_slice`]) only if `cfg.manages(slice)` and `tracker.should_sync(slice)`,
 //! or if its service-name or managed-by label changed (then queue old and new Services, and
-//! call `tracker.forget_slice` if it left our management). A delete event of a tracked slice
+//! call `tracker.slice_left` with the old slice: it left the old Service's listing, whoever it
+//! belongs to now). A delete event of a tracked slice
 //! goes to `tracker.handle_deletion(slice)`, which says whether to requeue. Pod events map to
 //! Service keys with [`crate::triggers`]. An expired watch (410 Gone) is the watcher's business
 //! (it relists); while the cache catches up, step 4 keeps syncs from acting on old data.

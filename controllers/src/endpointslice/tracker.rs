@@ -126,11 +126,15 @@ impl GenerationTracker {
         !matches!(state.slices.remove(id), Some(Expected::Deleted))
     }
 
-    /// Forgets a slice, e.g. when it was relabelled to another manager or Service and will no
-    /// longer appear in our listings.
-    pub fn forget_slice(&mut self, slice: &EndpointSlice) {
-        let Some(id) = uid(slice) else { return };
-        for state in self.services.values_mut() {
+    /// Forgets a slice under the Service it was listed for (`old`: the slice as it was), when it
+    /// was relabelled to another Service or manager and will no longer appear in that
+    /// Service's listings. Without this the Service would wait for ever for the slice to come
+    /// back. A write recorded for the Service it joined is kept.
+    pub fn slice_left(&mut self, old: &EndpointSlice) {
+        let (Some(key), Some(id)) = (service_key_for_slice(old), uid(old)) else {
+            return;
+        };
+        if let Some(state) = self.services.get_mut(&key) {
             state.slices.remove(id);
         }
     }
@@ -255,7 +259,31 @@ mod tests {
         tr.delete_service(&ServiceKey::new("default", "web"));
         assert!(!tr.is_stale(&new, &[]));
         tr.record_write(&b);
-        tr.forget_slice(&b);
+        tr.slice_left(&b);
         assert!(!tr.is_stale(&new, &[]));
+    }
+
+    #[test]
+    fn a_slice_relabelled_to_another_service_no_longer_holds_the_old_one() {
+        let web = svc("web").build();
+        let mut tr = GenerationTracker::new();
+        let ours = gen_slice(&web, "a", 3);
+        tr.record_write(&ours);
+        assert!(tr.is_stale(&web, &[]), "our slice is missing from web's listing");
+        let mut moved = ours.clone();
+        moved
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(crate::keys::LABEL_SERVICE_NAME.to_owned(), "other".to_owned());
+        tr.slice_left(&ours);
+        assert!(
+            !tr.is_stale(&web, &[]),
+            "web no longer waits for the slice that left"
+        );
+        // A write recorded for the slice under its new Service is untouched.
+        tr.record_write(&moved);
+        tr.slice_left(&ours);
+        assert!(tr.has(&moved));
     }
 }

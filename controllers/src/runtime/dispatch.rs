@@ -306,9 +306,7 @@ fn on_slice(ctx: &Context, w: &mut Writer<EndpointSlice>, e: Event<EndpointSlice
             if moved {
                 // Both the Service it left and the one it joined may need a sync.
                 if let Some(old) = old.as_ref().filter(|o| cfg.manages(o)) {
-                    if !cfg.manages(new) {
-                        lock(&ctx.slice_tracker).forget_slice(old);
-                    }
+                    lock(&ctx.slice_tracker).slice_left(old);
                     if let Some(key) = service_key_for_slice(old) {
                         ctx.enqueue(Which::Slices, key, delay);
                     }

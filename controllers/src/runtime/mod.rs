@@ -35,8 +35,16 @@ use crate::endpointslice::{self, GenerationTracker, SyncStats};
 use crate::error::ReconcileError;
 use crate::{ServiceKey, TriggerTimeTracker};
 
-/// How soon a sync that found the cache behind our own last write is retried.
+/// How soon a sync that found the cache behind our own last write is retried at first; the
+/// delay grows with the time the Service has been stale, up to [`STALE_RETRY_MAX`].
 const STALE_RETRY: Duration = Duration::from_millis(100);
+const STALE_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// How long a Service's slice syncs may find the cache behind this controller's own writes
+/// before the record of those writes is dropped and the sync goes on from the cache: a write
+/// can be undone in a way no event explains (a slice held by another's finalizer, an event
+/// lost), and waiting for it would stop the Service being reconciled for good.
+pub(crate) const STALE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Which controllers run, and how.
 #[derive(Debug, Clone)]
@@ -171,6 +179,8 @@ pub(crate) struct Context {
     pub(crate) slice_recorder: Recorder,
     pub(crate) endpoints_recorder: Recorder,
     pub(crate) heartbeats: Arc<Heartbeats>,
+    /// Since when each Service's slice syncs have found the cache stale (see [`STALE_LIMIT`]).
+    pub(crate) slice_stale_since: Mutex<HashMap<ServiceKey, tokio::time::Instant>>,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical
@@ -375,6 +385,7 @@ async fn start(
         endpoints_stale: Mutex::new(StaleEndpointsTracker::new()),
         endpoints_triggers: Mutex::new(TriggerTimeTracker::new()),
         heartbeats: Arc::new(Heartbeats::new(cfg.sync_timeout)),
+        slice_stale_since: Mutex::new(HashMap::new()),
         cfg,
     });
 
@@ -524,7 +535,10 @@ async fn worker(ctx: Arc<Context>, which: Which, n: usize, token: CancellationTo
                     // and an exponential backoff would keep growing meanwhile and strand the key
                     // long after the cache caught up. Poll the cache instead: a stale sync
                     // returns before any API call, so this costs nothing but a cache read.
-                    queue.add_after(key.clone(), STALE_RETRY);
+                    let stale_for = lock(&ctx.slice_stale_since)
+                        .get(&key)
+                        .map_or(Duration::ZERO, |since| since.elapsed());
+                    queue.add_after(key.clone(), (stale_for / 4).clamp(STALE_RETRY, STALE_RETRY_MAX));
                     queue.failures(&key)
                 } else {
                     queue.add_rate_limited(key.clone())

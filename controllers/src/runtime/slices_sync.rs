@@ -32,8 +32,19 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
         .filter(&key.namespace, |s| belongs_to(s, key));
     let existing = slices_for_service(&svc, cached.iter().map(AsRef::as_ref), &ctx.cfg.slices);
     if lock(&ctx.slice_tracker).is_stale(&svc, &existing) {
-        return Err(SyncError::Stale("EndpointSlice"));
+        let now = tokio::time::Instant::now();
+        let since = *lock(&ctx.slice_stale_since).entry(key.clone()).or_insert(now);
+        if now.duration_since(since) < super::STALE_LIMIT {
+            return Err(SyncError::Stale("EndpointSlice"));
+        }
+        tracing::warn!(
+            service = %key,
+            "the cache stayed behind this controller's own slice writes for {:?}; forgetting them and syncing from the cache",
+            super::STALE_LIMIT
+        );
+        lock(&ctx.slice_tracker).delete_service(key);
     }
+    lock(&ctx.slice_stale_since).remove(key);
     let trigger = lock(&ctx.slice_triggers).compute(&svc, &pods);
     let plan = reconcile(
         &svc,
@@ -157,6 +168,7 @@ async fn topology_events(
 async fn service_gone(ctx: &Context, api: &Api<EndpointSlice>, key: &ServiceKey) -> Result<(), SyncError> {
     lock(&ctx.hinted).remove(key);
     lock(&ctx.slice_tracker).delete_service(key);
+    lock(&ctx.slice_stale_since).remove(key);
     lock(&ctx.slice_triggers).delete_service(key);
     record_stats(ctx, key, None);
     let ours = ctx
