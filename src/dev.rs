@@ -66,7 +66,7 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let cfg = args.run.runtime_config()?;
-    let portico = crate::run::start(client.clone(), &args.run, cfg, shutdown.clone()).await?;
+    let portico = crate::run::start(cp.kube_config().await?, &args.run, cfg, shutdown.clone()).await?;
     println!(
         "portico running: controllers {}; webhook {}; metrics http://{}/metrics",
         args.run.controllers.join(","),

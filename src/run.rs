@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::Args;
 use portico_controllers::endpointslice;
 use portico_controllers::leader::{self, LeaderConfig};
+use portico_controllers::runtime::client_limit::{RateLimitLayer, RequestMetrics};
 use portico_controllers::runtime::{self, Metrics, RuntimeConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +70,15 @@ pub struct RunArgs {
     /// Namespace of the Lease (default: `POD_NAMESPACE`, else kube-system).
     #[arg(long, env = "PORTICO_LEADER_ELECT_RESOURCE_NAMESPACE")]
     pub leader_elect_resource_namespace: Option<String>,
+    /// Requests per second the controllers send the apiserver, on average (0: no limit). The
+    /// webhook, allocation and leader election use a client of their own, not limited: a lease
+    /// renewal or an admission never waits behind controller traffic.
+    #[arg(long, default_value_t = 20.0, env = "PORTICO_KUBE_API_QPS")]
+    pub kube_api_qps: f64,
+    /// Requests the controllers may send at once above `--kube-api-qps`.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..),
+          env = "PORTICO_KUBE_API_BURST")]
+    pub kube_api_burst: u32,
     #[command(flatten)]
     pub webhook: crate::admission::WebhookArgs,
 }
@@ -145,9 +155,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cfg = args.runtime_config()?;
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .context("building a Kubernetes client (KUBECONFIG or in-cluster)")?;
+        .context("reading the Kubernetes client configuration (KUBECONFIG or in-cluster)")?;
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -155,7 +165,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         signal.cancel();
     });
-    let portico = start(client, &args, cfg, shutdown.clone()).await?;
+    let portico = start(config, &args, cfg, shutdown.clone()).await?;
     tracing::info!(metrics = %portico.metrics_addr, webhook = ?portico.webhook_addr, "portico running");
     portico.join().await
 }
@@ -188,11 +198,12 @@ impl Portico {
 
 /// Starts the observability endpoints, the webhook (if enabled) and the controllers (if any).
 pub async fn start(
-    client: kube::Client,
+    config: kube::Config,
     args: &RunArgs,
     cfg: RuntimeConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Portico> {
+    let client = kube::Client::try_from(config.clone()).context("building a Kubernetes client")?;
     if args.metrics_secure && !args.webhook.webhook {
         anyhow::bail!("--metrics-secure serves with the webhook's certificate: it needs --webhook");
     }
@@ -224,8 +235,19 @@ pub async fn start(
     // Every replica keeps the controllers' caches warm, so a takeover starts syncing at once.
     let controllers = if cfg.endpointslice || cfg.endpoints {
         let metrics = Metrics::register(&registry)?;
+        let host = config
+            .cluster_url
+            .authority()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let requests = RequestMetrics::register(&registry, host)?;
+        let limit = RateLimitLayer::new(args.kube_api_qps, args.kube_api_burst, Some(requests));
+        let limited = kube::client::ClientBuilder::try_from(config.clone())
+            .context("building the controllers' client")?
+            .with_layer(&limit)
+            .build();
         Some(
-            runtime::Controllers::start(client.clone(), cfg, metrics, shutdown.clone())
+            runtime::Controllers::start(limited, cfg, metrics, shutdown.clone())
                 .await
                 .context("starting the controllers' caches")?,
         )

@@ -102,8 +102,13 @@ pub async fn http_get(url: &str) -> Option<String> {
 
 /// Sum of a metric's samples (all label sets) in Prometheus text.
 pub fn metric_sum(text: &str, name: &str) -> f64 {
+    metric_sum_where(text, name, "")
+}
+
+/// Sum of a metric's samples whose line contains `with` (e.g. `result="error"`).
+pub fn metric_sum_where(text: &str, name: &str, with: &str) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(with))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -517,4 +522,123 @@ async fn the_apiserver_authenticates_to_the_webhook_with_a_client_certificate_an
     )
     .await
     .expect("a valid pod is admitted through the authenticated webhook");
+}
+
+/// Upstream's retry discipline during an outage: 200 Services whose slices were deleted just
+/// before the apiserver went down for 30 s. Every sync fails while it is down; Portico's
+/// requests stay within the client limit (`--kube-api-qps 20`, `--kube-api-burst 30`, as
+/// kube-controller-manager) and its retries within the queue's overall 10 per second (bursts of
+/// 100), instead of every Service retrying on its own backoff in lockstep. Everything
+/// converges once the apiserver is back.
+#[tokio::test]
+async fn an_apiserver_outage_is_retried_within_upstreams_limits() {
+    if portico_testenv::shared().is_none() {
+        return;
+    }
+    use futures::StreamExt;
+    const N: usize = 200;
+    let mut cp = ControlPlane::start(portico_testenv::ControlPlaneConfig::default())
+        .await
+        .expect("a control plane of its own");
+    let client = cp.client().await.expect("client");
+    let ns = "outage";
+    portico_testenv::fixtures::namespace(&client, ns)
+        .await
+        .expect("namespace");
+    let services = Api::<Service>::namespaced(client.clone(), ns);
+    futures::stream::iter(0..N)
+        .map(|i| {
+            let (services, client) = (services.clone(), client.clone());
+            async move {
+                let svc = portico_testenv::fixtures::http_service(
+                    &format!("s{i}"),
+                    &format!("app{i}"),
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080),
+                );
+                services
+                    .create(&PostParams::default(), &svc)
+                    .await
+                    .expect("service");
+                TestPod::new(&format!("p{i}"))
+                    .label("app", &format!("app{i}"))
+                    .port("http", 8080, "TCP")
+                    .ip(&format!("10.200.{}.{}", i / 250, i % 250 + 1))
+                    .ready(true)
+                    .create(&client, ns)
+                    .await
+                    .expect("pod");
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let slices = Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(client.clone(), ns);
+    let ours = kube::api::ListParams::default()
+        .labels("endpointslice.kubernetes.io/managed-by=endpointslice-controller.portico");
+    let all_slices = || async {
+        eventually(180, "a slice per Service", || async {
+            (slices.list_metadata(&ours).await.ok()?.items.len() == N).then_some(())
+        })
+        .await
+    };
+    // Every slice deleted, the apiserver stopped before the syncs run, 30 s down;
+    // what Portico sent meanwhile, then convergence once it is back.
+    let mut round = async |qps: &str| -> (f64, f64) {
+        let portico = PorticoProcess::start(
+            &cp,
+            &[
+                "--controllers=endpointslice",
+                "--webhook=false",
+                "--leader-elect=false",
+                "--namespace",
+                ns,
+                qps,
+                "--kube-api-burst=30",
+                // Enough workers that the limits, not the workers, bound the retries.
+                "--concurrent-service-endpoint-syncs=50",
+                // Syncs run 5 s after the events, so they fail while the apiserver is down.
+                "--endpoint-updates-batch-period=5s",
+            ],
+            &[],
+        )
+        .await;
+        all_slices().await;
+        slices
+            .delete_collection(&DeleteParams::default(), &ours)
+            .await
+            .expect("delete every slice");
+        tokio::time::sleep(Duration::from_secs(2)).await; // the delete events reach Portico
+        let before = portico.metrics_text().await;
+        cp.stop_apiserver();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let after = portico.metrics_text().await;
+        cp.start_apiserver().await.expect("apiserver back");
+        all_slices().await;
+        let requests = metric_sum(&after, "rest_client_requests_total")
+            - metric_sum(&before, "rest_client_requests_total");
+        let failed = metric_sum_where(&after, "endpoint_slice_controller_syncs", "result=\"error\"")
+            - metric_sum_where(&before, "endpoint_slice_controller_syncs", "result=\"error\"");
+        eprintln!("{qps}: while down for 30 s, {requests} requests, {failed} failed syncs");
+        (requests, failed)
+    };
+    // The queue's own discipline, with no client limit to pace it: at most 10 retries a second
+    // after a burst of 100. (50 workers on per-key backoff alone retried 600 times here.)
+    let (_, failed) = round("--kube-api-qps=0").await;
+    assert!(failed >= 100.0, "the syncs ran and failed: {failed}");
+    assert!(
+        failed <= 100.0 + 10.0 * 30.0,
+        "{failed} retries in 30 s: over 10 per second, burst 100"
+    );
+    // kube-controller-manager's defaults: the client also sends at most 20 requests a second
+    // after a burst of 30.
+    let (requests, failed) = round("--kube-api-qps=20").await;
+    assert!(failed >= 100.0, "the syncs ran and failed: {failed}");
+    assert!(
+        failed <= 100.0 + 10.0 * 30.0,
+        "{failed} retries in 30 s: over 10 per second, burst 100"
+    );
+    assert!(
+        requests <= 30.0 + 20.0 * 30.0,
+        "{requests} requests in 30 s: over 20 qps, burst 30"
+    );
 }

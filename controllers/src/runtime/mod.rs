@@ -7,6 +7,7 @@
 //! backoff never delays the other's syncs.
 
 mod cache;
+pub mod client_limit;
 mod dispatch;
 mod endpoints_sync;
 mod index;
@@ -29,7 +30,7 @@ use tracing::Instrument;
 use self::index::ByNamespace;
 pub use self::liveness::Heartbeats;
 pub use self::metrics::{Metrics, MetricsError};
-pub use self::queue::{Backoff, WorkQueue};
+pub use self::queue::{Backoff, Bucket, WorkQueue};
 use crate::endpoints::StaleEndpointsTracker;
 use crate::endpointslice::{self, GenerationTracker, SyncStats};
 use crate::error::ReconcileError;
@@ -45,6 +46,12 @@ const STALE_RETRY_MAX: Duration = Duration::from_secs(2);
 /// can be undone in a way no event explains (a slice held by another's finalizer, an event
 /// lost), and waiting for it would stop the Service being reconciled for good.
 pub(crate) const STALE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Overall retry rate of each controller's queue (client-go's default controller limiter).
+const RETRY_BUCKET: Bucket = Bucket {
+    qps: 10.0,
+    burst: 100,
+};
 
 /// Which controllers run, and how.
 #[derive(Debug, Clone)]
@@ -372,11 +379,14 @@ async fn start(
         client: client.clone(),
         caches: caches.clone(),
         metrics,
-        slice_queue: WorkQueue::new(backoff),
+        // Upstream's retry discipline: per key 1 s (Endpoints: 5 ms) doubling to 1000 s, and
+        // at most 10 retries a second, in bursts of 100, over all keys of a controller.
+        slice_queue: WorkQueue::new(backoff).with_overall_limit(RETRY_BUCKET),
         endpoints_queue: WorkQueue::new(Backoff {
             base: Duration::from_millis(5),
             ..backoff
-        }),
+        })
+        .with_overall_limit(RETRY_BUCKET),
         slice_tracker: Mutex::new(GenerationTracker::new()),
         slice_triggers: Mutex::new(TriggerTimeTracker::new()),
         slice_stats: Mutex::new(HashMap::new()),

@@ -32,6 +32,46 @@ impl Backoff {
     }
 }
 
+/// client-go's bucket rate limiter: a token bucket shared by every key of a queue, bounding the
+/// overall retry rate (upstream's controllers: 10 per second, bursts of 100).
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    /// Tokens per second.
+    pub qps: f64,
+    /// Bucket size.
+    pub burst: u32,
+}
+
+/// A bucket's fill, as of `last`.
+#[derive(Debug)]
+pub(crate) struct Tokens {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Tokens {
+    /// A full bucket.
+    pub(crate) fn full(bucket: Bucket) -> Self {
+        Tokens {
+            tokens: f64::from(bucket.burst),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token; returns how long to wait for it (zero when one was there).
+    pub(crate) fn reserve(&mut self, bucket: Bucket, now: Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * bucket.qps).min(f64::from(bucket.burst));
+        self.last = now;
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 || bucket.qps <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / bucket.qps)
+        }
+    }
+}
+
 struct Inner<K> {
     ready: VecDeque<K>,
     /// Keys waiting to be processed (in `ready`, or re-added while processing).
@@ -42,6 +82,8 @@ struct Inner<K> {
     timers: BinaryHeap<std::cmp::Reverse<(Instant, u64, K)>>,
     seq: u64,
     failures: HashMap<K, u32>,
+    /// The overall retry limit and its fill, when set.
+    overall: Option<(Bucket, Tokens)>,
     shutdown: bool,
 }
 
@@ -74,6 +116,7 @@ impl<K: Clone + Eq + Hash + Ord + Send + 'static> WorkQueue<K> {
                 timers: BinaryHeap::new(),
                 seq: 0,
                 failures: HashMap::new(),
+                overall: None,
                 shutdown: false,
             })),
             notify: Arc::new(Notify::new()),
@@ -125,14 +168,27 @@ impl<K: Clone + Eq + Hash + Ord + Send + 'static> WorkQueue<K> {
 
     /// Requeues a key that failed, after its backoff; returns the number of failures so far.
     pub fn add_rate_limited(&self, key: K) -> u32 {
-        let failures = {
+        let (failures, overall) = {
             let mut q = self.lock();
             let f = q.failures.entry(key.clone()).or_insert(0);
             *f = f.saturating_add(1);
-            *f
+            let failures = *f;
+            // As client-go's MaxOf limiter: every retry takes a token, and waits for the later
+            // of its own backoff and the token.
+            let overall = q.overall.as_mut().map_or(Duration::ZERO, |(bucket, tokens)| {
+                tokens.reserve(*bucket, Instant::now())
+            });
+            (failures, overall)
         };
-        self.add_after(key, self.backoff.delay(failures));
+        self.add_after(key, self.backoff.delay(failures).max(overall));
         failures
+    }
+
+    /// Also bounds the overall retry rate of [`Self::add_rate_limited`] by `bucket` (full at
+    /// first).
+    pub fn with_overall_limit(self, bucket: Bucket) -> Self {
+        self.lock().overall = Some((bucket, Tokens::full(bucket)));
+        self
     }
 
     /// Clears a key's failure count (after a successful sync).
@@ -372,5 +428,34 @@ mod tests {
         tokio::task::yield_now().await;
         q.shutdown();
         assert_eq!(waiter.await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_share_an_overall_bucket_of_ten_per_second() {
+        let q: WorkQueue<String> = WorkQueue::new(Backoff {
+            base: Duration::from_millis(5),
+            max: Duration::from_secs(1000),
+        })
+        .with_overall_limit(Bucket {
+            qps: 10.0,
+            burst: 100,
+        });
+        // 300 keys fail at once: the first 100 retry after their own 5 ms, the rest wait for
+        // tokens at 10 per second, so the last one comes back 20 s later.
+        let start = Instant::now();
+        for i in 0..300 {
+            q.add_rate_limited(format!("k{i:03}"));
+        }
+        let mut due = Vec::new();
+        for _ in 0..300 {
+            let k = q.get().await.expect("key");
+            due.push((start.elapsed().as_millis(), k.clone()));
+            q.done(&k);
+        }
+        let by_key: std::collections::HashMap<String, u128> = due.into_iter().map(|(t, k)| (k, t)).collect();
+        assert_eq!(by_key["k000"], 5);
+        assert_eq!(by_key["k099"], 5);
+        assert_eq!(by_key["k100"], 100);
+        assert_eq!(by_key["k299"], 20_000);
     }
 }

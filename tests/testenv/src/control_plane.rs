@@ -371,6 +371,11 @@ impl ControlPlane {
         client_from(&self.kubeconfig, None).await
     }
 
+    /// The admin client's configuration, for callers that build their own client stack.
+    pub async fn kube_config(&self) -> Result<kube::Config, Error> {
+        config_from(&self.kubeconfig).await
+    }
+
     /// A client that impersonates `user` in `groups`, so RBAC applies to what it does, e.g.
     /// `system:serviceaccount:portico:portico` with `["system:serviceaccounts"]`.
     pub async fn client_as(&self, user: &str, groups: &[&str]) -> Result<kube::Client, Error> {
@@ -517,6 +522,11 @@ async fn wait_ready(
         last,
         log_tail: apiserver.log_tail(20),
     })
+}
+
+async fn config_from(kubeconfig: &Path) -> Result<kube::Config, Error> {
+    let kc = Kubeconfig::read_from(kubeconfig)?;
+    Ok(kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?)
 }
 
 async fn client_from(kubeconfig: &Path, impersonate: Option<(&str, &[&str])>) -> Result<kube::Client, Error> {
