@@ -655,8 +655,10 @@ impl<P: Pool> RangeState<P> {
     /// Replaces the claims with those stored in the shared object (after another replica wrote,
     /// or to undo claims whose write failed). A stored claim already seen fulfilled here, or
     /// whose Service the watch already shows holding the value, does not come back to life;
-    /// expired ones are dropped.
+    /// expired ones are dropped. Claims held here that lapsed by `now` are expired first, so
+    /// they are counted as leaks rather than dropped unseen.
     pub fn replace_claims(&mut self, stored: BTreeMap<P::Value, Pending>, now: Timestamp) {
+        self.expire(now);
         let before: Vec<P::Value> = self.claims.keys().copied().collect();
         self.claims.clear();
         for (v, claim) in stored {
@@ -864,6 +866,29 @@ mod tests {
         assert!(!s.pool().has(mine));
         assert!(s.pool().has(30009));
         assert_eq!(s.claim(30009, &a, ts(60)), Err(AllocError::PortAllocated));
+    }
+
+    /// A claim of ours that lapses while another version of the object comes in is a leak
+    /// all the same: the reload must not drop it uncounted (the repair's `leaked` and the
+    /// leak metrics under-counted whenever a watch event beat the idle tick).
+    #[test]
+    fn a_claim_that_lapsed_before_a_reload_is_counted_as_a_leak() {
+        let mut s = state(30000, 30009);
+        let a = ServiceRef::new("ns", "a");
+        let v = s.claim_next(&a, ts(30)).expect("free");
+        let stored: BTreeMap<i32, Pending> = [(
+            v,
+            Pending {
+                owner: a.clone(),
+                expires: ts(30),
+            },
+        )]
+        .into();
+        s.replace_claims(stored, ts(31));
+        let (lapsed, count, _) = s.lapsed_since(0);
+        assert_eq!(count, 1);
+        assert_eq!(lapsed[0].0, v);
+        assert!(!s.pool().has(v));
     }
 
     #[test]
