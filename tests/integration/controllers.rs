@@ -946,31 +946,37 @@ async fn traffic_distribution_values_of_current_releases() {
     ctl.stop().await;
 }
 
-/// A slice of Portico's relabelled by hand to another Service: the old Service gets its slices
-/// back within seconds, and its syncs stop finding the cache "stale" (before, the tracker
-/// waited for ever for the slice to reappear under the old Service, retrying every 100 ms).
-#[tokio::test]
-async fn a_slice_relabelled_to_another_service_is_replaced() {
-    let ns = "ctl-relabel";
-    let Some((_cp, client)) = setup(ns).await else {
-        return;
-    };
+/// Service `web` in `ns` with `n` Ready pods, the controllers running, and the name of the one
+/// slice they wrote for it (`None` when the suite skips).
+async fn web_in_one_slice(ns: &str, n: usize) -> Option<(kube::Client, Vec<String>, Controllers, String)> {
+    let (_cp, client) = setup(ns).await?;
     let nodes = nodes(&client, ns).await;
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    services
+    Api::<Service>::namespaced(client.clone(), ns)
         .create(
             &PostParams::default(),
             &service("web", "web", IntOrString::String("http".into())),
         )
         .await
         .expect("web");
-    pods(&client, ns, &nodes, "web", 0, 3).await;
+    pods(&client, ns, &nodes, "web", 0, n).await;
     let ctl = Controllers::start(&client, ns, |_| {});
-    let moved = eventually(30, "web's slice", || async {
+    let name = eventually(30, "web's slice", || async {
         let s = slices(&client, ns, "web").await;
-        (summarize(&s).0 == ips(0..3)).then(|| s[0].metadata.name.clone().expect("name"))
+        (summarize(&s).0 == ips(0..n)).then(|| s[0].metadata.name.clone().expect("name"))
     })
     .await;
+    Some((client, nodes, ctl, name))
+}
+
+/// A slice of Portico's relabelled by hand to another Service: the old Service gets its slices
+/// back within seconds, and its syncs stop finding the cache "stale" (before, the tracker
+/// waited for ever for the slice to reappear under the old Service, retrying every 100 ms).
+#[tokio::test]
+async fn a_slice_relabelled_to_another_service_is_replaced() {
+    let ns = "ctl-relabel";
+    let Some((client, nodes, ctl, moved)) = web_in_one_slice(ns, 3).await else {
+        return;
+    };
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
     api.patch(
         &moved,
@@ -1002,24 +1008,9 @@ async fn a_slice_relabelled_to_another_service_is_replaced() {
 #[tokio::test]
 async fn a_slice_held_by_a_foreign_finalizer_does_not_stop_its_service() {
     let ns = "ctl-finalizer";
-    let Some((_cp, client)) = setup(ns).await else {
+    let Some((client, nodes, ctl, held)) = web_in_one_slice(ns, 2).await else {
         return;
     };
-    let nodes = nodes(&client, ns).await;
-    Api::<Service>::namespaced(client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &service("web", "web", IntOrString::String("http".into())),
-        )
-        .await
-        .expect("web");
-    pods(&client, ns, &nodes, "web", 0, 2).await;
-    let ctl = Controllers::start(&client, ns, |_| {});
-    let held = eventually(30, "web's slice", || async {
-        let s = slices(&client, ns, "web").await;
-        (summarize(&s).0 == ips(0..2)).then(|| s[0].metadata.name.clone().expect("name"))
-    })
-    .await;
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
     let hold = serde_json::json!({"metadata": {"finalizers": ["example.com/hold"]}});
     api.patch(&held, &PatchParams::default(), &Patch::Merge(hold))
