@@ -332,3 +332,126 @@ def kube_version_at_least(version: dict[str, Any], major: int, minor: int) -> bo
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0", "false")
+
+
+# --- metric names in PromQL and in a /metrics scrape ------------------------------------------
+
+_IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
+_PROMQL_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_NAME_MATCHER = re.compile(r'__name__\s*(=~|=)\s*("(?:[^"\\]|\\.)*")')
+_PROMQL_TOKEN = re.compile(r"\$\{?\w+\}?|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[A-Za-z]*|[A-Za-z_:][A-Za-z0-9_:]*|\S")
+# Words that are PromQL syntax, not series: binary operators and modifiers, and the aggregation
+# operators (which may be followed by `by (...)` rather than by their parenthesis).
+_PROMQL_WORDS = {
+    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
+    "offset", "inf", "nan", "atan2",
+    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk",
+    "topk", "quantile", "limitk", "limit_ratio",
+}
+# Grafana's templating function: only its first argument is a series selector.
+_LABEL_VALUES = re.compile(r"^\s*label_values\((?P<selector>.*),\s*[A-Za-z_][A-Za-z0-9_]*\s*\)\s*$", re.S)
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression (or a Grafana `label_values(selector, label)`) reads:
+    bare names of vector selectors, and `__name__` matchers (`=`, or `=~` with a plain
+    alternation). Strings, label matchers, ranges, grouping clauses, functions and keywords are
+    not names. A selector without a name raises, so nothing escapes the check unseen."""
+    m = _LABEL_VALUES.match(expr)
+    if m:
+        expr = m.group("selector")
+    names: set[str] = set()
+    for nm in _NAME_MATCHER.finditer(expr):
+        value = json.loads(nm.group(2))
+        alternatives = [value] if nm.group(1) == "=" else value.split("|")
+        for alt in alternatives:
+            assert _IDENT.fullmatch(alt), f"__name__ matcher {value!r} in {expr!r}: only plain alternations are checked"
+            names.add(alt)
+    text = _PROMQL_STRING.sub('""', expr)
+    text = re.sub(r"#[^\n]*", "", text)
+    for braces in re.finditer(r"\{[^{}]*\}", text):
+        before = text[: braces.start()].rstrip()
+        if not (before and re.match(r"[A-Za-z0-9_:]", before[-1])) and "__name__" not in braces.group(0):
+            raise AssertionError(f"a selector without a metric name in {expr!r}")
+    text = re.sub(r"\{[^{}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\[[^\[\]]*\]", " ", text)  # ranges and subqueries
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", r" \1 ", text)
+    tokens = _PROMQL_TOKEN.findall(text)
+    for i, tok in enumerate(tokens):
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if not _IDENT.fullmatch(tok) or tok in _PROMQL_WORDS or nxt == "(":
+            continue
+        names.add(tok)
+    return names
+
+
+def exposition_names(text: str) -> set[str]:
+    """What a Prometheus text exposition shows: every family named by a HELP or TYPE line, every
+    sample's name, and for histograms and summaries their `_bucket`/`_sum`/`_count` series."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            parts = line.split()
+            names.add(parts[2])
+            if line.startswith("# TYPE ") and len(parts) > 3 and parts[3] in ("histogram", "summary"):
+                names.update(parts[2] + s for s in ("_bucket", "_sum", "_count"))
+        elif line and not line.startswith("#"):
+            m = _IDENT.match(line)
+            if m:
+                names.add(m.group(0))
+    return names
+
+
+def rule_expressions(rendered: Rendered) -> dict[str, str]:
+    """`alert or record name: expr` of every rule of the rendered PrometheusRule."""
+    out: dict[str, str] = {}
+    for group in rendered.one("PrometheusRule")["spec"]["groups"]:
+        for rule in group["rules"]:
+            out[rule.get("alert") or rule["record"]] = rule["expr"]
+    return out
+
+
+def dashboard_expressions(dashboard: dict[str, Any]) -> dict[str, str]:
+    """Every query of a Grafana dashboard: the panels' targets (`expr`), by panel title and refId,
+    and the templating variables' queries."""
+    out: dict[str, str] = {}
+
+    def panels(items: list[dict[str, Any]]) -> None:
+        for p in items:
+            for t in p.get("targets") or []:
+                if t.get("expr"):
+                    out[f"{p['title']} / {t.get('refId', '?')}"] = t["expr"]
+            panels(p.get("panels") or [])
+
+    panels(dashboard.get("panels") or [])
+    for var in (dashboard.get("templating") or {}).get("list") or []:
+        if var.get("type") != "query":
+            continue
+        query = var.get("query")
+        query = query.get("query") if isinstance(query, dict) else query
+        if query:
+            out[f"variable {var['name']}"] = query
+    return out
+
+
+def queried_metric_names(rendered: Rendered) -> dict[str, set[str]]:
+    """Every metric name the rendered PrometheusRule and Grafana dashboard ConfigMap query, with
+    where ("rule X", "dashboard: panel / refId", "dashboard: variable v"). Every query must name
+    at least one metric, so a query the extraction cannot read fails instead of passing."""
+    exprs = {f"rule {k}": v for k, v in rule_expressions(rendered).items()}
+    (configmap,) = [d for d in rendered.all("ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    dashboard = json.loads(configmap["data"]["portico.json"])
+    exprs.update({f"dashboard: {k}": v for k, v in dashboard_expressions(dashboard).items()})
+    where: dict[str, set[str]] = {}
+    for place, expr in exprs.items():
+        names = promql_metric_names(expr)
+        assert names, f"{place}: no metric name found in {expr!r}"
+        for name in names:
+            where.setdefault(name, set()).add(place)
+    return where
+
+
+def missing_metrics(where: dict[str, set[str]], scrape: str) -> dict[str, list[str]]:
+    """The names of `where` that a /metrics scrape does not show, with where they are queried."""
+    exported = exposition_names(scrape)
+    return {name: sorted(places) for name, places in sorted(where.items()) if name not in exported}

@@ -131,6 +131,8 @@ STUBS = [
     ("cert-manager.io", "Certificate", "certificates"),
     ("cert-manager.io", "Issuer", "issuers"),
     ("monitoring.coreos.com", "ServiceMonitor", "servicemonitors"),
+    ("monitoring.coreos.com", "PodMonitor", "podmonitors"),
+    ("monitoring.coreos.com", "PrometheusRule", "prometheusrules"),
 ]
 
 
@@ -200,6 +202,28 @@ def test_stored_objects_are_the_rendered_ones(installed: dict[str, Any], kube: K
             assert stored[key] == rendered[key], key
         assert stored["clientConfig"]["service"] == rendered["clientConfig"]["service"]
         assert not stored["clientConfig"].get("caBundle")
+        # The apiserver compiled the CEL (it refuses a configuration whose expressions do not):
+        # the validating webhook's matchConditions from Kubernetes 1.30 on, none before.
+        if kind == "ValidatingWebhookConfiguration" and kube_version_at_least(kube.version(), 1, 30):
+            assert [c["name"] for c in stored["matchConditions"]] == [c["name"] for c in rendered["matchConditions"]]
+            assert stored["matchConditions"] == rendered["matchConditions"]
+        else:
+            assert not stored.get("matchConditions"), kind
+
+
+def test_priority_class_resolves(installed: dict[str, Any], kube: Kube) -> None:
+    """The pods' priorityClassName (system-cluster-critical by default) is one the apiserver's
+    Priority admission plugin resolves: a dry-run Pod from the stored Deployment's template is
+    admitted, with the class's priority filled in. (Only Pods are resolved, and no controller
+    creates them here.)"""
+    deploy = kube.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{FULLNAME}")
+    template = deploy["spec"]["template"]
+    assert template["spec"]["priorityClassName"] == "system-cluster-critical"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": f"{FULLNAME}-", "labels": template["metadata"]["labels"]}, "spec": template["spec"]}
+    out = kube.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods?dryRun=All", pod)
+    klass = kube.get("/apis/scheduling.k8s.io/v1/priorityclasses/system-cluster-critical")
+    assert out["spec"]["priorityClassName"] == "system-cluster-critical"
+    assert out["spec"]["priority"] == klass["value"] == 2000000000
 
 
 def test_crd_is_installed_and_kept_by_policy(installed: dict[str, Any], kube: Kube) -> None:
@@ -367,7 +391,20 @@ def test_ci_values_install(case: Path, kubeconfig: Path, kube: Kube, addon_crds:
             if kind in ("Certificate", "Issuer"):
                 plural = kind.lower() + "s"
                 assert kube.get_opt(f"/apis/cert-manager.io/v1/namespaces/{namespace}/{plural}/{meta['name']}")
-            if kind == "ServiceMonitor":
-                assert kube.get_opt(f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/servicemonitors/{meta['name']}")
+            if kind == "NetworkPolicy":
+                stored = kube.get(f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{meta['name']}")
+                assert stored["spec"] == doc["spec"]
+            if kind == "Deployment":
+                stored_pod = deploy["spec"]["template"]["spec"]
+                for key in ("hostNetwork", "dnsPolicy", "topologySpreadConstraints", "priorityClassName"):
+                    if key in doc["spec"]["template"]["spec"]:
+                        assert stored_pod[key] == doc["spec"]["template"]["spec"][key], key
+            if kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
+                plural = kind.lower() + "s"
+                stored = kube.get_opt(f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/{plural}/{meta['name']}")
+                assert stored and stored["spec"] == doc["spec"], kind
+            if kind == "ConfigMap" and meta["name"].endswith("-dashboard"):
+                stored = kube.get(f"/api/v1/namespaces/{meta.get('namespace', namespace)}/configmaps/{meta['name']}")
+                assert stored["data"] == doc["data"] and stored["metadata"]["labels"]["grafana_dashboard"] == "1"
     finally:
         _uninstall(kubeconfig, release, namespace)

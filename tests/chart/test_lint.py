@@ -34,6 +34,9 @@ def test_ci_values_files_exist() -> None:
         "dualstack-ignore-values.yaml",
         "adopt-values.yaml",
         "webhook-disabled-values.yaml",
+        "monitoring-values.yaml",
+        "network-values.yaml",
+        "hostnetwork-values.yaml",
     ):
         assert expected in names
 

@@ -4,13 +4,16 @@ arguments against `portico run`'s flag contract."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
 import yaml
 
 from chartlib import (
+    CHART_DIR,
     CRD_FILE,
     NAMESPACE,
     RELEASE,
@@ -24,6 +27,7 @@ from chartlib import (
 )
 
 FULLNAME = "portico"  # release "portico" + chart "portico"
+DASHBOARD_FILE = CHART_DIR / "files" / "dashboards" / "portico.json"
 
 # `portico run`'s flags (the binary's contract); the chart passes no others by itself.
 RUN_FLAGS = {
@@ -33,6 +37,8 @@ RUN_FLAGS = {
     "endpoint-updates-batch-period",
     "managed-by",
     "adopt-from",
+    "kube-api-qps",
+    "kube-api-burst",
     "webhook",
     "webhook-bind-address",
     "webhook-configuration-name",
@@ -47,6 +53,7 @@ RUN_FLAGS = {
     "allocation-claim-ttl",
     "repair-interval",
     "metrics-bind-address",
+    "metrics-secure",
     "leader-elect",
     "leader-elect-lease-duration",
     "leader-elect-renew-deadline",
@@ -74,6 +81,8 @@ ENDPOINTSLICE_CONTROLLER = (
 )
 ENDPOINT_CONTROLLER = rules("", "endpoints", "get list watch create update delete")
 ALLOCATION = rules("portico.dev", "rangeallocations", "get list watch create update") | rules(
+    "portico.dev", "rangeallocations/status", "update"
+) | rules(
     "networking.k8s.io", "servicecidrs", "list watch"
 ) | rules("networking.k8s.io", "ipaddresses", "list watch")
 
@@ -138,6 +147,7 @@ def test_renders_well_formed_objects(case: Path | None) -> None:
         "rbac.authorization.k8s.io/v1",
         "admissionregistration.k8s.io/v1",
         "apiextensions.k8s.io/v1",
+        "networking.k8s.io/v1",
         "cert-manager.io/v1",
         "monitoring.coreos.com/v1",
     }
@@ -264,6 +274,8 @@ def test_default_args_follow_the_flag_contract(default: Rendered) -> None:
         "max-endpoints-per-slice": "100",
         "endpoint-updates-batch-period": "250ms",
         "managed-by": "endpointslice-controller.portico",
+        "kube-api-qps": "20",
+        "kube-api-burst": "30",
         "webhook": "true",
         "webhook-bind-address": "0.0.0.0:9443",
         "tls-secret-name": "portico-webhook-tls",
@@ -428,11 +440,47 @@ def test_service(default: Rendered) -> None:
     assert ports == {"webhook": (443, "webhook"), "metrics": (8080, "metrics")}
 
 
-def _webhook(out: Rendered, kind: str) -> dict[str, Any]:
+def _webhook(out: Rendered, kind: str, name: str | None = None) -> dict[str, Any]:
+    """The configuration's webhook `name`; by default its first (ports.portico.dev in the
+    validating one, which also holds endpoints.portico.dev; the mutating one has one)."""
     config = out.one(kind)
     assert config["apiVersion"] == "admissionregistration.k8s.io/v1"
-    (hook,) = config["webhooks"]
-    return hook
+    names = [h["name"] for h in config["webhooks"]]
+    assert names == (["ports.portico.dev", ENDPOINTS_WEBHOOK] if kind.startswith("Validating") else ["allocation.portico.dev"])
+    return next(h for h in config["webhooks"] if h["name"] == (name or names[0]))
+
+
+ENDPOINTS_WEBHOOK = "endpoints.portico.dev"
+UNMANAGED = [
+    {"key": "endpoints.kubernetes.io/managed-by", "operator": "DoesNotExist"},
+    {"key": "endpointslice.kubernetes.io/managed-by", "operator": "DoesNotExist"},
+]
+
+
+def test_endpoints_webhook(default: Rendered) -> None:
+    """Hand-written Endpoints and EndpointSlices go to /validate; controllers' (a managed-by label)
+    and kube-apiserver's own default/kubernetes never do, and an outage admits (Ignore)."""
+    ports = _webhook(default, "ValidatingWebhookConfiguration")
+    hook = _webhook(default, "ValidatingWebhookConfiguration", ENDPOINTS_WEBHOOK)
+    assert hook["clientConfig"] == ports["clientConfig"]
+    assert hook["namespaceSelector"] == ports["namespaceSelector"]
+    assert (hook["sideEffects"], hook["failurePolicy"], hook["matchPolicy"], hook["timeoutSeconds"]) == ("None", "Ignore", "Equivalent", 5)
+    assert hook["rules"] == [
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["endpoints"], "scope": "Namespaced"},
+        {"apiGroups": ["discovery.k8s.io"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["endpointslices"], "scope": "Namespaced"},
+    ]
+    assert hook["objectSelector"] == {"matchExpressions": UNMANAGED}
+    assert hook["matchConditions"] == [
+        {"name": "not-the-apiservers-own-endpoints", "expression": "!(request.namespace == 'default' && request.name == 'kubernetes')"}
+    ]
+    # The user's objectSelector is ANDed in; the port webhook's failurePolicy is not followed.
+    selector = {"matchLabels": {"team": "a"}, "matchExpressions": [{"key": "portico.dev/skip", "operator": "DoesNotExist"}]}
+    out = render({"webhook": {"objectSelector": selector, "validating": {"failurePolicy": "Fail"}}})
+    hook = _webhook(out, "ValidatingWebhookConfiguration", ENDPOINTS_WEBHOOK)
+    assert hook["objectSelector"] == {"matchLabels": {"team": "a"}, "matchExpressions": selector["matchExpressions"] + UNMANAGED}
+    assert hook["failurePolicy"] == "Ignore"
+    off = render({"webhook": {"validating": {"matchConditions": {"enabled": False}}}})
+    assert "matchConditions" not in _webhook(off, "ValidatingWebhookConfiguration", ENDPOINTS_WEBHOOK)
 
 
 def _excluded(hook: dict[str, Any]) -> list[str]:
@@ -584,6 +632,270 @@ def test_service_monitor() -> None:
     assert ep["port"] == "metrics" and ep["path"] == "/metrics" and ep["interval"] == "15s"
 
 
+def test_pod_monitor() -> None:
+    assert render().maybe("PodMonitor") is None
+    relabel = [{"action": "replace", "targetLabel": "team", "replacement": "net"}]
+    drop = [{"action": "drop", "sourceLabels": ["__name__"], "regex": "workqueue_adds_total"}]
+    out = render(
+        {
+            "metrics": {
+                "podMonitor": {
+                    "enabled": True,
+                    "interval": "20s",
+                    "scrapeTimeout": "5s",
+                    "labels": {"release": "kube-prometheus-stack"},
+                    "relabelings": relabel,
+                    "metricRelabelings": drop,
+                }
+            }
+        }
+    )
+    assert out.maybe("ServiceMonitor") is None
+    pm = out.one("PodMonitor")
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert pm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    pod_labels = out.deployment["spec"]["template"]["metadata"]["labels"]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (ep,) = pm["spec"]["podMetricsEndpoints"]
+    assert ep == {
+        "port": "metrics",
+        "path": "/metrics",
+        "scheme": "http",
+        "interval": "20s",
+        "scrapeTimeout": "5s",
+        "honorLabels": True,
+        "relabelings": relabel,
+        "metricRelabelings": drop,
+    }
+    assert "metrics" in [p["name"] for p in out.container["ports"]]  # the port it names
+
+
+def test_service_monitor_and_pod_monitor_exclude_each_other() -> None:
+    both = {"metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}}
+    with pytest.raises(helm.HelmRenderError, match="metrics.serviceMonitor.enabled and metrics.podMonitor.enabled are both true"):
+        render(both)
+
+
+def test_metrics_https() -> None:
+    default = render()
+    assert "metrics-secure" not in default.flags
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert "scheme" not in default.container[probe]["httpGet"]
+    assert ci("ha-values.yaml").one("ServiceMonitor")["spec"]["endpoints"][0]["scheme"] == "http"
+
+    trusted = {
+        "scheme": "https",
+        "tlsConfig": {
+            "ca": {"secret": {"name": "portico-webhook-tls", "key": "ca.crt"}},
+            "serverName": f"portico.{NAMESPACE}.svc",
+        },
+    }
+    for monitor, kind, key in (("serviceMonitor", "ServiceMonitor", "endpoints"), ("podMonitor", "PodMonitor", "podMetricsEndpoints")):
+        out = render({"metrics": {"https": {"enabled": True}, monitor: {"enabled": True}}})
+        assert out.flags["metrics-secure"] == "true"
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert out.container[probe]["httpGet"]["scheme"] == "HTTPS"
+            assert out.container[probe]["httpGet"]["port"] == "metrics"
+        (ep,) = out.one(kind)["spec"][key]
+        assert {k: ep[k] for k in ("scheme", "tlsConfig")} == trusted
+        # The name checked is one the serving certificate carries (Portico's own: the Service's
+        # DNS name; cert-manager's: its dnsNames), of the Service the webhook flags name.
+        assert ep["tlsConfig"]["serverName"] == f"{out.flags['webhook-service-name']}.{NAMESPACE}.svc"
+        skip = render({"metrics": {"https": {"enabled": True, "insecureSkipVerify": True}, monitor: {"enabled": True}}})
+        (ep,) = skip.one(kind)["spec"][key]
+        assert ep["scheme"] == "https" and ep["tlsConfig"] == {"insecureSkipVerify": True}
+
+    # cert-manager: the CA is its ca.crt in the Secret it writes, under the name it is given.
+    cm = render(
+        {
+            "certManager": {"enabled": True},
+            "webhook": {"tls": {"secretName": "portico-serving-cert"}},
+            "metrics": {"https": {"enabled": True}, "serviceMonitor": {"enabled": True}},
+        }
+    )
+    (ep,) = cm.one("ServiceMonitor")["spec"]["endpoints"]
+    assert ep["tlsConfig"]["ca"] == {"secret": {"name": "portico-serving-cert", "key": "ca.crt"}}
+    serving = next(c for c in cm.all("Certificate") if c["metadata"]["name"] == "portico-webhook")
+    assert ep["tlsConfig"]["serverName"] in serving["spec"]["dnsNames"]
+
+    with pytest.raises(helm.HelmRenderError, match="metrics.https.enabled needs webhook.enabled"):
+        render({"webhook": {"enabled": False}, "metrics": {"https": {"enabled": True}}})
+
+
+ALERTS = {
+    "PorticoNoLeader",
+    "PorticoSyncErrors",
+    "PorticoWorkQueueGrowing",
+    "PorticoWebhookErrors",
+    "PorticoWebhookSlow",
+    "PorticoCertificateExpiring",
+    "PorticoAllocationBandAlmostFull",
+    "PorticoRepairFindings",
+    "PorticoAllocationStateRecovered",
+}
+
+
+def _rules(out: Rendered) -> dict[str, dict[str, Any]]:
+    (group,) = out.one("PrometheusRule")["spec"]["groups"]
+    assert group["name"] == "portico"
+    return {r.get("alert") or r["record"]: r for r in group["rules"]}
+
+
+def test_prometheus_rule() -> None:
+    assert render().maybe("PrometheusRule") is None
+    out = render({"metrics": {"prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}}})
+    pr = out.one("PrometheusRule")
+    assert pr["apiVersion"] == "monitoring.coreos.com/v1"
+    assert pr["metadata"]["namespace"] == NAMESPACE
+    assert pr["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rules = _rules(out)
+    assert set(rules) == ALERTS
+    for name, rule in rules.items():
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
+        assert rule["for"], name
+        # Prometheus' own templating survives Helm's.
+        assert "{{ $labels." in rule["annotations"]["description"] or name == "PorticoNoLeader" or "{{ $value" in rule["annotations"]["description"]
+    # The README's expressions, with the chart's defaults.
+    assert rules["PorticoNoLeader"]["expr"] == (
+        f'max by (namespace) (leader_election_master_status{{namespace="{NAMESPACE}",name="portico"}}) == 0'
+    )
+    assert rules["PorticoNoLeader"]["for"] == "1m" and rules["PorticoNoLeader"]["labels"]["severity"] == "critical"
+    assert 'endpoint_slice_controller_syncs{namespace="portico-system",result="error"}[5m]' in rules["PorticoSyncErrors"]["expr"]
+    assert 'portico_endpoints_controller_syncs_total{namespace="portico-system",result="error"}' in rules["PorticoSyncErrors"]["expr"]
+    assert rules["PorticoSyncErrors"]["for"] == "15m"
+    assert "workqueue_depth" in rules["PorticoWorkQueueGrowing"]["expr"] and "> 10)" in rules["PorticoWorkQueueGrowing"]["expr"]
+    assert rules["PorticoWebhookErrors"]["expr"].rstrip().endswith("> 0.05")
+    assert "histogram_quantile(0.99," in rules["PorticoWebhookSlow"]["expr"]
+    assert rules["PorticoWebhookSlow"]["expr"].rstrip().endswith("> 1")
+    assert rules["PorticoCertificateExpiring"]["expr"].rstrip().endswith("- time()\n< 7 * 86400")
+    assert 'state="free"' in rules["PorticoAllocationBandAlmostFull"]["expr"]
+    assert rules["PorticoAllocationBandAlmostFull"]["expr"].rstrip().endswith("< 0.1")
+    assert 'type!="leak"' in rules["PorticoRepairFindings"]["expr"]
+    assert "portico_allocator_state_recoveries_total" in rules["PorticoAllocationStateRecovered"]["expr"]
+    assert rules["PorticoAllocationStateRecovered"]["for"] == "0s"
+
+
+def test_prometheus_rule_knobs() -> None:
+    extra = {"record": "portico:webhook_requests:rate5m", "expr": "sum(rate(portico_webhook_requests_total[5m]))"}
+    out = render(
+        {
+            "leaderElection": {"leaseName": "portico-lease"},
+            "metrics": {
+                "prometheusRule": {
+                    "enabled": True,
+                    "alerts": {
+                        "noLeader": {"for": "5m", "severity": "page"},
+                        "webhookLatency": {"p99Seconds": 0.25},
+                        "certificateExpiry": {"days": 14},
+                        "bandAlmostFull": {"freeRatio": 0.2},
+                        "queueGrowing": {"minDepth": 500},
+                        "webhookErrors": {"enabled": False},
+                    },
+                    "additionalRules": [extra],
+                }
+            },
+        },
+        namespace="edge",
+    )
+    rules = _rules(out)
+    assert set(rules) == ALERTS - {"PorticoWebhookErrors"} | {"portico:webhook_requests:rate5m"}
+    assert rules["portico:webhook_requests:rate5m"] == extra
+    assert rules["PorticoNoLeader"]["for"] == "5m" and rules["PorticoNoLeader"]["labels"]["severity"] == "page"
+    assert 'name="portico-lease"' in rules["PorticoNoLeader"]["expr"]
+    assert rules["PorticoWebhookSlow"]["expr"].rstrip().endswith("> 0.25")
+    assert rules["PorticoCertificateExpiring"]["expr"].rstrip().endswith("< 14 * 86400")
+    assert rules["PorticoAllocationBandAlmostFull"]["expr"].rstrip().endswith("< 0.2")
+    assert "> 500)" in rules["PorticoWorkQueueGrowing"]["expr"]
+    assert all('namespace="edge"' in r["expr"] for n, r in rules.items() if n.startswith("Portico"))
+
+
+def test_prometheus_rule_follows_what_runs() -> None:
+    """No alert on series a configuration does not export."""
+    on = {"prometheusRule": {"enabled": True}}
+    webhook_off = _rules(render({"webhook": {"enabled": False}, "metrics": on}))
+    assert set(webhook_off) == {"PorticoNoLeader", "PorticoSyncErrors", "PorticoWorkQueueGrowing"}
+    validate_only = _rules(render({"allocation": {"enabled": False}, "metrics": on}))
+    assert set(validate_only) == ALERTS - {"PorticoAllocationBandAlmostFull", "PorticoRepairFindings", "PorticoAllocationStateRecovered"}
+    no_election = _rules(render({"leaderElection": {"enabled": False}, "metrics": on}))
+    assert set(no_election) == ALERTS - {"PorticoNoLeader"}
+    webhook_only = _rules(render({"controllers": {"enabled": []}, "metrics": on}))
+    assert "PorticoSyncErrors" not in webhook_only and "PorticoWorkQueueGrowing" not in webhook_only
+    slices_only = _rules(render({"controllers": {"enabled": ["endpointslice"]}, "metrics": on}))
+    expr = slices_only["PorticoSyncErrors"]["expr"]
+    assert "endpoint_slice_controller_syncs" in expr and "portico_endpoints_controller" not in expr and " or" not in expr
+    cm = _rules(render({"certManager": {"enabled": True}, "metrics": on}))
+    assert "cert-manager renews it 360h ahead" in cm["PorticoCertificateExpiring"]["annotations"]["description"]
+
+
+def test_grafana_dashboard() -> None:
+    assert render().maybe("ConfigMap") is None
+    out = render(
+        {
+            "grafana": {
+                "dashboard": {
+                    "enabled": True,
+                    "labels": {"team": "net"},
+                    "annotations": {"grafana_folder": "Portico"},
+                }
+            }
+        }
+    )
+    cm = out.one("ConfigMap")
+    assert cm["metadata"]["name"] == "portico-dashboard"
+    assert cm["metadata"]["namespace"] == NAMESPACE
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["labels"]["team"] == "net"
+    assert cm["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Portico"}
+    assert list(cm["data"]) == ["portico.json"]
+    shipped = json.loads(DASHBOARD_FILE.read_text())
+    assert json.loads(cm["data"]["portico.json"]) == shipped
+    # The sidecar's label value, and the namespace it watches, are the user's to choose.
+    moved = render({"grafana": {"dashboard": {"enabled": True, "namespace": "monitoring", "labels": {"grafana_dashboard": "portico"}}}})
+    meta = moved.one("ConfigMap")["metadata"]
+    assert meta["namespace"] == "monitoring" and meta["labels"]["grafana_dashboard"] == "portico"
+    assert "annotations" not in meta
+
+
+def test_dashboard_file() -> None:
+    """A dashboard Grafana imports as it is: unique uid and panel ids, a Prometheus data source
+    variable on every query, panels inside the 24-column grid, the promised panels there."""
+    d = json.loads(DASHBOARD_FILE.read_text())
+    assert d["uid"] == "portico" and d["title"] == "Portico"
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert variables["namespace"]["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    ids = [p["id"] for p in d["panels"]]
+    assert len(ids) == len(set(ids))
+    titles = set()
+    for p in d["panels"]:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
+        titles.add(p["title"])
+        if p["type"] == "row":
+            continue
+        assert p["targets"], p["title"]
+        for t in p["targets"]:
+            assert t["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+            assert 'namespace="$namespace"' in t["expr"].replace(" ", ""), p["title"]
+    assert {
+        "Replicas leading",
+        "Serving certificate expires in",
+        "Syncs per second",
+        "Sync errors per second",
+        "Sync latency",
+        "Queue depth",
+        "Reviews per second",
+        "Review latency",
+        "Error ratio",
+        "Values used and free",
+        "Repair findings (1h)",
+        "RangeAllocation recoveries (1h)",
+    } <= titles
+
+
 # --- the CRD ---------------------------------------------------------------------------------
 
 
@@ -608,7 +920,11 @@ def test_crd_file_describes_range_allocations() -> None:
     assert spec["names"]["plural"] == "rangeallocations" and spec["names"]["kind"] == "RangeAllocation"
     (version,) = spec["versions"]
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
-    assert "subresources" not in version  # no status subresource, on purpose (crd.rs)
+    assert version["subresources"] == {"status": {}}  # `kubectl wait --for=condition=Exhausted`
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Exhausted"] == '.status.conditions[?(@.type=="Exhausted")].status'
+    conditions = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"]
+    assert set(conditions["items"]["required"]) >= {"type", "status", "reason", "message", "lastTransitionTime"}
     assert version["schema"]["openAPIV3Schema"]["properties"]["spec"]["required"] == ["range"]
 
 
@@ -621,3 +937,215 @@ def test_parse_flags_rejects_malformed_args() -> None:
         parse_flags(["run", "--webhook", "true"])
     with pytest.raises(AssertionError):
         parse_flags(["run", "--a=1", "--a=2"])
+
+
+# --- placement: priority class, zone spread ----------------------------------------------------
+
+
+def test_priority_class(default: Rendered) -> None:
+    # Portico replaces control-plane controllers and can block Service writes.
+    assert default.pod_spec["priorityClassName"] == "system-cluster-critical"
+    assert "priorityClassName" not in render({"priorityClassName": ""}).pod_spec
+    assert render({"priorityClassName": "platform-high"}).pod_spec["priorityClassName"] == "platform-high"
+
+
+def test_zone_spread(default: Rendered) -> None:
+    selector = default.deployment["spec"]["selector"]["matchLabels"]
+
+    def zone(when: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "maxSkew": 1,
+                "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": when,
+                "labelSelector": {"matchLabels": selector},
+            }
+        ]
+
+    assert default.pod_spec["topologySpreadConstraints"] == zone("ScheduleAnyway")
+    assert render({"zoneSpread": "hard"}).pod_spec["topologySpreadConstraints"] == zone("DoNotSchedule")
+    assert "topologySpreadConstraints" not in render({"zoneSpread": "none"}).pod_spec
+    # A list of the user's replaces the preset, as `affinity` replaces `podAntiAffinity`.
+    own = [{"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"app": "x"}}}]
+    assert render({"topologySpreadConstraints": own, "zoneSpread": "hard"}).pod_spec["topologySpreadConstraints"] == own
+    assert ci("ha-values.yaml").pod_spec["topologySpreadConstraints"][0]["labelSelector"] == {
+        "matchLabels": {"app.kubernetes.io/name": "portico"}
+    }
+
+
+# --- hostNetwork ------------------------------------------------------------------------------
+
+
+def test_host_network() -> None:
+    default = render()
+    assert "hostNetwork" not in default.pod_spec and "dnsPolicy" not in default.pod_spec
+    out = render({"hostNetwork": {"enabled": True}})
+    assert out.pod_spec["hostNetwork"] is True
+    assert out.pod_spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert out.flags["webhook-bind-address"] == "0.0.0.0:10270"
+    assert out.flags["metrics-bind-address"] == "0.0.0.0:10271"
+    ports = {p["name"]: p["containerPort"] for p in out.container["ports"]}
+    assert ports == {"webhook": 10270, "metrics": 10271}
+    assert not any("hostPort" in p for p in out.container["ports"])  # defaulted to containerPort
+    # The Service and the probes name the ports, so they follow the container's.
+    for p in out.one("Service")["spec"]["ports"]:
+        assert p["targetPort"] in ports
+    assert {(p["name"], p["port"]) for p in out.one("Service")["spec"]["ports"]} == {("webhook", 443), ("metrics", 8080)}
+    assert out.container["livenessProbe"]["httpGet"]["port"] == "metrics"
+    assert out.container["readinessProbe"]["httpGet"]["port"] == "metrics"
+    # Own ports, and webhook.port/metrics.port no longer matter.
+    custom = render(
+        {"hostNetwork": {"enabled": True, "webhookPort": 11443, "metricsPort": 11080}, "webhook": {"port": 1}, "metrics": {"port": 2}}
+    )
+    assert custom.flags["webhook-bind-address"].endswith(":11443")
+    assert custom.flags["metrics-bind-address"].endswith(":11080")
+    off = render({"hostNetwork": {"enabled": True}, "webhook": {"enabled": False}})
+    assert [p["name"] for p in off.container["ports"]] == ["metrics"]
+
+
+# --- NetworkPolicy ----------------------------------------------------------------------------
+
+
+def test_network_policy() -> None:
+    assert render().maybe("NetworkPolicy") is None
+    out = render({"networkPolicy": {"enabled": True}})
+    np = out.one("NetworkPolicy")
+    assert np["apiVersion"] == "networking.k8s.io/v1"
+    spec = np["spec"]
+    assert spec["podSelector"] == {"matchLabels": out.deployment["spec"]["selector"]["matchLabels"]}
+    assert spec["policyTypes"] == ["Ingress"] and "egress" not in spec
+    # Empty peer lists: rules without `from` (any source), only on Portico's two ports.
+    assert spec["ingress"] == [
+        {"ports": [{"protocol": "TCP", "port": 9443}]},
+        {"ports": [{"protocol": "TCP", "port": 8080}]},
+    ]
+
+    cp = [{"ipBlock": {"cidr": "10.0.0.0/24"}}]
+    prom = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    dns = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]
+    full = render(
+        {
+            "networkPolicy": {
+                "enabled": True,
+                "webhookFrom": cp,
+                "metricsFrom": prom,
+                "egress": {"enabled": True, "apiServerPorts": [6443], "apiServerTo": cp, "dnsTo": dns},
+            },
+            "webhook": {"port": 10443},
+            "metrics": {"port": 9090},
+        }
+    ).one("NetworkPolicy")["spec"]
+    assert full["policyTypes"] == ["Ingress", "Egress"]
+    assert full["ingress"] == [
+        {"ports": [{"protocol": "TCP", "port": 10443}], "from": cp},
+        {"ports": [{"protocol": "TCP", "port": 9090}], "from": prom},
+    ]
+    assert full["egress"] == [
+        {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}], "to": dns},
+        {"ports": [{"protocol": "TCP", "port": 6443}], "to": cp},
+    ]
+    default_egress = render({"networkPolicy": {"enabled": True, "egress": {"enabled": True}}}).one("NetworkPolicy")
+    assert default_egress["spec"]["egress"][1] == {"ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]}
+    # No webhook, no webhook port to open.
+    metrics_only = render({"networkPolicy": {"enabled": True}, "webhook": {"enabled": False}}).one("NetworkPolicy")
+    assert metrics_only["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+
+
+def test_ci_network_values() -> None:
+    out = ci("network-values.yaml")
+    spec = out.one("NetworkPolicy")["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert all("from" in rule for rule in spec["ingress"])
+    assert "to" not in spec["egress"][0] and spec["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.0.0.0/24"}}]
+    assert out.pod_spec["topologySpreadConstraints"][0]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert "priorityClassName" not in out.pod_spec
+    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+        assert _webhook(out, kind)["objectSelector"]["matchExpressions"][0]["key"] == "portico.dev/skip"
+    host = ci("hostnetwork-values.yaml")
+    assert host.pod_spec["hostNetwork"] is True and host.maybe("NetworkPolicy") is None
+    assert "matchConditions" not in _webhook(host, "ValidatingWebhookConfiguration")
+
+
+def test_network_policy_is_skipped_on_the_host_network() -> None:
+    """NetworkPolicy does not apply to host-network pods: none is rendered, and NOTES says so."""
+    out = render({"networkPolicy": {"enabled": True}, "hostNetwork": {"enabled": True}})
+    assert out.maybe("NetworkPolicy") is None
+    notes = out.files["portico/templates/NOTES.txt"]
+    assert "WARNING: networkPolicy.enabled is ignored" in notes and "10270" in notes
+    assert "WARNING" not in render().files["portico/templates/NOTES.txt"]
+
+
+# --- which requests reach the webhooks --------------------------------------------------------
+
+POD_KINDS_CONDITIONS = ["pods-portico-can-refuse", "templates-portico-can-refuse", "cronjob-templates-portico-can-refuse"]
+
+
+def test_match_conditions(default: Rendered) -> None:
+    hook = _webhook(default, "ValidatingWebhookConfiguration")
+    # Helm renders offline for a current Kubernetes (>= 1.30); older clusters get none (install test).
+    conditions = hook["matchConditions"]
+    assert [c["name"] for c in conditions] == POD_KINDS_CONDITIONS
+    for c in conditions:
+        expr = c["expression"]
+        # "not (this kind and skippable)": any other kind, Services included, is always sent.
+        assert expr.startswith(("!((request.kind.group == ", "!(((request.kind.group == ")), expr[:80]
+        assert "Service" not in expr
+    assert "'Pod'" in conditions[0]["expression"] and "object.spec == oldObject.spec" in conditions[0]["expression"]
+    assert "object.spec.template.spec == oldObject.spec.template.spec" in conditions[1]["expression"]
+    assert "'CronJob'" in conditions[2]["expression"]
+    # Only the validating webhook: allocation must see every Service write.
+    assert "matchConditions" not in _webhook(default, "MutatingWebhookConfiguration")
+    off = render({"webhook": {"validating": {"matchConditions": {"enabled": False}}}})
+    assert "matchConditions" not in _webhook(off, "ValidatingWebhookConfiguration")
+
+
+def test_object_selector(default: Rendered) -> None:
+    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+        assert "objectSelector" not in _webhook(default, kind)  # the apiserver's default: {}
+    selector = {"matchExpressions": [{"key": "portico.dev/skip", "operator": "DoesNotExist"}]}
+    out = render({"webhook": {"objectSelector": selector}})
+    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+        assert _webhook(out, kind)["objectSelector"] == selector
+
+
+FAILURE_POLICIES = [
+    {"validating": v, "mutating": m, "allocation": a, "certManager": c}
+    for v in ("Fail", "Ignore")
+    for m in ("Fail", "Ignore")
+    for a in (True, False)
+    for c in (True, False)
+]
+
+
+@pytest.mark.parametrize(
+    "combo", FAILURE_POLICIES, ids=lambda c: "validating={validating},mutating={mutating},allocation={allocation},certManager={certManager}".format(**c)
+)
+def test_delete_is_never_behind_a_failing_webhook(combo: dict[str, Any]) -> None:
+    """An outage must never block a delete: no webhook that fails closed matches DELETE (nor
+    `*`), whatever the failure policies. (None matches DELETE today at all.)"""
+    out = render(
+        {
+            "webhook": {"validating": {"failurePolicy": combo["validating"]}, "mutating": {"failurePolicy": combo["mutating"]}},
+            "allocation": {"enabled": combo["allocation"]},
+            "certManager": {"enabled": combo["certManager"]},
+        }
+    )
+    hooks = [h for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration") for c in out.all(kind) for h in c["webhooks"]]
+    assert len(hooks) == (3 if combo["allocation"] else 2)
+    for hook in hooks:
+        assert hook.get("failurePolicy") in ("Fail", "Ignore"), hook["name"]  # never the implicit Fail
+        operations = {op for rule in hook["rules"] for op in rule["operations"]}
+        if hook["failurePolicy"] == "Fail":
+            assert not operations & {"DELETE", "*"}, (hook["name"], operations)
+        assert operations <= {"CREATE", "UPDATE"}, (hook["name"], operations)
+
+
+@pytest.mark.parametrize("case", ci_values_files(), ids=lambda c: c.name)
+def test_delete_is_never_behind_a_failing_webhook_in_ci_values(case: Path) -> None:
+    out = render(load_values(case))
+    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+        for config in out.all(kind):
+            for hook in config["webhooks"]:
+                ops = {op for rule in hook["rules"] for op in rule["operations"]}
+                assert not (hook["failurePolicy"] == "Fail" and ops & {"DELETE", "*"}), (case.name, hook["name"])

@@ -29,6 +29,15 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("issuer-without-name", {"certManager": {"issuerRef": {"kind": "ClusterIssuer"}}}, "/certManager/issuerRef"),
     ("port-range", {"metrics": {"port": 70000}}, "/metrics/port"),
     ("digest", {"image": {"digest": "latest"}}, "/image/digest"),
+    ("https-not-boolean", {"metrics": {"https": {"enabled": "yes"}}}, "/metrics/https/enabled"),
+    ("pod-monitor-interval", {"metrics": {"podMonitor": {"interval": "thirty seconds"}}}, "/metrics/podMonitor/interval"),
+    ("pod-monitor-typo", {"metrics": {"podMonitor": {"endpoints": []}}}, "endpoints"),
+    ("alert-ratio-over-1", {"metrics": {"prometheusRule": {"alerts": {"webhookErrors": {"ratio": 5}}}}}, "/metrics/prometheusRule/alerts/webhookErrors/ratio"),
+    ("alert-for", {"metrics": {"prometheusRule": {"alerts": {"noLeader": {"for": "1 minute"}}}}}, "/metrics/prometheusRule/alerts/noLeader/for"),
+    ("unknown-alert", {"metrics": {"prometheusRule": {"alerts": {"diskFull": {"enabled": True}}}}}, "diskFull"),
+    ("rule-without-expr", {"metrics": {"prometheusRule": {"additionalRules": [{"alert": "X"}]}}}, "/metrics/prometheusRule/additionalRules/0"),
+    ("dashboard-namespace", {"grafana": {"dashboard": {"namespace": "Monitoring"}}}, "/grafana/dashboard/namespace"),
+    ("dashboard-label-number", {"grafana": {"dashboard": {"labels": {"grafana_dashboard": 1}}}}, "/grafana/dashboard/labels/grafana_dashboard"),
 ]
 
 

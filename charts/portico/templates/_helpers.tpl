@@ -129,3 +129,34 @@ annotations:
 {{- define "portico.allocating" -}}
 {{- if and .Values.webhook.enabled .Values.allocation.enabled }}true{{ end }}
 {{- end }}
+
+{{/* Refuses combinations the schema cannot say clearly; included by the Deployment. */}}
+{{- define "portico.validateValues" -}}
+{{- if and .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled }}
+{{- fail "metrics.serviceMonitor.enabled and metrics.podMonitor.enabled are both true: choose one (each scrapes every pod, so every series would be ingested twice)" }}
+{{- end }}
+{{- if and .Values.metrics.https.enabled (not .Values.webhook.enabled) }}
+{{- fail "metrics.https.enabled needs webhook.enabled: the metrics listener serves HTTPS with the webhook's serving certificate (--metrics-secure); turn the webhook on, or metrics.https off" }}
+{{- end }}
+{{- end }}
+
+{{/* scheme and tlsConfig of a ServiceMonitor/PodMonitor endpoint: plain HTTP, or HTTPS trusting
+the CA of the webhook TLS Secret (`ca.crt`: Portico's own CA, or cert-manager's) for the
+Service's DNS name, which the serving certificate carries. */}}
+{{- define "portico.scrapeScheme" -}}
+{{- if .Values.metrics.https.enabled }}
+scheme: https
+tlsConfig:
+  {{- if .Values.metrics.https.insecureSkipVerify }}
+  insecureSkipVerify: true
+  {{- else }}
+  ca:
+    secret:
+      name: {{ include "portico.tlsSecretName" . }}
+      key: ca.crt
+  serverName: {{ printf "%s.%s.svc" (include "portico.serviceName" .) .Release.Namespace }}
+  {{- end }}
+{{- else }}
+scheme: http
+{{- end }}
+{{- end }}
