@@ -334,7 +334,17 @@ pub async fn start(
             Arc::new(pods)
         }
     };
-    let mut handlers = Handlers::new(Validator::new(Options::default()).with_pods(pods));
+    // The clusterIP rule for hand-written Endpoints/EndpointSlices: a watch trimmed to clusterIPs.
+    let (service_ips, ip_watch) =
+        portico_webhook::service_ip_index(Api::all(client.clone()), shutdown.clone().cancelled_owned());
+    tasks.spawn(async move {
+        ip_watch.await;
+        Ok(())
+    });
+    let validator = Validator::new(Options::default())
+        .with_pods(pods)
+        .with_service_ips(service_ips);
+    let mut handlers = Handlers::new(validator);
     let allocating = args.allocation || args.service_cluster_ip_range.is_some();
     let mut repair_loop = None;
     if allocating {

@@ -6,6 +6,7 @@
 mod allocation;
 mod bootstrap;
 mod controllers;
+mod endpoints_webhook;
 mod ha;
 mod harness;
 mod leader;

@@ -333,7 +333,7 @@ fn portico_message(kind: &str, name: &str, errs: &[FieldError]) -> String {
 
 /// kubectl from the harness's assets or `PATH`; missing it is a failure where the suite must
 /// run whole (`PORTICO_REQUIRE_INTEGRATION`).
-fn kubectl() -> Option<std::path::PathBuf> {
+pub(crate) fn kubectl() -> Option<std::path::PathBuf> {
     let found = portico_testenv::Assets::discover().ok().and_then(|a| a.kubectl);
     if found.is_none() && portico_testenv::integration_required() {
         panic!("{} is set but there is no kubectl", portico_testenv::REQUIRE_ENV);

@@ -109,7 +109,12 @@ impl Handlers {
     }
 
     /// Judges one decoded review.
-    pub async fn judge(&self, endpoint: Endpoint, request: &AdmissionRequest, budget: Duration) -> Verdict {
+    pub async fn judge(
+        &self,
+        endpoint: Endpoint,
+        request: &AdmissionRequest<'_>,
+        budget: Duration,
+    ) -> Verdict {
         match (endpoint, &self.mutator) {
             (Endpoint::Validate, _) => self.validator.validate(request),
             (Endpoint::Mutate, None) => Verdict::allow(),

@@ -17,6 +17,7 @@
 //!   as files and registered as `caBundle` (in cluster, without cert-manager);
 //! * [`ca`]: a throw-away CA and serving certificate for out-of-cluster use;
 //! * [`pods`]: a pod reflector for the `targetPort` warning, for callers without one.
+//! * [`service_ips`]: a cluster-wide index of Service clusterIPs for the endpoint-address rule.
 //!
 //! Out of cluster, wiring is: [`write_dev_certs`] → [`Server::bind`] → [`register()`] →
 //! [`Server::run`].
@@ -33,6 +34,7 @@ pub mod pods;
 pub mod register;
 pub mod review;
 pub mod server;
+pub mod service_ips;
 pub mod status;
 pub mod tls;
 pub mod validate;
@@ -52,5 +54,6 @@ pub use register::{
 };
 pub use review::{AdmissionRequest, Verdict};
 pub use server::{Server, WebhookConfig, app, serve};
+pub use service_ips::{ClusterIpIndex, service_ip_index};
 pub use tls::CertStore;
 pub use validate::{PodIndex, Validator};

@@ -11,6 +11,13 @@
 //! v1), `deployments`, `statefulsets`, `daemonsets`, `replicasets` (apps/v1), `jobs`, `cronjobs`
 //! (batch/v1), namespaced only, never subresources. `sideEffects: None` (dry runs are fine),
 //! `admissionReviewVersions: [v1]`, `matchPolicy: Equivalent`.
+//!
+//! A second webhook in the same configuration, [`ENDPOINTS_WEBHOOK_NAME`], sends CREATE and UPDATE
+//! of `endpoints` (core v1) and `endpointslices` (discovery.k8s.io/v1) to the same `/validate`,
+//! except objects carrying a managed-by label (`objectSelector`: both labels `DoesNotExist`), so
+//! controllers' writes never reach Portico; `failurePolicy: Ignore` whatever
+//! [`Registration::failure_policy`] says, so an outage never holds up a controller or
+//! kube-apiserver's own `default/kubernetes` reconciler (which the webhook admits anyway).
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -189,6 +196,26 @@ fn namespace_selector(reg: &Registration) -> LabelSelector {
     }
 }
 
+/// Name of the endpoint-address webhook inside the ValidatingWebhookConfiguration.
+pub const ENDPOINTS_WEBHOOK_NAME: &str = "endpoints.portico.dev";
+
+/// Leaves out objects carrying either managed-by label (controller-managed Endpoints and
+/// EndpointSlices): both `DoesNotExist`.
+pub fn unmanaged_endpoints_selector() -> LabelSelector {
+    let absent = |key: &str| LabelSelectorRequirement {
+        key: key.into(),
+        operator: "DoesNotExist".into(),
+        values: None,
+    };
+    LabelSelector {
+        match_expressions: Some(vec![
+            absent(crate::validation::endpoints::ENDPOINTS_MANAGED_BY),
+            absent(crate::validation::endpoints::ENDPOINTSLICE_MANAGED_BY),
+        ]),
+        match_labels: None,
+    }
+}
+
 fn metadata(reg: &Registration) -> ObjectMeta {
     ObjectMeta {
         name: Some(reg.name.clone()),
@@ -201,26 +228,44 @@ fn metadata(reg: &Registration) -> ObjectMeta {
 pub fn validating_configuration(reg: &Registration) -> ValidatingWebhookConfiguration {
     ValidatingWebhookConfiguration {
         metadata: metadata(reg),
-        webhooks: Some(vec![ValidatingWebhook {
-            name: reg.webhook_name.clone(),
-            admission_review_versions: vec!["v1".into()],
-            client_config: client_config(reg, "/validate"),
-            failure_policy: Some(reg.failure_policy.as_str().into()),
-            match_policy: Some("Equivalent".into()),
-            namespace_selector: Some(namespace_selector(reg)),
-            object_selector: None,
-            match_conditions: None,
-            rules: Some(vec![
-                rule("", &["services", "pods"]),
-                rule(
-                    "apps",
-                    &["deployments", "statefulsets", "daemonsets", "replicasets"],
-                ),
-                rule("batch", &["jobs", "cronjobs"]),
-            ]),
-            side_effects: "None".into(),
-            timeout_seconds: Some(reg.timeout_seconds),
-        }]),
+        webhooks: Some(vec![
+            ValidatingWebhook {
+                name: reg.webhook_name.clone(),
+                admission_review_versions: vec!["v1".into()],
+                client_config: client_config(reg, "/validate"),
+                failure_policy: Some(reg.failure_policy.as_str().into()),
+                match_policy: Some("Equivalent".into()),
+                namespace_selector: Some(namespace_selector(reg)),
+                object_selector: None,
+                match_conditions: None,
+                rules: Some(vec![
+                    rule("", &["services", "pods"]),
+                    rule(
+                        "apps",
+                        &["deployments", "statefulsets", "daemonsets", "replicasets"],
+                    ),
+                    rule("batch", &["jobs", "cronjobs"]),
+                ]),
+                side_effects: "None".into(),
+                timeout_seconds: Some(reg.timeout_seconds),
+            },
+            ValidatingWebhook {
+                name: ENDPOINTS_WEBHOOK_NAME.into(),
+                admission_review_versions: vec!["v1".into()],
+                client_config: client_config(reg, "/validate"),
+                failure_policy: Some(FailurePolicy::Ignore.as_str().into()),
+                match_policy: Some("Equivalent".into()),
+                namespace_selector: Some(namespace_selector(reg)),
+                object_selector: Some(unmanaged_endpoints_selector()),
+                match_conditions: None,
+                rules: Some(vec![
+                    rule("", &["endpoints"]),
+                    rule("discovery.k8s.io", &["endpointslices"]),
+                ]),
+                side_effects: "None".into(),
+                timeout_seconds: Some(reg.timeout_seconds),
+            },
+        ]),
     }
 }
 
@@ -336,6 +381,29 @@ mod tests {
             "fields newer than 1.24 stay unset"
         );
         reg.check().unwrap();
+
+        // The endpoint-address webhook: hand-written Endpoints and EndpointSlices only.
+        let e = &v["webhooks"][1];
+        assert_eq!(e["name"], ENDPOINTS_WEBHOOK_NAME);
+        assert_eq!(e["clientConfig"], w["clientConfig"]);
+        assert_eq!(e["namespaceSelector"], w["namespaceSelector"]);
+        assert_eq!(e["failurePolicy"], "Ignore");
+        assert_eq!(e["sideEffects"], "None");
+        assert_eq!(
+            e["objectSelector"],
+            serde_json::json!({"matchExpressions": [
+                {"key": "endpoints.kubernetes.io/managed-by", "operator": "DoesNotExist"},
+                {"key": "endpointslice.kubernetes.io/managed-by", "operator": "DoesNotExist"}]})
+        );
+        assert_eq!(
+            e["rules"],
+            serde_json::json!([
+                {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                 "resources": ["endpoints"], "scope": "Namespaced"},
+                {"apiGroups": ["discovery.k8s.io"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                 "resources": ["endpointslices"], "scope": "Namespaced"}])
+        );
+        assert!(e.get("matchConditions").is_none());
     }
 
     #[test]

@@ -7,24 +7,169 @@
 //! is what it is). Every other review gets HTTP 200 and an AdmissionReview whose `response.uid`
 //! echoes the request's, even when a field of the request has the wrong type: that is answered
 //! `allowed: false`, code 400, with the path of the field.
+//!
+//! The body is parsed once, and nothing of it is copied but the few strings of the request
+//! (`uid`, `kind`, `name`, ...): `object` and `oldObject` are [`RawObject`]s, slices of the body
+//! the rules read with borrowing decoders; every field Portico does not read (`userInfo`,
+//! `options`, an 8 MB array anywhere) is skipped by the parser without being built. The strings
+//! that are copied are bounded: a `uid` longer than [`MAX_UID_BYTES`] cannot be echoed and is
+//! refused, any other longer than [`MAX_FIELD_BYTES`] is answered 400 naming the field.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 
 use kube::core::GroupVersionKind;
 use kube::core::admission::Operation;
 use kube::core::response::Status;
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::status::quote_bounded;
+use crate::validation::json::{Text, as_text, first_byte, members};
 
 /// `apiVersion` of the only AdmissionReview version served.
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 /// `kind` of the envelope.
 pub const KIND: &str = "AdmissionReview";
+/// Longest `request.uid` answered, in bytes (the apiserver sends UUIDs, 36 bytes).
+pub const MAX_UID_BYTES: usize = 256;
+/// Longest `request.name`, `namespace`, `subResource` or `kind` field read, in bytes. Names are
+/// at most 253 bytes (a DNS subdomain), kinds and namespaces 63.
+pub const MAX_FIELD_BYTES: usize = 1024;
+
+/// A JSON object of the review (`request.object`, `request.oldObject`), as sent: a slice of the
+/// request body, or an owned copy ([`RawObject::into_owned`]).
+#[derive(Clone)]
+pub struct RawObject<'a>(Cow<'a, RawValue>);
+
+impl<'a> RawObject<'a> {
+    /// The object borrowed from a body.
+    pub fn borrowed(raw: &'a RawValue) -> Self {
+        RawObject(Cow::Borrowed(raw))
+    }
+
+    /// The raw JSON value.
+    pub fn raw(&self) -> &RawValue {
+        &self.0
+    }
+
+    /// The JSON text, exactly as sent.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The object as a `serde_json::Value` (builds the whole tree: for tests and small objects).
+    pub fn to_value(&self) -> serde_json::Result<Value> {
+        serde_json::from_str(self.json())
+    }
+
+    /// The object decoded as `T`, which may borrow from it.
+    pub fn decode<'b, T: Deserialize<'b>>(&'b self) -> serde_json::Result<T> {
+        T::deserialize(self.raw())
+    }
+
+    /// An owned copy, independent of the body.
+    pub fn into_owned(self) -> RawObject<'static> {
+        RawObject(Cow::Owned(self.0.into_owned()))
+    }
+
+    /// The members the rules read (`kind`, `metadata`, `spec`), found in one pass.
+    pub fn head(&self) -> ObjectHead<'_> {
+        match members(self.raw(), ["kind", "metadata", "spec"]) {
+            Some([kind, metadata, spec]) => ObjectHead { kind, metadata, spec },
+            None => ObjectHead::default(),
+        }
+    }
+
+    /// A top-level string member (`kind`, `apiVersion`), if it is a string.
+    pub fn str_member(&self, key: &str) -> Option<Text<'_>> {
+        let [v] = members(self.raw(), [key])?;
+        as_text(v?)
+    }
+
+    /// A string member of `metadata`, if both are what they should be.
+    pub fn meta_str(&self, key: &str) -> Option<Text<'_>> {
+        let [meta] = members(self.raw(), ["metadata"])?;
+        ObjectHead {
+            metadata: meta,
+            ..ObjectHead::default()
+        }
+        .meta_str(key)
+    }
+
+    /// Whether `metadata.deletionTimestamp` is set (to anything but `null`).
+    pub fn terminating(&self) -> bool {
+        let Some([meta]) = members(self.raw(), ["metadata"]) else {
+            return false;
+        };
+        ObjectHead {
+            metadata: meta,
+            ..ObjectHead::default()
+        }
+        .terminating()
+    }
+}
+
+/// The top-level members of an object the rules read, raw (see [`RawObject::head`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ObjectHead<'a> {
+    /// `kind`.
+    pub kind: Option<&'a RawValue>,
+    /// `metadata`.
+    pub metadata: Option<&'a RawValue>,
+    /// `spec`.
+    pub spec: Option<&'a RawValue>,
+}
+
+impl<'a> ObjectHead<'a> {
+    /// `kind`, if it is a string.
+    pub fn kind(&self) -> Option<Text<'a>> {
+        as_text(self.kind?)
+    }
+
+    /// A string member of `metadata`, if both are what they should be.
+    pub fn meta_str(&self, key: &str) -> Option<Text<'a>> {
+        let [v] = members(self.metadata?, [key])?;
+        as_text(v?)
+    }
+
+    /// Whether `metadata.deletionTimestamp` is set (to anything but `null`).
+    pub fn terminating(&self) -> bool {
+        let Some(meta) = self.metadata else {
+            return false;
+        };
+        matches!(members(meta, ["deletionTimestamp"]), Some([Some(t)]) if first_byte(t) != b'n')
+    }
+}
+
+impl fmt::Debug for RawObject<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 512;
+        let json = self.json();
+        if json.len() <= SHOWN {
+            return write!(f, "RawObject({json})");
+        }
+        let mut end = SHOWN;
+        while !json.is_char_boundary(end) {
+            end -= 1;
+        }
+        write!(f, "RawObject({}... ({} bytes))", &json[..end], json.len())
+    }
+}
+
+impl PartialEq for RawObject<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json()
+    }
+}
 
 /// What Portico reads of `AdmissionReview.request`. Everything else (userInfo, options,
-/// requestKind, ...) is ignored.
+/// requestKind, ...) is ignored. `'a` is the body's lifetime: the objects are slices of it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AdmissionRequest {
+pub struct AdmissionRequest<'a> {
     /// `request.uid`, echoed in the answer.
     pub uid: String,
     /// `request.kind`: the kind of `object` (after conversion under `matchPolicy: Equivalent`).
@@ -38,35 +183,61 @@ pub struct AdmissionRequest {
     /// `request.operation`.
     pub operation: Operation,
     /// `request.object`, raw; `None` when absent or `null` (DELETE).
-    pub object: Option<Value>,
+    pub object: Option<RawObject<'a>>,
     /// `request.oldObject`, raw; `None` when absent or `null` (CREATE, CONNECT).
-    pub old_object: Option<Value>,
+    pub old_object: Option<RawObject<'a>>,
     /// `request.dryRun`: nothing may be persisted (an allocation in particular) for this review.
     pub dry_run: bool,
 }
 
-impl AdmissionRequest {
+impl AdmissionRequest<'_> {
     /// The operation's name as the apiserver spells it.
     pub fn operation_name(&self) -> &'static str {
         operation_name(&self.operation)
     }
 
     /// Name of the object for messages: `metadata.name` of `object` (or `oldObject`), else
-    /// `request.name`, else `metadata.generateName`, else empty.
+    /// `request.name`, else `metadata.generateName`, else empty. At most
+    /// [`crate::status::MAX_NAME_BYTES`] bytes (cut with `...`).
     pub fn object_name(&self) -> String {
-        let meta = |o: &Option<Value>, key: &str| {
-            o.as_ref()
-                .and_then(|o| o.get("metadata"))
-                .and_then(|m| m.get(key))
-                .and_then(Value::as_str)
+        let head = self.object.as_ref().map(RawObject::head);
+        self.object_name_in(head.as_ref())
+    }
+
+    /// [`object_name`](Self::object_name) with the [`ObjectHead`] of `object` already found.
+    pub fn object_name_in(&self, head: Option<&ObjectHead<'_>>) -> String {
+        let bounded = |s: &str| crate::status::truncate(s, crate::status::MAX_NAME_BYTES).into_owned();
+        let meta = |key: &str| {
+            head.and_then(|h| h.meta_str(key))
                 .filter(|s| !s.is_empty())
-                .map(str::to_owned)
+                .map(|s| bounded(&s))
         };
-        meta(&self.object, "name")
-            .or_else(|| meta(&self.old_object, "name"))
-            .or_else(|| (!self.name.is_empty()).then(|| self.name.clone()))
-            .or_else(|| meta(&self.object, "generateName"))
+        meta("name")
+            .or_else(|| {
+                self.old_object
+                    .as_ref()
+                    .and_then(|o| o.meta_str("name"))
+                    .filter(|s| !s.is_empty())
+                    .map(|s| bounded(&s))
+            })
+            .or_else(|| (!self.name.is_empty()).then(|| bounded(&self.name)))
+            .or_else(|| meta("generateName"))
             .unwrap_or_default()
+    }
+
+    /// A copy independent of the body (the objects copied).
+    pub fn into_owned(self) -> AdmissionRequest<'static> {
+        AdmissionRequest {
+            uid: self.uid,
+            kind: self.kind,
+            sub_resource: self.sub_resource,
+            name: self.name,
+            namespace: self.namespace,
+            operation: self.operation,
+            object: self.object.map(RawObject::into_owned),
+            old_object: self.old_object.map(RawObject::into_owned),
+            dry_run: self.dry_run,
+        }
     }
 }
 
@@ -163,13 +334,16 @@ pub enum Rejection {
     /// No string `request.uid`: no answer could be matched to the request.
     #[error("AdmissionReview request has no uid (request.uid must be a string)")]
     NoUid,
+    /// A `request.uid` too long to echo.
+    #[error("AdmissionReview request.uid is {0} bytes long; at most {MAX_UID_BYTES} are answered")]
+    UidTooLong(usize),
 }
 
-/// A decoded review.
+/// A decoded review; `'a` is the body's lifetime.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decoded {
+pub enum Decoded<'a> {
     /// A request the handlers can judge.
-    Request(Box<AdmissionRequest>),
+    Request(Box<AdmissionRequest<'a>>),
     /// A well-formed review whose request has a field of the wrong type or value: answered
     /// `allowed: false`, 400 `BadRequest`, with this message.
     Unreadable {
@@ -180,85 +354,255 @@ pub enum Decoded {
     },
 }
 
-fn describe(v: &Value) -> String {
-    match v {
-        Value::Null => "null".into(),
-        Value::Bool(b) => format!("the boolean {b}"),
-        Value::Number(n) => format!("the number {n}"),
-        Value::String(s) => format!("the string {}", portico_allocators::field::go_quote(s)),
-        Value::Array(_) => "an array".into(),
-        Value::Object(_) => "an object".into(),
+impl Decoded<'_> {
+    /// A copy independent of the body.
+    pub fn into_owned(self) -> Decoded<'static> {
+        match self {
+            Decoded::Request(r) => Decoded::Request(Box::new((*r).into_owned())),
+            Decoded::Unreadable { uid, message } => Decoded::Unreadable { uid, message },
+        }
     }
 }
 
-fn missing_or(v: Option<&Value>) -> String {
+/// How a value is named in messages: `null`, `the boolean true`, `the number 7`,
+/// `the string "x"` (at most 256 bytes of it quoted), `an array`, `an object`.
+fn describe(v: &RawValue) -> String {
+    match first_byte(v) {
+        b'n' => "null".into(),
+        b't' => "the boolean true".into(),
+        b'f' => "the boolean false".into(),
+        b'"' => match as_text(v) {
+            Some(s) => format!("the string {}", quote_bounded(&s)),
+            None => "a string".into(),
+        },
+        b'[' => "an array".into(),
+        b'{' => "an object".into(),
+        _ => match serde_json::from_str::<serde_json::Number>(v.get()) {
+            Ok(n) => format!("the number {n}"),
+            Err(_) => "a number".into(),
+        },
+    }
+}
+
+fn missing_or(v: Option<&RawValue>) -> String {
     v.map(describe).unwrap_or_else(|| "missing".into())
 }
 
-/// Decodes an AdmissionReview body.
-pub fn decode(body: &[u8]) -> Result<Decoded, Rejection> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| Rejection::NotJson(e.to_string()))?;
-    decode_value(value)
+/// The envelope's three members, read in one pass over the body with the members of `request`
+/// ([`RequestFields`]; `Some(None)` when `request` is not an object); anything else is skipped.
+struct Envelope<'a> {
+    api_version: Option<&'a RawValue>,
+    kind: Option<&'a RawValue>,
+    request: Option<Option<RequestFields<'a>>>,
 }
 
-/// [`decode`] for an already parsed body.
-pub fn decode_value(value: Value) -> Result<Decoded, Rejection> {
-    let Value::Object(mut envelope) = value else {
+/// `None`: the body is JSON but not an object.
+struct EnvelopeSeed;
+
+impl<'de> DeserializeSeed<'de> for EnvelopeSeed {
+    type Value = Option<Envelope<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EnvelopeSeed {
+    type Value = Option<Envelope<'de>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an AdmissionReview")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut env = Envelope {
+            api_version: None,
+            kind: None,
+            request: None,
+        };
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            match &*key {
+                "apiVersion" => env.api_version = Some(map.next_value::<&'de RawValue>()?),
+                "kind" => env.kind = Some(map.next_value::<&'de RawValue>()?),
+                "request" => env.request = Some(map.next_value_seed(RequestSeed)?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(env))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// Decodes an AdmissionReview body. The objects of the request borrow from `body`.
+pub fn decode(body: &[u8]) -> Result<Decoded<'_>, Rejection> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let envelope = EnvelopeSeed
+        .deserialize(&mut de)
+        .and_then(|env| de.end().map(|()| env))
+        .map_err(|e| Rejection::NotJson(e.to_string()))?;
+    let Some(envelope) = envelope else {
         return Err(Rejection::NotAnObject);
     };
-    match envelope.get("apiVersion") {
-        Some(Value::String(v)) if v == API_VERSION => {}
-        other => return Err(Rejection::ApiVersion(missing_or(other))),
+    let is = |v: Option<&RawValue>, want: &str| v.and_then(as_text).is_some_and(|s| *s == *want);
+    if !is(envelope.api_version, API_VERSION) {
+        return Err(Rejection::ApiVersion(missing_or(envelope.api_version)));
     }
-    match envelope.get("kind") {
-        Some(Value::String(k)) if k == KIND => {}
-        other => return Err(Rejection::Kind(missing_or(other))),
+    if !is(envelope.kind, KIND) {
+        return Err(Rejection::Kind(missing_or(envelope.kind)));
     }
-    let Some(Value::Object(mut request)) = envelope.remove("request") else {
+    let Some(Some(fields)) = envelope.request else {
         return Err(Rejection::NoRequest);
     };
-    let uid = match request.remove("uid") {
-        Some(Value::String(uid)) => uid,
-        _ => return Err(Rejection::NoUid),
+    let uid = match fields.uid.and_then(as_text) {
+        Some(uid) if uid.len() > MAX_UID_BYTES => return Err(Rejection::UidTooLong(uid.len())),
+        Some(uid) => uid.0.into_owned(),
+        None => return Err(Rejection::NoUid),
     };
-    match read_request(&uid, &mut request) {
+    match read_request(&uid, &fields) {
         Ok(req) => Ok(Decoded::Request(Box::new(req))),
         Err(message) => Ok(Decoded::Unreadable { uid, message }),
     }
 }
 
-/// An optional string field: absent or `null` is `None`.
-fn opt_string(map: &mut Map<String, Value>, key: &str, path: &str) -> Result<Option<String>, String> {
-    match map.remove(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(format!(
-            "{path}.{key}: expected a string, got {}",
-            describe(&other)
-        )),
+/// [`decode`] for an already parsed body (the objects are copied).
+pub fn decode_value(value: Value) -> Result<Decoded<'static>, Rejection> {
+    let body = serde_json::to_vec(&value).map_err(|e| Rejection::NotJson(e.to_string()))?;
+    decode(&body).map(Decoded::into_owned)
+}
+
+/// The members of `request` Portico reads, raw.
+#[derive(Default)]
+struct RequestFields<'a> {
+    uid: Option<&'a RawValue>,
+    kind: Option<&'a RawValue>,
+    sub_resource: Option<&'a RawValue>,
+    name: Option<&'a RawValue>,
+    namespace: Option<&'a RawValue>,
+    operation: Option<&'a RawValue>,
+    object: Option<&'a RawValue>,
+    old_object: Option<&'a RawValue>,
+    dry_run: Option<&'a RawValue>,
+}
+
+/// Reads the members of `request` as the envelope is parsed (`None`: not an object).
+struct RequestSeed;
+
+impl<'de> DeserializeSeed<'de> for RequestSeed {
+    type Value = Option<RequestFields<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
     }
 }
 
-fn read_request(uid: &str, request: &mut Map<String, Value>) -> Result<AdmissionRequest, String> {
-    let kind = match request.remove("kind") {
-        Some(Value::Object(mut gvk)) => {
-            let kind = opt_string(&mut gvk, "kind", "request.kind")?
+impl<'de> Visitor<'de> for RequestSeed {
+    type Value = Option<RequestFields<'de>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an AdmissionRequest")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut f = RequestFields::default();
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            let slot = match &*key {
+                "uid" => &mut f.uid,
+                "kind" => &mut f.kind,
+                "subResource" => &mut f.sub_resource,
+                "name" => &mut f.name,
+                "namespace" => &mut f.namespace,
+                "operation" => &mut f.operation,
+                "object" => &mut f.object,
+                "oldObject" => &mut f.old_object,
+                "dryRun" => &mut f.dry_run,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value::<&'de RawValue>()?);
+        }
+        Ok(Some(f))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// An optional string field: absent or `null` is `None`; at most [`MAX_FIELD_BYTES`].
+fn opt_string(v: Option<&RawValue>, path: &str, key: &str) -> Result<Option<String>, String> {
+    let Some(v) = v else { return Ok(None) };
+    match first_byte(v) {
+        b'n' => Ok(None),
+        b'"' => match as_text(v) {
+            Some(s) if s.len() > MAX_FIELD_BYTES => Err(format!(
+                "{path}.{key}: must be no more than {MAX_FIELD_BYTES} bytes, got {}",
+                s.len()
+            )),
+            Some(s) => Ok(Some(s.0.into_owned())),
+            None => Err(format!("{path}.{key}: expected a string, got {}", describe(v))),
+        },
+        _ => Err(format!("{path}.{key}: expected a string, got {}", describe(v))),
+    }
+}
+
+fn read_request<'a>(uid: &str, f: &RequestFields<'a>) -> Result<AdmissionRequest<'a>, String> {
+    let kind = match f.kind.filter(|k| first_byte(k) == b'{') {
+        Some(gvk) => {
+            let [group, version, kind] = members(gvk, ["group", "version", "kind"]).unwrap_or_default();
+            let kind = opt_string(kind, "request.kind", "kind")?
                 .filter(|k| !k.is_empty())
                 .ok_or_else(|| "request.kind.kind: required value".to_owned())?;
             GroupVersionKind {
-                group: opt_string(&mut gvk, "group", "request.kind")?.unwrap_or_default(),
-                version: opt_string(&mut gvk, "version", "request.kind")?.unwrap_or_default(),
+                group: opt_string(group, "request.kind", "group")?.unwrap_or_default(),
+                version: opt_string(version, "request.kind", "version")?.unwrap_or_default(),
                 kind,
             }
         }
-        other => {
+        None => {
             return Err(format!(
                 "request.kind: expected an object {{group, version, kind}}, got {}",
-                missing_or(other.as_ref())
+                missing_or(f.kind)
             ));
         }
     };
-    let operation = match opt_string(request, "operation", "request")?.as_deref() {
+    let operation = match opt_string(f.operation, "request", "operation")?.as_deref() {
         Some("CREATE") => Operation::Create,
         Some("UPDATE") => Operation::Update,
         Some("DELETE") => Operation::Delete,
@@ -267,25 +611,26 @@ fn read_request(uid: &str, request: &mut Map<String, Value>) -> Result<Admission
             return Err(format!(
                 "request.operation: unsupported value {}: supported values: \"CONNECT\", \"CREATE\", \
                  \"DELETE\", \"UPDATE\"",
-                portico_allocators::field::go_quote(other)
+                quote_bounded(other)
             ));
         }
         None => return Err("request.operation: required value".to_owned()),
     };
-    let sub_resource = opt_string(request, "subResource", "request")?.filter(|s| !s.is_empty());
-    let name = opt_string(request, "name", "request")?.unwrap_or_default();
-    let namespace = opt_string(request, "namespace", "request")?.filter(|s| !s.is_empty());
-    let object = take_object(request, "object")?;
-    let old_object = take_object(request, "oldObject")?;
-    let dry_run = match request.remove("dryRun") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => b,
-        Some(other) => {
-            return Err(format!(
-                "request.dryRun: expected a boolean, got {}",
-                describe(&other)
-            ));
-        }
+    let sub_resource = opt_string(f.sub_resource, "request", "subResource")?.filter(|s| !s.is_empty());
+    let name = opt_string(f.name, "request", "name")?.unwrap_or_default();
+    let namespace = opt_string(f.namespace, "request", "namespace")?.filter(|s| !s.is_empty());
+    let object = take_object(f.object, "object")?;
+    let old_object = take_object(f.old_object, "oldObject")?;
+    let dry_run = match f.dry_run {
+        None => false,
+        Some(v) => match first_byte(v) {
+            b'n' => false,
+            b't' => true,
+            b'f' => false,
+            _ => {
+                return Err(format!("request.dryRun: expected a boolean, got {}", describe(v)));
+            }
+        },
     };
     Ok(AdmissionRequest {
         uid: uid.to_owned(),
@@ -302,14 +647,12 @@ fn read_request(uid: &str, request: &mut Map<String, Value>) -> Result<Admission
 
 /// `object`/`oldObject`: absent or `null` is `None`, an object is kept raw, anything else is an
 /// error (no Kubernetes object is a JSON scalar or array).
-fn take_object(request: &mut Map<String, Value>, key: &str) -> Result<Option<Value>, String> {
-    match request.remove(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v @ Value::Object(_)) => Ok(Some(v)),
-        Some(other) => Err(format!(
-            "request.{key}: expected an object, got {}",
-            describe(&other)
-        )),
+fn take_object<'a>(v: Option<&'a RawValue>, key: &str) -> Result<Option<RawObject<'a>>, String> {
+    let Some(v) = v else { return Ok(None) };
+    match first_byte(v) {
+        b'n' => Ok(None),
+        b'{' => Ok(Some(RawObject::borrowed(v))),
+        _ => Err(format!("request.{key}: expected an object, got {}", describe(v))),
     }
 }
 
@@ -415,7 +758,8 @@ mod tests {
 
     #[test]
     fn decodes_a_full_request_and_ignores_unknown_fields() {
-        let Decoded::Request(r) = decode(&review(request("u-1"))).unwrap() else {
+        let body = review(request("u-1"));
+        let Decoded::Request(r) = decode(&body).unwrap() else {
             panic!("not a request")
         };
         assert_eq!(r.uid, "u-1");
@@ -450,6 +794,57 @@ mod tests {
             Err(Rejection::NoRequest)
         );
         assert_eq!(decode(&review(json!({"uid": 7}))), Err(Rejection::NoUid));
+        assert_eq!(
+            decode(&review(json!({"uid": "u".repeat(300)}))),
+            Err(Rejection::UidTooLong(300))
+        );
+        // Duplicate keys: the last one counts, as with any JSON object decoder.
+        let dup = br#"{"apiVersion":"x","apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":1,"uid":"u"}}"#;
+        assert!(matches!(decode(dup), Ok(Decoded::Unreadable { .. })));
+        assert!(matches!(decode(b"{} x"), Err(Rejection::NotJson(_))));
+    }
+
+    #[test]
+    fn objects_stay_slices_of_the_body() {
+        let body = review(request("u-9"));
+        let Decoded::Request(r) = decode(&body).unwrap() else {
+            panic!("not a request")
+        };
+        let object = r.object.as_ref().unwrap();
+        let start = object.json().as_ptr() as usize - body.as_ptr() as usize;
+        assert_eq!(
+            &body[start..start + object.json().len()],
+            object.json().as_bytes()
+        );
+        assert_eq!(object.str_member("kind").as_deref(), Some("Pod"));
+        assert!(!object.terminating());
+        let owned = r.clone().into_owned();
+        assert_eq!(*r, owned);
+    }
+
+    #[test]
+    fn long_strings_are_refused_or_cut() {
+        let mut r = request("u-4");
+        r["name"] = json!("n".repeat(MAX_FIELD_BYTES + 1));
+        match decode(&review(r)).unwrap() {
+            Decoded::Unreadable { message, .. } => {
+                assert_eq!(message, "request.name: must be no more than 1024 bytes, got 1025")
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut r = request("u-5");
+        r["operation"] = json!("X".repeat(10_000));
+        match decode(&review(r)).unwrap() {
+            Decoded::Unreadable { message, .. } => assert!(message.len() < 600, "{message}"),
+            other => panic!("{other:?}"),
+        }
+        let mut r = request("u-6");
+        r["object"]["metadata"]["name"] = json!("o".repeat(10_000));
+        let body = review(r);
+        let Decoded::Request(req) = decode(&body).unwrap() else {
+            panic!()
+        };
+        assert_eq!(req.object_name().len(), crate::status::MAX_NAME_BYTES);
     }
 
     #[test]

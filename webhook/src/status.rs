@@ -5,9 +5,17 @@
 //! field error, and the message `<Kind>[.<group>] "<name>" is invalid: <errors>`. kubectl prints such
 //! a status as `The <Kind> "<name>" is invalid: ...` with one line per cause; without the details it
 //! would print only `The request is invalid` (kubernetes#111108), so every 422 here carries them.
+//!
+//! Unlike upstream, whose `ToAggregate` lists every error, a refusal is bounded: at most
+//! [`MAX_CAUSES`] causes, the message listing the same errors and ending with `and N more` when
+//! there were others, and both kept under a few tens of KiB (a cause too long for what is left
+//! ends the list early; a single text longer than [`MAX_TEXT_BYTES`] is cut). With a handful of
+//! errors the answer is byte for byte upstream's.
 
 use kube::core::response::{Status, StatusCause, StatusDetails, StatusSummary};
-use portico_allocators::field::{FieldError, go_quote, invalid_message};
+use portico_allocators::field::{FieldError, go_quote};
+
+pub use crate::validation::findings::MAX_CAUSES;
 
 /// `reason` of a refusal by a field rule.
 pub const REASON_INVALID: &str = "Invalid";
@@ -32,26 +40,101 @@ pub fn qualified_kind(group: &str, kind: &str) -> String {
     }
 }
 
+/// Most bytes of error text in a refusal's message (its errors, before JSON escaping).
+pub const MESSAGE_BUDGET: usize = 16 << 10;
+/// Most bytes of error text (field and message) in a refusal's causes.
+pub const CAUSES_BUDGET: usize = 24 << 10;
+/// Longest single text (a cause's message or field, one error in the message, a status message)
+/// in bytes; a longer one is cut and ends with `...`.
+pub const MAX_TEXT_BYTES: usize = 4 << 10;
+/// Longest object name quoted in a message, in bytes (a DNS subdomain's limit; no valid name is
+/// longer).
+pub const MAX_NAME_BYTES: usize = 253;
+
+/// `s` cut to at most `max` bytes (at a character boundary), with `...` when cut.
+pub fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}...", &s[..end]))
+}
+
+/// `go_quote` of at most the first 256 bytes of `s` (then `...`): for values echoed in messages
+/// about malformed reviews.
+pub fn quote_bounded(s: &str) -> String {
+    const MAX: usize = 256;
+    if s.len() <= MAX {
+        return go_quote(s);
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", go_quote(&s[..end]))
+}
+
 /// HTTP 422 `Invalid` for the object `name` of kind `group`/`kind`, one cause per error, in order.
 ///
 /// Identical messages are collapsed in `message` but every error keeps its cause, as upstream does.
+/// At most [`MAX_CAUSES`] errors are shown (see the module docs).
 pub fn invalid(group: &str, kind: &str, name: &str, errs: &[FieldError]) -> Status {
-    let causes = errs
-        .iter()
-        .map(|e| StatusCause {
+    invalid_with_more(group, kind, name, errs, 0)
+}
+
+/// [`invalid`] for the first errors of a longer list: `more` errors were found after `errs` and
+/// are only counted (`... and N more`).
+pub fn invalid_with_more(group: &str, kind: &str, name: &str, errs: &[FieldError], more: usize) -> Status {
+    let name = truncate(name, MAX_NAME_BYTES);
+    let mut causes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut msgs: Vec<String> = Vec::new();
+    let (mut cause_bytes, mut message_bytes) = (0, 0);
+    for e in errs.iter().take(MAX_CAUSES) {
+        let body = truncate(&e.body(), MAX_TEXT_BYTES).into_owned();
+        let field = truncate(&e.field, MAX_TEXT_BYTES).into_owned();
+        let rendered = truncate(&format!("{}: {}", e.field, body), MAX_TEXT_BYTES).into_owned();
+        let cause_cost = field.len() + body.len();
+        let new_message = !seen.contains(&rendered);
+        let message_cost = if new_message { rendered.len() + 2 } else { 0 };
+        if !causes.is_empty()
+            && (cause_bytes + cause_cost > CAUSES_BUDGET || message_bytes + message_cost > MESSAGE_BUDGET)
+        {
+            break;
+        }
+        cause_bytes += cause_cost;
+        message_bytes += message_cost;
+        if new_message {
+            seen.insert(rendered.clone());
+            msgs.push(rendered);
+        }
+        causes.push(StatusCause {
             reason: e.kind.reason().to_owned(),
-            message: e.body(),
-            field: e.field.clone(),
-        })
-        .collect();
+            message: body,
+            field,
+        });
+    }
+    let more = more + (errs.len() - causes.len());
+    let agg = match (msgs.len(), more) {
+        (1, 0) => msgs[0].clone(),
+        (_, 0) => format!("[{}]", msgs.join(", ")),
+        (_, more) => format!("[{}] and {more} more", msgs.join(", ")),
+    };
     Status {
         status: Some(StatusSummary::Failure),
         code: 422,
-        message: invalid_message(&qualified_kind(group, kind), name, errs),
+        message: format!(
+            "{} {} is invalid: {agg}",
+            qualified_kind(group, kind),
+            go_quote(&name)
+        ),
         metadata: None,
         reason: REASON_INVALID.to_owned(),
         details: Some(StatusDetails {
-            name: name.to_owned(),
+            name: name.into_owned(),
             group: group.to_owned(),
             kind: kind.to_owned(),
             uid: String::new(),
@@ -76,6 +159,10 @@ pub fn internal(message: impl AsRef<str>) -> Status {
 }
 
 fn failure(code: u16, reason: &str, message: String) -> Status {
+    let message = match truncate(&message, MAX_TEXT_BYTES) {
+        std::borrow::Cow::Borrowed(_) => message,
+        std::borrow::Cow::Owned(cut) => cut,
+    };
     Status {
         status: Some(StatusSummary::Failure),
         code,
@@ -153,6 +240,63 @@ mod tests {
                 ]}
             })
         );
+    }
+
+    #[test]
+    fn refusals_are_capped_and_bounded() {
+        use portico_allocators::field::invalid_message;
+        // A few errors: exactly upstream's message (identical ones collapsed), one cause each.
+        let few = vec![
+            FieldError::required("spec.ports[0].name", ""),
+            FieldError::required("spec.ports[0].name", ""),
+            FieldError::invalid(
+                "spec.ports[1].port",
+                BadValue::Int(0),
+                "must be between 1 and 65535, inclusive",
+            ),
+        ];
+        let s = invalid("", "Service", "web", &few);
+        assert_eq!(s.message, invalid_message("Service", "web", &few));
+        assert_eq!(s.details.as_ref().unwrap().causes.len(), 3);
+        // Many: the first 100, then how many more (the ones counted only, too).
+        let many: Vec<FieldError> = (0..250)
+            .map(|i| FieldError::required(format!("spec.ports[{i}].name"), ""))
+            .collect();
+        let s = invalid_with_more("", "Service", "web", &many, 1000);
+        assert_eq!(s.details.as_ref().unwrap().causes.len(), MAX_CAUSES);
+        let first: Vec<String> = many[..100].iter().map(ToString::to_string).collect();
+        assert_eq!(
+            s.message,
+            format!("Service \"web\" is invalid: [{}] and 1150 more", first.join(", "))
+        );
+        // Long errors: fewer causes, within the budgets; a long name is cut.
+        let long: Vec<FieldError> = (0..100)
+            .map(|i| {
+                FieldError::invalid(
+                    format!("spec.ports[{i}].name"),
+                    BadValue::Str("x".repeat(1000)),
+                    "y".repeat(200),
+                )
+            })
+            .collect();
+        let s = invalid("", "Service", &"n".repeat(1000), &long);
+        let causes = &s.details.as_ref().unwrap().causes;
+        assert!(causes.len() < 30, "{}", causes.len());
+        assert!(s.message.len() < MESSAGE_BUDGET + 1024, "{}", s.message.len());
+        assert!(s.message.ends_with(&format!("] and {} more", 100 - causes.len())));
+        assert_eq!(s.details.as_ref().unwrap().name.len(), MAX_NAME_BYTES);
+        // One huge error is cut, not dropped.
+        let huge = [FieldError::invalid(
+            "spec.x",
+            BadValue::Raw("z".repeat(1 << 20)),
+            "bad",
+        )];
+        let s = invalid("", "Service", "web", &huge);
+        assert_eq!(s.details.as_ref().unwrap().causes.len(), 1);
+        assert!(s.message.len() < 2 * MAX_TEXT_BYTES);
+        assert!(bad_request("q".repeat(1 << 20)).message.len() <= MAX_TEXT_BYTES);
+        assert_eq!(quote_bounded("ab"), "\"ab\"");
+        assert!(quote_bounded(&"é".repeat(1000)).ends_with("\"..."));
     }
 
     #[test]

@@ -1,12 +1,19 @@
 //! The validating path: which reviews are judged, by which rule, and how the answer is shaped.
 //!
 //! * CREATE and UPDATE of Services and of the pod-bearing kinds ([`WorkloadKind`]) are judged by
-//!   the rules of [`crate::validation`]; a violation is a `422 Invalid` with one cause per field.
-//! * UPDATE is ratcheted: only violations the update introduces deny ([`new_violations`]), and an
+//!   the rules of [`crate::validation`]; a violation is a `422 Invalid` with one cause per field,
+//!   at most [`MAX_CAUSES`] of them (the message then ends with `and N more`). The object is read
+//!   straight off the review body, and violations beyond the first 100 are only counted.
+//! * UPDATE is ratcheted: only violations the update introduces deny (the semantics of
+//!   [`crate::validation::new_violations`]; the old object's violations are kept as hashes, and a
+//!   probe-port violation is compared without its list of other containers), and an
 //!   object being deleted (a `deletionTimestamp` on either side) is always admitted, so finalizer
 //!   removal can never be blocked.
 //! * DELETE, CONNECT, subresources (`status`, `ephemeralcontainers`, ...) and kinds Portico has no
 //!   rule for are admitted without a word.
+//! * CREATE and UPDATE of hand-written Endpoints and EndpointSlices are judged by the address rules
+//!   of [`crate::validation::endpoints`] (the clusterIP rule when a [`ServiceIpIndex`] is
+//!   configured); controller-managed ones ([`controller_managed`]) are admitted without a look.
 //! * A Service whose named `targetPort`s the pods it selects do not declare is admitted with a
 //!   warning naming the pods, when a [`PodIndex`] is configured.
 //! * A review whose object cannot be read is refused `400 BadRequest`, naming the field.
@@ -15,17 +22,25 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::Operation;
 use kube::runtime::reflector::Store;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::review::{AdmissionRequest, Verdict};
+use crate::review::{AdmissionRequest, ObjectHead, RawObject, Verdict};
 use crate::status;
+use crate::validation::findings::{Findings, Known, MAX_CAUSES};
+use crate::validation::json::{self, Obj};
+use crate::validation::names::PortRef;
+use crate::validation::service::{PortDoc, SpecDoc, check_spec_doc, read_service};
+use crate::validation::target_port::{TargetPortWarnings, selector_matches};
+use crate::validation::workload::check_workload_spec;
 use crate::validation::{
-    DecodeError, FieldError, Options, WorkloadKind, new_violations, service_selects, target_port_warnings,
-    validate_service_value, validate_workload_value,
+    DecodeError, Options, ServiceIpIndex, WorkloadKind, controller_managed, validate_endpoint_slice_value,
+    validate_endpoints_value,
 };
 
 /// The pods a Service could select, for the `targetPort` warning. Implemented for a kube-runtime
@@ -55,12 +70,21 @@ where
 enum Target {
     Service,
     Workload(WorkloadKind),
+    /// core/v1 Endpoints.
+    Endpoints,
+    /// discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice,
 }
 
 impl Target {
     fn of(group: &str, kind: &str) -> Option<Self> {
         if group.is_empty() && kind == "Service" {
             return Some(Target::Service);
+        }
+        match (group, kind) {
+            ("", "Endpoints") => return Some(Target::Endpoints),
+            ("discovery.k8s.io", "EndpointSlice") => return Some(Target::EndpointSlice),
+            _ => {}
         }
         WorkloadKind::from_group_kind(group, kind).map(Target::Workload)
     }
@@ -77,6 +101,7 @@ pub fn is_validated_kind(group: &str, kind: &str) -> bool {
 pub struct Validator {
     options: Options,
     pods: Option<Arc<dyn PodIndex>>,
+    service_ips: Option<Arc<dyn ServiceIpIndex>>,
 }
 
 impl std::fmt::Debug for Validator {
@@ -84,6 +109,7 @@ impl std::fmt::Debug for Validator {
         f.debug_struct("Validator")
             .field("options", &self.options)
             .field("pods", &self.pods.is_some())
+            .field("service_ips", &self.service_ips.is_some())
             .finish()
     }
 }
@@ -91,7 +117,18 @@ impl std::fmt::Debug for Validator {
 impl Validator {
     /// A validator with these rule options and no pod index (no `targetPort` warnings).
     pub fn new(options: Options) -> Self {
-        Validator { options, pods: None }
+        Validator {
+            options,
+            pods: None,
+            service_ips: None,
+        }
+    }
+
+    /// Enables the endpoint-address clusterIP rule, looking Services up in `index` (see
+    /// [`crate::service_ips::service_ip_index`]).
+    pub fn with_service_ips(mut self, index: Arc<dyn ServiceIpIndex>) -> Self {
+        self.service_ips = Some(index);
+        self
     }
 
     /// Enables the `targetPort` warning, looking pods up in `pods`.
@@ -101,7 +138,10 @@ impl Validator {
     }
 
     /// Judges one review.
-    pub fn validate(&self, req: &AdmissionRequest) -> Verdict {
+    ///
+    /// The object is read straight off the review body (see [`crate::validation::json`]); a
+    /// refusal lists at most [`MAX_CAUSES`] violations and counts the others.
+    pub fn validate(&self, req: &AdmissionRequest<'_>) -> Verdict {
         let Some(target) = Target::of(&req.kind.group, &req.kind.kind) else {
             tracing::debug!(group = %req.kind.group, kind = %req.kind.kind, "no rule for this kind; allowed");
             return Verdict::allow();
@@ -116,79 +156,212 @@ impl Validator {
                 req.kind.kind
             )));
         };
-        if let Some(kind) = object.get("kind").and_then(Value::as_str)
-            && kind != req.kind.kind
+        // The members the rules read, found in one pass over the object (a Service's `spec`
+        // decoded in the same pass).
+        let (head, service) = match target {
+            Target::Service => match read_service(object.raw()) {
+                Ok(o) => {
+                    let head = ObjectHead {
+                        kind: o.kind,
+                        metadata: o.metadata,
+                        spec: None,
+                    };
+                    (head, Some(Ok(o.spec.map(|s| s.0).unwrap_or_default())))
+                }
+                Err(e) => (object.head(), Some(Err(e))),
+            },
+            _ => (object.head(), None),
+        };
+        if let Some(kind) = head.kind()
+            && *kind != *req.kind.kind
         {
             return Verdict::deny(status::bad_request(format!(
                 "request.object.kind: {} does not match request.kind.kind {}",
-                portico_allocators::field::go_quote(kind),
-                portico_allocators::field::go_quote(&req.kind.kind)
+                status::quote_bounded(&kind),
+                status::quote_bounded(&req.kind.kind)
             )));
         }
         if req.operation == Operation::Update
-            && (terminating(object) || req.old_object.as_ref().is_some_and(terminating))
+            && (head.terminating() || req.old_object.as_ref().is_some_and(RawObject::terminating))
         {
             return Verdict::allow();
         }
-        let mut errs = match self.errors(target, object) {
-            Ok(errs) => errs,
-            Err(e) => return Verdict::deny(status::bad_request(decode_message(&e))),
+        // The endpoint rules read a built object.
+        let value = match target {
+            Target::Endpoints | Target::EndpointSlice => match object.to_value() {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    return Verdict::deny(status::bad_request(decode_message(&DecodeError::new(
+                        "object", &e,
+                    ))));
+                }
+            },
+            _ => None,
         };
-        if req.operation == Operation::Update && !errs.is_empty() {
-            let old = req
-                .old_object
-                .as_ref()
-                .and_then(|old| self.errors(target, old).ok())
-                .unwrap_or_default();
-            errs = new_violations(errs, &old);
+        if let Some(v) = &value
+            && controller_managed(v, req.namespace.as_deref())
+        {
+            return Verdict::allow();
         }
-        let warnings = match target {
-            Target::Service => self.service_warnings(req, object),
-            Target::Workload(_) => Vec::new(),
+        let service = match service {
+            Some(Ok(spec)) => Some(spec),
+            Some(Err(e)) => return Verdict::deny(status::bad_request(decode_message(&e))),
+            None => None,
+        };
+        let mut findings = Findings::capped(MAX_CAUSES);
+        if let Err(e) = self.errors(target, &head, service.as_ref(), value.as_ref(), &mut findings) {
+            return Verdict::deny(status::bad_request(decode_message(&e)));
+        }
+        let (errs, more) = if req.operation == Operation::Update && !findings.is_empty() {
+            // Ratcheting: only the violations the update introduces deny. The old object's errors
+            // are remembered as hashes; the new object is judged again without them.
+            let known = self.known_errors(target, req.old_object.as_ref());
+            let mut fresh = Findings::except(MAX_CAUSES, &known);
+            // It decoded a moment ago, so it decodes again.
+            match self.errors(target, &head, service.as_ref(), value.as_ref(), &mut fresh) {
+                Ok(_) => fresh.into_parts(),
+                Err(_) => findings.into_parts(),
+            }
+        } else {
+            findings.into_parts()
+        };
+        let warnings = match &service {
+            Some(spec) => self.service_warnings(req, &head, spec),
+            _ => Vec::new(),
         };
         let verdict = if errs.is_empty() {
             Verdict::allow()
         } else {
-            Verdict::deny(status::invalid(
+            Verdict::deny(status::invalid_with_more(
                 &req.kind.group,
                 &req.kind.kind,
-                &req.object_name(),
+                &req.object_name_in(Some(&head)),
                 &errs,
+                more,
             ))
         };
         verdict.with_warnings(warnings)
     }
 
-    fn errors(&self, target: Target, object: &Value) -> Result<Vec<FieldError>, DecodeError> {
+    /// Reports the violations of an object into `sink`: `head` holds its members, `service` the
+    /// decoded `spec` of a Service, `value` the built object for the endpoint rules.
+    fn errors(
+        &self,
+        target: Target,
+        head: &ObjectHead<'_>,
+        service: Option<&SpecDoc<'_>>,
+        value: Option<&Value>,
+        sink: &mut Findings<'_>,
+    ) -> Result<(), DecodeError> {
         match target {
-            Target::Service => validate_service_value(object, &self.options),
-            Target::Workload(kind) => validate_workload_value(kind, object, &self.options),
+            Target::Service => match service {
+                Some(spec) => check_spec_doc(spec, &self.options, sink),
+                None => check_spec_doc(&SpecDoc::default(), &self.options, sink),
+            },
+            Target::Workload(kind) => check_workload_spec(kind, head.spec, &self.options, sink),
+            Target::Endpoints | Target::EndpointSlice => {
+                let Some(value) = value else { return Ok(()) };
+                let errs = if target == Target::Endpoints {
+                    validate_endpoints_value(value, self.service_ips.as_deref())?
+                } else {
+                    validate_endpoint_slice_value(value, self.service_ips.as_deref())?
+                };
+                for e in errs {
+                    sink.push(e);
+                }
+                Ok(())
+            }
         }
     }
 
-    fn service_warnings(&self, req: &AdmissionRequest, object: &Value) -> Vec<String> {
+    /// The violations the old object of an UPDATE already had (none when it does not decode).
+    fn known_errors(&self, target: Target, old: Option<&RawObject<'_>>) -> Known {
+        let Some(old) = old else {
+            return Known::default();
+        };
+        let value = match target {
+            Target::Endpoints | Target::EndpointSlice => match old.to_value() {
+                Ok(v) => Some(v),
+                Err(_) => return Known::default(),
+            },
+            _ => None,
+        };
+        let (head, service) = match target {
+            Target::Service => match read_service(old.raw()) {
+                Ok(o) => (
+                    ObjectHead::default(),
+                    Some(o.spec.map(|s| s.0).unwrap_or_default()),
+                ),
+                Err(_) => return Known::default(),
+            },
+            _ => (old.head(), None),
+        };
+        let mut sink = Findings::record();
+        match self.errors(target, &head, service.as_ref(), value.as_ref(), &mut sink) {
+            Ok(_) => sink.into_known(),
+            Err(_) => Known::default(),
+        }
+    }
+
+    /// The `targetPort` warnings of a Service, when a pod index is configured: the ports are read
+    /// a second time off the body, and at most [`status::MAX_WARNINGS`] warnings are made.
+    fn service_warnings(
+        &self,
+        req: &AdmissionRequest<'_>,
+        head: &ObjectHead<'_>,
+        spec: &SpecDoc<'_>,
+    ) -> Vec<String> {
         let Some(index) = &self.pods else {
             return Vec::new();
         };
-        let Ok(mut service) = Service::deserialize(object) else {
-            return Vec::new();
-        };
-        let Some(namespace) = service
-            .metadata
-            .namespace
-            .clone()
+        let Some(namespace) = head
+            .meta_str("namespace")
+            .map(|n| n.0.into_owned())
             .or_else(|| req.namespace.clone())
         else {
             return Vec::new();
         };
-        service.metadata.namespace = Some(namespace.clone());
+        let (Some(selector), Some(ports)) = (spec.selector, spec.ports) else {
+            return Vec::new();
+        };
         let pods = index.pods_in(&namespace);
+        // A selector selects a pod only if the pod has all of its labels: one with more entries
+        // than any pod has labels selects nothing, and is not even built.
+        let most_labels = pods
+            .iter()
+            .map(|p| p.metadata.labels.as_ref().map_or(0, BTreeMap::len))
+            .max()
+            .unwrap_or(0);
+        if json::count_members(selector).is_none_or(|n| n == 0 || n > most_labels) {
+            return Vec::new();
+        }
+        let Ok(selector) = BTreeMap::<String, String>::deserialize(selector) else {
+            return Vec::new();
+        };
         let selected: Vec<&Pod> = pods
             .iter()
             .map(Arc::as_ref)
-            .filter(|p| serving(p) && service_selects(&service, p))
+            .filter(|p| {
+                serving(p)
+                    && p.metadata.namespace.as_deref().is_none_or(|ns| ns == namespace)
+                    && selector_matches(&selector, p.metadata.labels.as_ref())
+            })
             .collect();
-        target_port_warnings(&service, &selected)
+        let mut warnings = TargetPortWarnings::new(spec.type_.as_deref(), &selected, status::MAX_WARNINGS);
+        if warnings.done() {
+            return Vec::new();
+        }
+        let read = json::for_each::<Obj<PortDoc<'_>>, _>(ports, |i, Obj(p)| {
+            warnings.port(
+                i,
+                p.target_port.as_ref().map(PortRef::of_doc),
+                p.protocol.as_deref(),
+            );
+        });
+        if read.is_err() {
+            return Vec::new();
+        }
+        warnings.into_warnings()
     }
 }
 
@@ -199,13 +372,6 @@ fn serving(pod: &Pod) -> bool {
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         )
-}
-
-fn terminating(object: &Value) -> bool {
-    object
-        .get("metadata")
-        .and_then(|m| m.get("deletionTimestamp"))
-        .is_some_and(|t| !t.is_null())
 }
 
 /// `cannot decode request.object.spec.template.spec: invalid type: ...`

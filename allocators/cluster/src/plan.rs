@@ -319,11 +319,12 @@ impl ServicePlan {
     ) -> Result<Vec<i32>, Refusal> {
         too_many_claims(state.pending().len(), self.port_claims.len(), max_claims)?;
         let mut taken = Vec::new();
+        let mut taken_set = HashSet::new();
         let mut new = Vec::new();
         for claim in &self.port_claims {
             let result = match claim.want {
                 // Twice in one request is a conflict even though the claim would be "ours".
-                Want::Value(port) if taken.contains(&port) => Err(AllocError::PortAllocated),
+                Want::Value(port) if taken_set.contains(&port) => Err(AllocError::PortAllocated),
                 Want::Value(port) => state.claim(port, &self.service, expires).map(|how| {
                     if how == Claimed::New {
                         new.push(port);
@@ -333,7 +334,10 @@ impl ServicePlan {
                 Want::Next => state.claim_next(&self.service, expires).inspect(|p| new.push(*p)),
             };
             match result {
-                Ok(port) => taken.push(port),
+                Ok(port) => {
+                    taken.push(port);
+                    taken_set.insert(port);
+                }
                 Err(e) => {
                     for port in new {
                         state.unclaim(port, &self.service);
@@ -853,6 +857,14 @@ fn plan_create_ports(plan: &mut ServicePlan, spec: &ServiceSpec) {
     if needs_node_ports(spec) {
         let ports: &[ServicePort] = spec.ports.as_deref().unwrap_or_default();
         let should = should_allocate_node_ports(spec);
+        // The node port the first port of each service port number asks for, in one pass (a
+        // search per port would make a Service of many ports quadratic).
+        let mut first_requested: HashMap<i32, i32> = HashMap::new();
+        for q in ports {
+            if node_port(q) != 0 {
+                first_requested.entry(q.port).or_insert(node_port(q));
+            }
+        }
         // Keyed by the service port number: TCP and UDP of one port share a node port.
         let mut by_service_port: HashMap<i32, Source> = HashMap::new();
         for (i, p) in ports.iter().enumerate() {
@@ -862,10 +874,7 @@ fn plan_create_ports(plan: &mut ServicePlan, spec: &ServiceSpec) {
             }
             match by_service_port.get(&p.port).copied() {
                 None => {
-                    let requested = ports
-                        .iter()
-                        .find(|q| q.port == p.port && node_port(q) != 0)
-                        .map(node_port);
+                    let requested = first_requested.get(&p.port).copied();
                     match requested {
                         Some(requested) => {
                             plan.port_claims.push(PortClaim {
@@ -931,24 +940,32 @@ fn plan_update_ports(
     old: &ServiceSpec,
 ) -> Result<(), Vec<Refusal>> {
     let old_ports: &[ServicePort] = old.ports.as_deref().unwrap_or_default();
-    let mut ports: Vec<ServicePort> = new.ports.clone().unwrap_or_default();
+    let ports: &[ServicePort] = new.ports.as_deref().unwrap_or_default();
+    // The node port of every new port once the omitted ones are filled from the old object.
+    let mut node_ports: Vec<i32> = ports.iter().map(node_port).collect();
     let (old_needs, new_needs) = (needs_node_ports(old), needs_node_ports(new));
     if old_needs && new_needs {
-        let used: HashSet<i32> = ports.iter().map(node_port).filter(|p| *p != 0).collect();
-        for (i, p) in ports.iter_mut().enumerate() {
-            if node_port(p) != 0 {
+        let used: HashSet<i32> = node_ports.iter().copied().filter(|p| *p != 0).collect();
+        // The first old port of each name, in one pass (not a search per new port).
+        let mut old_by_name: HashMap<&str, i32> = HashMap::new();
+        for o in old_ports {
+            old_by_name
+                .entry(o.name.as_deref().unwrap_or_default())
+                .or_insert(node_port(o));
+        }
+        for (i, p) in ports.iter().enumerate() {
+            if node_ports[i] != 0 {
                 continue;
             }
-            let kept = old_ports
-                .iter()
-                .find(|o| o.name.as_deref().unwrap_or_default() == p.name.as_deref().unwrap_or_default())
-                .map(node_port)
+            let kept = old_by_name
+                .get(p.name.as_deref().unwrap_or_default())
+                .copied()
                 .filter(|np| *np != 0 && !used.contains(np));
             // `used` stays the set of values the request itself names: two omitted ports of one
             // name pair (53/TCP and 53/UDP) both get the old value back, as upstream's
             // patchAllocatedValues does.
             if let Some(np) = kept {
-                p.node_port = Some(np);
+                node_ports[i] = np;
                 plan.fixed_ports.push((i, np));
             }
         }
@@ -958,8 +975,7 @@ fn plan_update_ports(
     if new_needs {
         let should = should_allocate_node_ports(new);
         let mut seen: HashSet<(&str, i32)> = HashSet::new();
-        for p in &ports {
-            let np = node_port(p);
+        for (p, &np) in ports.iter().zip(&node_ports) {
             if np != 0 && !seen.insert((protocol(p), np)) {
                 return Err(vec![Refusal::Internal(format!(
                     "duplicate nodePort: {{{} {np}}}",
@@ -968,8 +984,7 @@ fn plan_update_ports(
             }
         }
         let mut allocated: HashSet<i32> = HashSet::new();
-        for (i, p) in ports.iter().enumerate() {
-            let np = node_port(p);
+        for (i, &np) in node_ports.iter().enumerate() {
             if np == 0 && !should {
                 continue;
             }
@@ -1033,6 +1048,94 @@ mod tests {
                 Value::Port(30100)
             ]
         );
+    }
+
+    fn node_port_service(ports: Vec<ServicePort>) -> Service {
+        Service {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some("many".into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some("NodePort".into()),
+                ports: Some(ports),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        }
+    }
+
+    fn port(port: i32, protocol: &str, node_port: Option<i32>) -> ServicePort {
+        ServicePort {
+            name: Some(format!("p{port}-{protocol}")),
+            port,
+            protocol: Some(protocol.into()),
+            node_port,
+            ..ServicePort::default()
+        }
+    }
+
+    #[test]
+    fn many_ports_are_planned_in_linear_time() {
+        // 65,535 service port numbers, each for TCP and UDP: one claim per number, shared by the
+        // two protocols; the second of each pair asks for the first's node port.
+        let mut ports = Vec::new();
+        for p in 1..=65_535 {
+            ports.push(port(p, "TCP", None));
+            ports.push(port(p, "UDP", (p % 2 == 0).then_some(30_000 + p % 2_000)));
+        }
+        let svc = node_port_service(ports);
+        let started = std::time::Instant::now();
+        let plan = plan_service(Operation::Create, Some(&svc), None, &[IpFamily::V4]).expect("plan");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(plan.port_claims.len(), 65_535);
+        // An odd number: one next-free claim patched into both ports.
+        assert_eq!(plan.port_claims[0].want, Want::Next);
+        assert_eq!(plan.port_claims[0].patch_ports, vec![0, 1]);
+        // An even number: the UDP port's request, the TCP port filled with it.
+        assert_eq!(plan.port_claims[1].want, Want::Value(30_002));
+        assert!(plan.fixed_ports.contains(&(2, 30_002)));
+
+        // An update leaving every node port out keeps the old ones, found by name.
+        let old_ports: Vec<ServicePort> = (1..=65_535).map(|p| port(p, "TCP", Some(p))).collect();
+        let new_ports: Vec<ServicePort> = (1..=65_535).rev().map(|p| port(p, "TCP", None)).collect();
+        let (old, new) = (node_port_service(old_ports), node_port_service(new_ports));
+        let started = std::time::Instant::now();
+        let plan = plan_service(Operation::Update, Some(&new), Some(&old), &[IpFamily::V4]);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let plan = plan.expect("plan");
+        assert_eq!(plan.fixed_ports.len(), 65_535);
+        assert_eq!(plan.fixed_ports[0], (0, 65_535));
+        assert!(plan.port_claims.is_empty(), "kept values are not claimed again");
+    }
+
+    #[test]
+    fn a_port_requested_twice_in_one_request_is_refused_once() {
+        let claims = vec![
+            PortClaim::requested(0, 30_001),
+            PortClaim::requested(1, 30_002),
+            PortClaim::requested(2, 30_001),
+        ];
+        let plan = ServicePlan {
+            port_claims: claims,
+            ..ServicePlan::default()
+        };
+        let mut state = RangeState::new(PortAllocator::new("30000-32767".parse().expect("range")));
+        let expires = Timestamp::now();
+        let refusal = plan
+            .execute_ports(&mut state, expires, 100)
+            .expect_err("a duplicate");
+        assert!(format!("{refusal:?}").contains("30001"), "{refusal:?}");
+        assert!(state.pending().is_empty(), "nothing stays claimed");
     }
 
     #[test]

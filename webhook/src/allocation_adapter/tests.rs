@@ -22,7 +22,7 @@ impl Mem {
         Mem(ServiceAllocator::in_memory(cfg.clone()).expect("in-memory allocator"))
     }
 
-    async fn admit(&self, request: &AdmissionRequest) -> Verdict {
+    async fn admit(&self, request: &AdmissionRequest<'_>) -> Verdict {
         admit(&self.0, request).await
     }
 
@@ -63,7 +63,7 @@ impl Mem {
 }
 
 /// An AdmissionReview for a Service in namespace `ns`.
-fn review(op: &str, object: Option<Json>, old: Option<Json>, dry_run: bool) -> AdmissionRequest {
+fn review(op: &str, object: Option<Json>, old: Option<Json>, dry_run: bool) -> AdmissionRequest<'static> {
     let name = object
         .as_ref()
         .or(old.as_ref())

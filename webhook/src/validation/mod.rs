@@ -40,6 +40,10 @@
 //! * soft rule, a warning and never a denial: a Service whose named `targetPort` matches no port of
 //!   the pods its selector currently selects ([`target_port_warnings`]).
 //!
+//! Endpoint addresses ([`endpoints`]), for hand-written Endpoints and EndpointSlices only: upstream's
+//! special ranges (unspecified, loopback, link-local, link-local multicast) with its messages, and
+//! Portico's own rule that an address may not be a Service's clusterIP.
+//!
 //! Deliberately left out: the nodePort range and allocation (the allocator's job), upstream's
 //! "mixed protocols on a LoadBalancer" check (gone since 1.26), and the non-port parts of handlers
 //! (path, scheme, handler count) and containers.
@@ -56,13 +60,30 @@
 //! All violations are reported at once, in a deterministic order: object-level checks that upstream
 //! runs first, then document order (container list, container, port, field), then the object-level
 //! uniqueness checks upstream runs last. The same input always yields the same list.
+//!
+//! # Cost
+//!
+//! Every rule is linear in its input: one pass, hash sets for the uniqueness checks, nothing
+//! re-scanned per element. The functions on typed objects return every violation; the webhook reads
+//! objects straight off the review body ([`json`]) and reports into a [`Findings`] that keeps the
+//! first [`MAX_CAUSES`] violations and only counts the others, so a hostile object with a million
+//! bad ports costs one parse and a few sets, and its refusal stays small.
 
+pub mod endpoints;
+pub mod findings;
+pub mod json;
 pub mod names;
 pub mod pod;
 pub mod service;
 pub mod target_port;
 pub mod workload;
 
+pub use endpoints::{
+    ServiceIpIndex, ServiceRef, controller_managed, controller_managed_raw, validate_endpoint_ip,
+    validate_endpoint_slice_raw, validate_endpoint_slice_value, validate_endpoints_raw,
+    validate_endpoints_value,
+};
+pub use findings::{Findings, Known, MAX_CAUSES};
 pub use names::{
     is_dns1123_label, is_dns1123_subdomain, is_qualified_name, is_valid_port_name, is_valid_port_num,
     validate_port_num_or_name,

@@ -10,6 +10,8 @@
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use portico_allocators::field::{BadValue, FieldError};
 
+use super::findings::{Findings, bad_str};
+use super::json::IntOrStr;
 use super::{LetterMessage, Options};
 
 /// Longest IANA service name, in bytes (RFC 6335 §5.1).
@@ -48,7 +50,13 @@ const QUALIFIED_NAME_SLASHES: &str = "a qualified name must consist of alphanume
      '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional \
      DNS subdomain prefix and '/' (e.g. 'example.com/MyName')";
 
-const PORT_NUM_RANGE: &str = "must be between 1 and 65535, inclusive";
+/// The message of an out-of-range port number.
+pub(crate) const PORT_NUM_RANGE: &str = "must be between 1 and 65535, inclusive";
+
+/// Whether `port` is a port number (1-65535): [`is_valid_port_num`] without a list.
+pub(crate) fn port_num_ok(port: i64) -> bool {
+    (1..=65535).contains(&port)
+}
 
 /// Checks an IANA service name (RFC 6335 §5.1, lowercase only): the syntax of container port names
 /// and of named `targetPort`/probe/lifecycle port references. Empty means valid.
@@ -171,10 +179,58 @@ pub fn is_qualified_name(value: &str) -> Vec<String> {
 /// Checks a port number: valid iff 1 <= `port` <= 65535. Takes `i64` so that any integer a caller
 /// holds can be checked without a lossy cast. Empty means valid.
 pub fn is_valid_port_num(port: i64) -> Vec<&'static str> {
-    if (1..=65535).contains(&port) {
+    if port_num_ok(port) {
         Vec::new()
     } else {
         vec![PORT_NUM_RANGE]
+    }
+}
+
+/// A port reference as written: a number or a name (`targetPort`, `httpGet.port`, ...), borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortRef<'p> {
+    /// A number.
+    Int(i32),
+    /// A name.
+    Str(&'p str),
+}
+
+impl<'p> PortRef<'p> {
+    /// The reference in a typed `IntOrString`.
+    pub fn of(port: &'p IntOrString) -> Self {
+        match port {
+            IntOrString::Int(n) => PortRef::Int(*n),
+            IntOrString::String(s) => PortRef::Str(s),
+        }
+    }
+
+    /// The reference in a decoded [`IntOrStr`].
+    pub fn of_doc(port: &'p IntOrStr<'_>) -> Self {
+        match port {
+            IntOrStr::Int(n) => PortRef::Int(*n),
+            IntOrStr::Str(s) => PortRef::Str(s),
+        }
+    }
+}
+
+/// [`validate_port_num_or_name`] reporting into `sink`; `field` is only rendered for errors kept.
+pub(crate) fn check_port_num_or_name(
+    port: PortRef<'_>,
+    field: impl Fn() -> String,
+    opts: &Options,
+    sink: &mut Findings<'_>,
+) {
+    match port {
+        PortRef::Int(n) => {
+            if !port_num_ok(i64::from(n)) {
+                sink.report(|| FieldError::invalid(field(), BadValue::Int(i64::from(n)), PORT_NUM_RANGE));
+            }
+        }
+        PortRef::Str(s) => {
+            for m in is_valid_port_name(s, opts) {
+                sink.report(|| FieldError::invalid(field(), bad_str(s), m));
+            }
+        }
     }
 }
 
@@ -182,16 +238,9 @@ pub fn is_valid_port_num(port: i64) -> Vec<&'static str> {
 /// `tcpSocket.port`): one `Invalid` error at `field` per message. A numeric string such as `"8080"`
 /// is a *name* and therefore invalid (it has no letter), as upstream decides.
 pub fn validate_port_num_or_name(port: &IntOrString, field: &str, opts: &Options) -> Vec<FieldError> {
-    match port {
-        IntOrString::Int(n) => is_valid_port_num(i64::from(*n))
-            .into_iter()
-            .map(|m| FieldError::invalid(field, BadValue::Int(i64::from(*n)), m))
-            .collect(),
-        IntOrString::String(s) => is_valid_port_name(s, opts)
-            .into_iter()
-            .map(|m| FieldError::invalid(field, BadValue::Str(s.clone()), m))
-            .collect(),
-    }
+    let mut sink = Findings::all();
+    check_port_num_or_name(PortRef::of(port), || field.to_owned(), opts, &mut sink);
+    sink.into_vec()
 }
 
 #[cfg(test)]

@@ -13,31 +13,556 @@
 //! * a named `httpGet`/`tcpSocket` port of a probe or lifecycle handler is declared by the same
 //!   container: the kubelet resolves it there only, and otherwise fails the probe at run time (a
 //!   liveness probe then restarts the container forever, a readiness probe keeps the pod unready).
+//!   The message names up to [`NAMED_CONTAINERS`] other containers that declare it.
+//!
+//! Cost: one pass over the containers and their ports, with one hash map of the valid port names
+//! (inline keys: a valid name is at most 15 ASCII bytes) and one set of the host ports; from a
+//! review, containers and ports are read one by one off the body (`check_pod_spec`). Only when
+//! a kept error names a port another container declares is the list read a second time, for the
+//! names of those containers.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, HTTPGetAction, Lifecycle, Pod, PodSpec, Probe, TCPSocketAction,
-};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Lifecycle, Pod, PodSpec, Probe};
 use portico_allocators::field::{BadValue, FieldError, go_quote};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::Options;
-use super::names::{is_valid_port_name, is_valid_port_num, validate_port_num_or_name};
-use super::service::{effective_protocol, validate_protocol};
+use super::findings::{Findings, bad_str};
+use super::json::{self, IntOrStr, Named, Obj, Text, named};
+use super::names::{PORT_NUM_RANGE, PortRef, check_port_num_or_name, is_valid_port_name, port_num_ok};
+use super::service::check_protocol;
+use super::workload::DecodeError;
 
-/// Where a port name was first declared in the pod, for Portico's pod-wide uniqueness message.
-struct FirstDeclaration<'a> {
-    container: &'a str,
-    port_path: String,
+/// Most other containers a probe-port message names (then `and N more`).
+pub const NAMED_CONTAINERS: usize = 5;
+
+/// Which list a container is in and where: the index, with the top bit for `initContainers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Slot(u32);
+
+impl Slot {
+    const INIT: u32 = 1 << 31;
+
+    fn new(init: bool, index: usize) -> Self {
+        let index = u32::try_from(index).unwrap_or(u32::MAX) & !Self::INIT;
+        Slot(if init { index | Self::INIT } else { index })
+    }
+
+    fn init(self) -> bool {
+        self.0 & Self::INIT != 0
+    }
+
+    fn index(self) -> u32 {
+        self.0 & !Self::INIT
+    }
+
+    fn list(self) -> &'static str {
+        if self.init() {
+            "initContainers"
+        } else {
+            "containers"
+        }
+    }
 }
 
-/// The pod-wide context a container is validated in.
-struct PodContext<'a> {
-    spec: &'a PodSpec,
-    opts: &'a Options,
-    /// Valid port names already declared, across containers and init containers.
-    names: HashMap<&'a str, FirstDeclaration<'a>>,
+/// A valid port name (an IANA service name: at most 15 ASCII bytes), stored inline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PortName([u8; 16]);
+
+impl PortName {
+    fn new(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if b.len() > 15 {
+            return None;
+        }
+        let mut key = [0u8; 16];
+        key[..b.len()].copy_from_slice(b);
+        key[15] = b.len() as u8;
+        Some(PortName(key))
+    }
+}
+
+/// Where a valid port name was declared first, and the last container that declared it.
+struct Declared {
+    first: Slot,
+    first_port: u32,
+    last: Slot,
+}
+
+/// One container port as the rules see it.
+struct PortView<'a> {
+    name: Option<Cow<'a, str>>,
+    container_port: i32,
+    host_port: i32,
+    protocol: Option<Cow<'a, str>>,
+    host_ip: Option<Cow<'a, str>>,
+}
+
+impl<'a> PortView<'a> {
+    fn of(p: &'a ContainerPort) -> Self {
+        PortView {
+            name: p.name.as_deref().map(Cow::Borrowed),
+            container_port: p.container_port,
+            host_port: p.host_port.unwrap_or(0),
+            protocol: p.protocol.as_deref().map(Cow::Borrowed),
+            host_ip: p.host_ip.as_deref().map(Cow::Borrowed),
+        }
+    }
+}
+
+/// The port references of one probe or lifecycle handler.
+#[derive(Default, Clone, Copy)]
+struct HandlerView<'p> {
+    http_get: Option<PortRef<'p>>,
+    tcp_socket: Option<PortRef<'p>>,
+    grpc: Option<i32>,
+}
+
+/// The handlers of a container, in upstream's order.
+#[derive(Default)]
+struct HandlersView<'p> {
+    post_start: Option<HandlerView<'p>>,
+    pre_stop: Option<HandlerView<'p>>,
+    liveness: Option<HandlerView<'p>>,
+    readiness: Option<HandlerView<'p>>,
+    startup: Option<HandlerView<'p>>,
+}
+
+impl<'p> HandlersView<'p> {
+    fn of(c: &'p Container) -> Self {
+        let probe = |p: &'p Option<Probe>| {
+            p.as_ref().map(|p| HandlerView {
+                http_get: p.http_get.as_ref().map(|a| PortRef::of(&a.port)),
+                tcp_socket: p.tcp_socket.as_ref().map(|a| PortRef::of(&a.port)),
+                grpc: p.grpc.as_ref().map(|g| g.port),
+            })
+        };
+        let (post_start, pre_stop) = match &c.lifecycle {
+            Some(Lifecycle {
+                post_start, pre_stop, ..
+            }) => {
+                let handler = |h: &'p Option<k8s_openapi::api::core::v1::LifecycleHandler>| {
+                    h.as_ref().map(|h| HandlerView {
+                        http_get: h.http_get.as_ref().map(|a| PortRef::of(&a.port)),
+                        tcp_socket: h.tcp_socket.as_ref().map(|a| PortRef::of(&a.port)),
+                        grpc: None,
+                    })
+                };
+                (handler(post_start), handler(pre_stop))
+            }
+            None => (None, None),
+        };
+        HandlersView {
+            post_start,
+            pre_stop,
+            liveness: probe(&c.liveness_probe),
+            readiness: probe(&c.readiness_probe),
+            startup: probe(&c.startup_probe),
+        }
+    }
+}
+
+/// The field path of a container (`spec.containers[3]`), rendered only for errors kept.
+#[derive(Clone, Copy)]
+struct ContainerPath<'o> {
+    spec: &'o str,
+    slot: Slot,
+}
+
+impl std::fmt::Display for ContainerPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}[{}]", self.spec, self.slot.list(), self.slot.index())
+    }
+}
+
+/// A probe-port error whose detail waits for the names of the other containers declaring it.
+struct Pending {
+    init_phase: bool,
+    kept: usize,
+    name: PortName,
+    own: Slot,
+}
+
+/// The pod-wide state and per-phase findings of one pod spec.
+struct PodRules<'a, 'o, 'k> {
+    opts: &'o Options,
+    path: &'o str,
+    host_network: bool,
+    names: HashMap<PortName, Declared>,
+    first_declarers: HashMap<Slot, Cow<'a, str>>,
+    host_ports: HashSet<(Cow<'a, str>, Cow<'a, str>, i32)>,
+    current: Slot,
+    current_name: Cow<'a, str>,
+    current_path: ContainerPath<'o>,
+    containers: Findings<'k>,
+    container_conflicts: Findings<'k>,
+    init: Findings<'k>,
+    init_conflicts: Findings<'k>,
+    ephemeral: Findings<'k>,
+    host_network_ports: Findings<'k>,
+    pending: Vec<Pending>,
+}
+
+impl<'a, 'o, 'k> PodRules<'a, 'o, 'k> {
+    fn new(path: &'o str, host_network: bool, opts: &'o Options, sink: &Findings<'k>) -> Self {
+        PodRules {
+            opts,
+            path,
+            host_network,
+            names: HashMap::new(),
+            first_declarers: HashMap::new(),
+            host_ports: HashSet::new(),
+            current: Slot::new(false, 0),
+            current_name: Cow::Borrowed(""),
+            current_path: ContainerPath {
+                spec: path,
+                slot: Slot::new(false, 0),
+            },
+            containers: sink.fork(),
+            container_conflicts: sink.fork(),
+            init: sink.fork(),
+            init_conflicts: sink.fork(),
+            ephemeral: sink.fork(),
+            host_network_ports: sink.fork(),
+            pending: Vec::new(),
+        }
+    }
+
+    fn begin_container(&mut self, init: bool, index: usize, name: Cow<'a, str>) {
+        self.current = Slot::new(init, index);
+        self.current_name = name;
+        self.current_path = ContainerPath {
+            spec: self.path,
+            slot: self.current,
+        };
+        if init {
+            // Each init container runs on its own: host ports only conflict within one.
+            self.host_ports.clear();
+        }
+    }
+
+    fn port(&mut self, j: usize, p: PortView<'a>) {
+        let slot = self.current;
+        let (cpath, opts) = (self.current_path, self.opts);
+        let ppath = || format!("{cpath}.ports[{j}]");
+        let sink = if slot.init() {
+            &mut self.init
+        } else {
+            &mut self.containers
+        };
+        if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+            let msgs = is_valid_port_name(name, opts);
+            if !msgs.is_empty() {
+                for msg in msgs {
+                    sink.report(|| FieldError::invalid(format!("{}.name", ppath()), bad_str(name), msg));
+                }
+            } else if let Some(key) = PortName::new(name) {
+                match self.names.get_mut(&key) {
+                    None => {
+                        self.names.insert(
+                            key,
+                            Declared {
+                                first: slot,
+                                first_port: u32::try_from(j).unwrap_or(u32::MAX),
+                                last: slot,
+                            },
+                        );
+                        self.first_declarers
+                            .entry(slot)
+                            .or_insert_with(|| self.current_name.clone());
+                    }
+                    // Upstream: duplicates within one container (only valid names are compared).
+                    Some(d) if d.last == slot => {
+                        sink.report(|| FieldError::duplicate(format!("{}.name", ppath()), bad_str(name)));
+                    }
+                    // Portico: duplicates across containers.
+                    Some(d) => {
+                        d.last = slot;
+                        let (first, first_port) = (d.first, d.first_port);
+                        let path = self.path;
+                        let container = self
+                            .first_declarers
+                            .get(&first)
+                            .map(|c| c.as_ref())
+                            .unwrap_or_default();
+                        sink.report(|| {
+                            FieldError::invalid(
+                                format!("{}.name", ppath()),
+                                bad_str(name),
+                                format!(
+                                    "must be unique within the pod: already declared by container {} at \
+                                     {path}.{}[{}].ports[{first_port}]",
+                                    quote(container),
+                                    first.list(),
+                                    first.index()
+                                ),
+                            )
+                        });
+                    }
+                }
+            }
+        }
+
+        if p.container_port == 0 {
+            sink.report(|| FieldError::required(format!("{}.containerPort", ppath()), ""));
+        } else {
+            if !port_num_ok(i64::from(p.container_port)) {
+                sink.report(|| {
+                    FieldError::invalid(
+                        format!("{}.containerPort", ppath()),
+                        BadValue::Int(i64::from(p.container_port)),
+                        PORT_NUM_RANGE,
+                    )
+                });
+            }
+        }
+
+        if p.host_port != 0 && !port_num_ok(i64::from(p.host_port)) {
+            sink.report(|| {
+                FieldError::invalid(
+                    format!("{}.hostPort", ppath()),
+                    BadValue::Int(i64::from(p.host_port)),
+                    PORT_NUM_RANGE,
+                )
+            });
+        }
+
+        if let Some(protocol) = &p.protocol {
+            check_protocol(protocol, || format!("{}.protocol", ppath()), sink);
+        }
+
+        // Upstream's hostPort conflict check: `(protocol, hostIP, hostPort)` unique among the
+        // containers (each init container on its own), reported after the list's own errors.
+        if p.host_port != 0 {
+            let protocol = p.protocol.clone().unwrap_or(Cow::Borrowed("TCP"));
+            let ip = p.host_ip.clone().unwrap_or(Cow::Borrowed(""));
+            let key = (protocol, ip, p.host_port);
+            if self.host_ports.contains(&key) {
+                let conflicts = if slot.init() {
+                    &mut self.init_conflicts
+                } else {
+                    &mut self.container_conflicts
+                };
+                conflicts.report(|| {
+                    FieldError::duplicate(
+                        format!("{}.hostPort", ppath()),
+                        bad_str(&format!("{}/{}/{}", key.0, key.1, key.2)),
+                    )
+                });
+            } else {
+                self.host_ports.insert(key);
+            }
+        }
+
+        // Upstream checks regular containers only. A hostPort left at 0 is the one the apiserver
+        // defaults to containerPort (or, for templates in newer releases, leaves unset): not an
+        // error.
+        if self.host_network && !slot.init() && p.host_port != 0 && p.host_port != p.container_port {
+            self.host_network_ports.report(|| {
+                FieldError::invalid(
+                    format!("{}.containerPort", ppath()),
+                    BadValue::Int(i64::from(p.container_port)),
+                    "must match `hostPort` when `hostNetwork` is true",
+                )
+            });
+        }
+    }
+
+    /// The port references of the current container's handlers, after its ports.
+    fn handlers(&mut self, h: &HandlersView<'_>) {
+        if h.post_start.is_none()
+            && h.pre_stop.is_none()
+            && h.liveness.is_none()
+            && h.readiness.is_none()
+            && h.startup.is_none()
+        {
+            return;
+        }
+        let hooks = [
+            ("lifecycle.postStart", h.post_start),
+            ("lifecycle.preStop", h.pre_stop),
+        ];
+        let probes = [
+            ("livenessProbe", h.liveness),
+            ("readinessProbe", h.readiness),
+            ("startupProbe", h.startup),
+        ];
+        for (field, handler) in hooks.into_iter().chain(probes) {
+            let Some(handler) = handler else { continue };
+            if let Some(port) = handler.http_get {
+                self.port_reference(port, field, "httpGet.port");
+            }
+            if let Some(port) = handler.tcp_socket {
+                self.port_reference(port, field, "tcpSocket.port");
+            }
+            if let Some(port) = handler.grpc {
+                let cpath = self.current_path;
+                if !port_num_ok(i64::from(port)) {
+                    self.sink().report(|| {
+                        FieldError::invalid(
+                            format!("{cpath}.{field}.grpc.port"),
+                            BadValue::Int(i64::from(port)),
+                            PORT_NUM_RANGE,
+                        )
+                    });
+                }
+            }
+        }
+    }
+
+    fn sink(&mut self) -> &mut Findings<'k> {
+        if self.current.init() {
+            &mut self.init
+        } else {
+            &mut self.containers
+        }
+    }
+
+    /// Upstream's syntax check of a handler port, then, for a well-formed name, Portico's check
+    /// that the same container declares it (a malformed name already has its error; resolving it
+    /// would only add noise).
+    fn port_reference(&mut self, port: PortRef<'_>, handler: &str, action: &str) {
+        let valid = match port {
+            PortRef::Int(n) => port_num_ok(i64::from(n)),
+            PortRef::Str(s) => is_valid_port_name(s, self.opts).is_empty(),
+        };
+        let opts = self.opts;
+        let slot = self.current;
+        let cpath = self.current_path;
+        let field = || format!("{cpath}.{handler}.{action}");
+        if !valid {
+            let sink = self.sink();
+            check_port_num_or_name(port, field, opts, sink);
+            return;
+        }
+        let PortRef::Str(name) = port else { return };
+        let Some(key) = PortName::new(name) else { return };
+        if self.names.get(&key).is_some_and(|d| d.last == slot) {
+            return;
+        }
+        let container = self.current_name.clone();
+        let detail = || {
+            format!(
+                "no port named {} is declared by container {}",
+                go_quote(name),
+                quote(&container)
+            )
+        };
+        let init_phase = slot.init();
+        let sink = self.sink();
+        let before = sink.kept().len();
+        sink.report(|| FieldError::invalid(field(), bad_str(name), detail()));
+        if sink.kept().len() > before {
+            self.pending.push(Pending {
+                init_phase,
+                kept: before,
+                name: key,
+                own: slot,
+            });
+        }
+    }
+
+    /// Names, for the pending probe-port errors, the other containers declaring the port: the
+    /// usual mistake is a probe in one container naming a port of another (upstream admits it, the
+    /// kubelet then fails with "port ... not found"). `declarations` calls its argument for every
+    /// declared port name of the containers and init containers, in order.
+    fn resolve(
+        &mut self,
+        declarations: impl FnOnce(&mut dyn FnMut(Slot, &str, &str)) -> Result<(), DecodeError>,
+    ) -> Result<(), DecodeError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let wanted: HashSet<PortName> = self.pending.iter().map(|p| p.name).collect();
+        // Per name: the first few declaring containers (slot, name) and how many there are.
+        let mut found: HashMap<PortName, (Vec<(Slot, String)>, usize)> = HashMap::new();
+        let mut last: Option<(Slot, PortName)> = None;
+        declarations(&mut |slot, container, port| {
+            let Some(key) = PortName::new(port).filter(|k| wanted.contains(k)) else {
+                return;
+            };
+            // A container counts once, however many times it declares the name.
+            let entry = found.entry(key).or_default();
+            if entry.0.iter().any(|(s, _)| *s == slot) || last == Some((slot, key)) {
+                return;
+            }
+            last = Some((slot, key));
+            entry.1 += 1;
+            if entry.0.len() <= NAMED_CONTAINERS {
+                entry.0.push((slot, container.to_owned()));
+            }
+        })?;
+        for p in std::mem::take(&mut self.pending) {
+            let Some((declarers, total)) = found.get(&p.name) else {
+                continue;
+            };
+            let own = usize::from(declarers.iter().any(|(s, _)| *s == p.own));
+            let others: Vec<String> = declarers
+                .iter()
+                .filter(|(s, _)| *s != p.own)
+                .take(NAMED_CONTAINERS)
+                .map(|(_, name)| quote(name))
+                .collect();
+            if others.is_empty() {
+                continue;
+            }
+            let unnamed = total - own - others.len();
+            let (noun, verb) = if others.len() + unnamed == 1 {
+                ("container", "declares")
+            } else {
+                ("containers", "declare")
+            };
+            let mut list = others.join(", ");
+            if unnamed > 0 {
+                list.push_str(&format!(" and {unnamed} more"));
+            }
+            let sink = if p.init_phase {
+                &mut self.init
+            } else {
+                &mut self.containers
+            };
+            if let Some(e) = sink.kept_mut().get_mut(p.kept) {
+                e.detail.push_str(&format!(
+                    " ({noun} {list} {verb} it, but named ports resolve only within their own container)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn ephemeral(&mut self, i: usize, set: [(&str, bool); 5]) {
+        let path = self.path;
+        for (field, _) in set.iter().filter(|(_, is_set)| *is_set) {
+            self.ephemeral.report(|| {
+                FieldError::forbidden(
+                    format!("{path}.ephemeralContainers[{i}].{field}"),
+                    "cannot be set for an Ephemeral Container",
+                )
+            });
+        }
+    }
+
+    /// Appends everything to `sink` in upstream's order: the containers, the hostPort conflicts
+    /// among them, the same for `initContainers`, then `ephemeralContainers`, then `hostNetwork`.
+    fn finish(self, sink: &mut Findings<'k>) {
+        sink.join(self.containers);
+        sink.join(self.container_conflicts);
+        sink.join(self.init);
+        sink.join(self.init_conflicts);
+        sink.join(self.ephemeral);
+        sink.join(self.host_network_ports);
+    }
+}
+
+/// A container name quoted for a message, bounded.
+fn quote(s: &str) -> String {
+    match bad_str(s) {
+        BadValue::Raw(cut) => cut,
+        _ => go_quote(s),
+    }
 }
 
 /// Validates the ports of a pod spec and the port references of its probes and lifecycle handlers.
@@ -50,66 +575,48 @@ struct PodContext<'a> {
 /// `livenessProbe`, `readinessProbe`, `startupProbe`), the hostPort conflicts among them, the same for
 /// `initContainers`, then `ephemeralContainers`, then the `hostNetwork` check, as upstream orders them.
 pub fn validate_pod_spec_ports(spec: &PodSpec, path: &str, opts: &Options) -> Vec<FieldError> {
-    let mut errs = Vec::new();
-    let mut ctx = PodContext {
-        spec,
-        opts,
-        names: HashMap::new(),
-    };
-
-    let containers_path = format!("{path}.containers");
-    for (i, container) in spec.containers.iter().enumerate() {
-        validate_container(container, &format!("{containers_path}[{i}]"), &mut ctx, &mut errs);
-    }
-    host_port_conflicts(spec.containers.iter().enumerate(), &containers_path, &mut errs);
-
-    let init_path = format!("{path}.initContainers");
+    let mut sink = Findings::all();
+    let mut rules = PodRules::new(path, spec.host_network == Some(true), opts, &sink);
     let init: &[Container] = spec.init_containers.as_deref().unwrap_or_default();
-    for (i, container) in init.iter().enumerate() {
-        validate_container(container, &format!("{init_path}[{i}]"), &mut ctx, &mut errs);
-    }
-    // Upstream checks each init container on its own (they run one after the other), so a hostPort
-    // only conflicts within one init container.
-    for (i, container) in init.iter().enumerate() {
-        host_port_conflicts(std::iter::once((i, container)), &init_path, &mut errs);
-    }
-
-    for (i, ephemeral) in spec.ephemeral_containers.iter().flatten().enumerate() {
-        let epath = format!("{path}.ephemeralContainers[{i}]");
-        // Ephemeral containers are for debugging and must not carry pod services; upstream forbids
-        // these fields (an empty list counts as unset here, which is the lenient reading).
-        let set = [
-            ("ports", ephemeral.ports.as_ref().is_some_and(|p| !p.is_empty())),
-            ("livenessProbe", ephemeral.liveness_probe.is_some()),
-            ("readinessProbe", ephemeral.readiness_probe.is_some()),
-            ("startupProbe", ephemeral.startup_probe.is_some()),
-            ("lifecycle", ephemeral.lifecycle.is_some()),
-        ];
-        for (field, _) in set.iter().filter(|(_, is_set)| *is_set) {
-            errs.push(FieldError::forbidden(
-                format!("{epath}.{field}"),
-                "cannot be set for an Ephemeral Container",
-            ));
+    let lists = [(false, spec.containers.as_slice()), (true, init)];
+    for (is_init, list) in lists {
+        for (i, c) in list.iter().enumerate() {
+            rules.begin_container(is_init, i, Cow::Borrowed(&c.name));
+            for (j, p) in c.ports.iter().flatten().enumerate() {
+                rules.port(j, PortView::of(p));
+            }
+            rules.handlers(&HandlersView::of(c));
         }
     }
-
-    if spec.host_network == Some(true) {
-        // Upstream checks regular containers only. A hostPort left at 0 is the one the apiserver
-        // defaults to containerPort (or, for templates in newer releases, leaves unset): not an error.
-        for (i, container) in spec.containers.iter().enumerate() {
-            for (j, port) in container_ports(container).iter().enumerate() {
-                let host_port = port.host_port.unwrap_or(0);
-                if host_port != 0 && host_port != port.container_port {
-                    errs.push(FieldError::invalid(
-                        format!("{containers_path}[{i}].ports[{j}].containerPort"),
-                        BadValue::Int(i64::from(port.container_port)),
-                        "must match `hostPort` when `hostNetwork` is true",
-                    ));
+    for (i, e) in spec.ephemeral_containers.iter().flatten().enumerate() {
+        // Ephemeral containers are for debugging and must not carry pod services; upstream forbids
+        // these fields (an empty list counts as unset here, which is the lenient reading).
+        rules.ephemeral(
+            i,
+            [
+                ("ports", e.ports.as_ref().is_some_and(|p| !p.is_empty())),
+                ("livenessProbe", e.liveness_probe.is_some()),
+                ("readinessProbe", e.readiness_probe.is_some()),
+                ("startupProbe", e.startup_probe.is_some()),
+                ("lifecycle", e.lifecycle.is_some()),
+            ],
+        );
+    }
+    let resolved = rules.resolve(|each| {
+        for (is_init, list) in lists {
+            for (i, c) in list.iter().enumerate() {
+                for p in c.ports.iter().flatten() {
+                    if let Some(name) = p.name.as_deref() {
+                        each(Slot::new(is_init, i), &c.name, name);
+                    }
                 }
             }
         }
-    }
-    errs
+        Ok(())
+    });
+    debug_assert!(resolved.is_ok());
+    rules.finish(&mut sink);
+    sink.into_vec()
 }
 
 /// Validates the ports of a Pod (paths under `spec.`). A Pod without a spec has no ports to check.
@@ -120,264 +627,250 @@ pub fn validate_pod(pod: &Pod, opts: &Options) -> Vec<FieldError> {
         .unwrap_or_default()
 }
 
-fn container_ports(container: &Container) -> &[ContainerPort] {
-    container.ports.as_deref().unwrap_or_default()
+/// What the rules read of a pod spec in a review; the lists stay raw and are read one by one.
+#[derive(Deserialize, Default)]
+#[serde(default, expecting = "PodSpec")]
+struct PodSpecDoc<'a> {
+    #[serde(borrow)]
+    containers: Option<&'a RawValue>,
+    #[serde(rename = "initContainers", borrow)]
+    init_containers: Option<&'a RawValue>,
+    #[serde(rename = "ephemeralContainers", borrow)]
+    ephemeral_containers: Option<&'a RawValue>,
+    #[serde(rename = "hostNetwork")]
+    host_network: Option<bool>,
 }
 
-/// One container: its ports, then the port references of its handlers.
-fn validate_container<'a>(
-    container: &'a Container,
-    cpath: &str,
-    ctx: &mut PodContext<'a>,
-    errs: &mut Vec<FieldError>,
-) {
-    let mut own_names = HashSet::new();
-    for (j, port) in container_ports(container).iter().enumerate() {
-        let ppath = format!("{cpath}.ports[{j}]");
-        if let Some(name) = port.name.as_deref().filter(|n| !n.is_empty()) {
-            let msgs = is_valid_port_name(name, ctx.opts);
-            if !msgs.is_empty() {
-                for msg in msgs {
-                    errs.push(FieldError::invalid(
-                        format!("{ppath}.name"),
-                        BadValue::Str(name.to_owned()),
-                        msg,
-                    ));
-                }
-            } else if !own_names.insert(name) {
-                // Upstream: duplicates within one container (only valid names are compared).
-                errs.push(FieldError::duplicate(
-                    format!("{ppath}.name"),
-                    BadValue::Str(name.to_owned()),
-                ));
-            } else if let Some(first) = ctx.names.get(name) {
-                // Portico: duplicates across containers.
-                errs.push(FieldError::invalid(
-                    format!("{ppath}.name"),
-                    BadValue::Str(name.to_owned()),
-                    format!(
-                        "must be unique within the pod: already declared by container {} at {}",
-                        go_quote(first.container),
-                        first.port_path
-                    ),
-                ));
-            } else {
-                ctx.names.insert(
-                    name,
-                    FirstDeclaration {
-                        container: &container.name,
-                        port_path: ppath.clone(),
-                    },
-                );
-            }
-        }
-
-        if port.container_port == 0 {
-            errs.push(FieldError::required(format!("{ppath}.containerPort"), ""));
-        } else {
-            for msg in is_valid_port_num(i64::from(port.container_port)) {
-                errs.push(FieldError::invalid(
-                    format!("{ppath}.containerPort"),
-                    BadValue::Int(i64::from(port.container_port)),
-                    msg,
-                ));
-            }
-        }
-
-        let host_port = port.host_port.unwrap_or(0);
-        if host_port != 0 {
-            for msg in is_valid_port_num(i64::from(host_port)) {
-                errs.push(FieldError::invalid(
-                    format!("{ppath}.hostPort"),
-                    BadValue::Int(i64::from(host_port)),
-                    msg,
-                ));
-            }
-        }
-
-        if let Some(protocol) = &port.protocol {
-            errs.extend(validate_protocol(protocol, &format!("{ppath}.protocol")));
-        }
-    }
-
-    if let Some(Lifecycle {
-        post_start, pre_stop, ..
-    }) = &container.lifecycle
-    {
-        for (hook, handler) in [("postStart", post_start), ("preStop", pre_stop)] {
-            if let Some(h) = handler {
-                let hpath = format!("{cpath}.lifecycle.{hook}");
-                check_handler(
-                    h.http_get.as_ref(),
-                    h.tcp_socket.as_ref(),
-                    None,
-                    &hpath,
-                    container,
-                    ctx,
-                    errs,
-                );
-            }
-        }
-    }
-    let probes = [
-        ("livenessProbe", &container.liveness_probe),
-        ("readinessProbe", &container.readiness_probe),
-        ("startupProbe", &container.startup_probe),
-    ];
-    for (field, probe) in probes {
-        if let Some(Probe {
-            http_get,
-            tcp_socket,
-            grpc,
-            ..
-        }) = probe
-        {
-            let ppath = format!("{cpath}.{field}");
-            let grpc_port = grpc.as_ref().map(|g| g.port);
-            check_handler(
-                http_get.as_ref(),
-                tcp_socket.as_ref(),
-                grpc_port,
-                &ppath,
-                container,
-                ctx,
-                errs,
-            );
-        }
-    }
+#[derive(Deserialize, Default)]
+#[serde(default, expecting = "Container")]
+struct ContainerDoc<'a> {
+    #[serde(borrow)]
+    name: Option<Text<'a>>,
+    #[serde(borrow)]
+    ports: Option<&'a RawValue>,
+    // Boxed: a container rarely has them, and the element is moved a few times on its way.
+    #[serde(borrow)]
+    lifecycle: Option<Box<Obj<LifecycleDoc<'a>>>>,
+    #[serde(rename = "livenessProbe", borrow)]
+    liveness_probe: Option<Box<Obj<HandlerDoc<'a>>>>,
+    #[serde(rename = "readinessProbe", borrow)]
+    readiness_probe: Option<Box<Obj<HandlerDoc<'a>>>>,
+    #[serde(rename = "startupProbe", borrow)]
+    startup_probe: Option<Box<Obj<HandlerDoc<'a>>>>,
 }
 
-/// The port references of one probe or lifecycle handler. gRPC ports are numbers only.
-fn check_handler(
-    http_get: Option<&HTTPGetAction>,
-    tcp_socket: Option<&TCPSocketAction>,
-    grpc_port: Option<i32>,
-    hpath: &str,
-    container: &Container,
-    ctx: &PodContext<'_>,
-    errs: &mut Vec<FieldError>,
-) {
-    if let Some(action) = http_get {
-        check_port_reference(
-            &action.port,
-            &format!("{hpath}.httpGet.port"),
-            container,
-            ctx,
-            errs,
-        );
-    }
-    if let Some(action) = tcp_socket {
-        check_port_reference(
-            &action.port,
-            &format!("{hpath}.tcpSocket.port"),
-            container,
-            ctx,
-            errs,
-        );
-    }
-    if let Some(port) = grpc_port {
-        for msg in is_valid_port_num(i64::from(port)) {
-            errs.push(FieldError::invalid(
-                format!("{hpath}.grpc.port"),
-                BadValue::Int(i64::from(port)),
-                msg,
-            ));
-        }
+#[derive(Deserialize, Default)]
+#[serde(default, expecting = "Lifecycle")]
+struct LifecycleDoc<'a> {
+    #[serde(rename = "postStart", borrow)]
+    post_start: Option<Obj<HandlerDoc<'a>>>,
+    #[serde(rename = "preStop", borrow)]
+    pre_stop: Option<Obj<HandlerDoc<'a>>>,
+}
+
+/// A probe or a lifecycle handler (a handler has no `grpc`).
+#[derive(Deserialize, Default)]
+#[serde(default, expecting = "Probe")]
+struct HandlerDoc<'a> {
+    #[serde(rename = "httpGet", borrow)]
+    http_get: Option<Obj<ActionDoc<'a>>>,
+    #[serde(rename = "tcpSocket", borrow)]
+    tcp_socket: Option<Obj<ActionDoc<'a>>>,
+    grpc: Option<Obj<GrpcDoc>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, expecting = "HTTPGetAction")]
+struct ActionDoc<'a> {
+    #[serde(borrow)]
+    port: Option<IntOrStr<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, expecting = "GRPCAction")]
+struct GrpcDoc {
+    port: Option<i32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, expecting = "ContainerPort")]
+struct ContainerPortDoc<'a> {
+    #[serde(borrow)]
+    name: Option<Text<'a>>,
+    #[serde(rename = "containerPort")]
+    container_port: Option<i32>,
+    #[serde(rename = "hostPort")]
+    host_port: Option<i32>,
+    #[serde(borrow)]
+    protocol: Option<Text<'a>>,
+    #[serde(rename = "hostIP", borrow)]
+    host_ip: Option<Text<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, expecting = "EphemeralContainer")]
+struct EphemeralDoc<'a> {
+    #[serde(borrow)]
+    ports: Option<&'a RawValue>,
+    #[serde(rename = "livenessProbe", borrow)]
+    liveness_probe: Option<&'a RawValue>,
+    #[serde(rename = "readinessProbe", borrow)]
+    readiness_probe: Option<&'a RawValue>,
+    #[serde(rename = "startupProbe", borrow)]
+    startup_probe: Option<&'a RawValue>,
+    #[serde(borrow)]
+    lifecycle: Option<&'a RawValue>,
+}
+
+/// The names a resolution pass reads of a container.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct NamesDoc<'a> {
+    #[serde(borrow)]
+    name: Option<Text<'a>>,
+    #[serde(borrow)]
+    ports: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PortNameDoc<'a> {
+    #[serde(borrow)]
+    name: Option<Text<'a>>,
+}
+
+named!(
+    PodSpecDoc => "PodSpec",
+    ContainerDoc => "Container",
+    LifecycleDoc => "Lifecycle",
+    HandlerDoc => "Probe",
+    ActionDoc => "HTTPGetAction",
+    ContainerPortDoc => "ContainerPort",
+    EphemeralDoc => "EphemeralContainer",
+    NamesDoc => "Container",
+    PortNameDoc => "ContainerPort",
+);
+
+impl Named for GrpcDoc {
+    const NAME: &'static str = "GRPCAction";
+}
+
+fn handler_view<'p>(h: &'p HandlerDoc<'_>) -> HandlerView<'p> {
+    let port = |a: &'p Obj<ActionDoc<'_>>| match &a.port {
+        Some(p) => PortRef::of_doc(p),
+        None => PortRef::Int(0),
+    };
+    HandlerView {
+        http_get: h.http_get.as_ref().map(port),
+        tcp_socket: h.tcp_socket.as_ref().map(port),
+        grpc: h.grpc.as_ref().map(|g| g.port.unwrap_or(0)),
     }
 }
 
-/// Upstream's syntax check of a handler port, then, for a well-formed name, Portico's check that
-/// the same container declares it (a malformed name already has its error; resolving it would only
-/// add noise).
-fn check_port_reference(
-    port: &IntOrString,
-    field: &str,
-    container: &Container,
-    ctx: &PodContext<'_>,
-    errs: &mut Vec<FieldError>,
-) {
-    let syntax = validate_port_num_or_name(port, field, ctx.opts);
-    if !syntax.is_empty() {
-        errs.extend(syntax);
-        return;
-    }
-    let IntOrString::String(name) = port else { return };
-    if container_ports(container)
-        .iter()
-        .any(|p| p.name.as_deref() == Some(name.as_str()))
-    {
-        return;
-    }
-    let mut detail = format!(
-        "no port named {} is declared by container {}",
-        go_quote(name),
-        go_quote(&container.name)
-    );
-    // Say where the name does live: the usual mistake is a probe in one container naming a port of
-    // another (upstream admits it, the kubelet then fails with "port ... not found").
-    let elsewhere: Vec<String> = all_containers(ctx.spec)
-        .filter(|c| !std::ptr::eq(*c, container))
-        .filter(|c| {
-            container_ports(c)
-                .iter()
-                .any(|p| p.name.as_deref() == Some(name.as_str()))
+/// Validates the pod spec of a review (`spec` raw, field paths under `path`) into `sink`, reading
+/// containers and ports one by one off the body.
+pub(crate) fn check_pod_spec(
+    spec: &RawValue,
+    path: &str,
+    opts: &Options,
+    sink: &mut Findings<'_>,
+) -> Result<(), DecodeError> {
+    let fail = |e: serde_json::Error| DecodeError::new(path, &e);
+    let Obj(doc) = Obj::<PodSpecDoc<'_>>::deserialize(spec).map_err(fail)?;
+    let mut rules = PodRules::new(path, doc.host_network == Some(true), opts, sink);
+    let lists = [(false, doc.containers), (true, doc.init_containers)];
+    for (is_init, list) in lists {
+        let Some(list) = list else { continue };
+        json::try_for_each::<Obj<ContainerDoc<'_>>, _>(list, |i, Obj(c)| {
+            rules.begin_container(is_init, i, c.name.map(|n| n.0).unwrap_or_default());
+            if let Some(ports) = c.ports {
+                json::for_each::<Obj<ContainerPortDoc<'_>>, _>(ports, |j, Obj(p)| {
+                    rules.port(
+                        j,
+                        PortView {
+                            name: p.name.map(|n| n.0),
+                            container_port: p.container_port.unwrap_or(0),
+                            host_port: p.host_port.unwrap_or(0),
+                            protocol: p.protocol.map(|n| n.0),
+                            host_ip: p.host_ip.map(|n| n.0),
+                        },
+                    );
+                })?;
+            }
+            let (post_start, pre_stop) = match &c.lifecycle {
+                Some(l) => (
+                    l.post_start.as_ref().map(|h| HandlerView {
+                        grpc: None,
+                        ..handler_view(h)
+                    }),
+                    l.pre_stop.as_ref().map(|h| HandlerView {
+                        grpc: None,
+                        ..handler_view(h)
+                    }),
+                ),
+                None => (None, None),
+            };
+            rules.handlers(&HandlersView {
+                post_start,
+                pre_stop,
+                liveness: c.liveness_probe.as_ref().map(|h| handler_view(h)),
+                readiness: c.readiness_probe.as_ref().map(|h| handler_view(h)),
+                startup: c.startup_probe.as_ref().map(|h| handler_view(h)),
+            });
+            Ok(())
         })
-        .map(|c| go_quote(&c.name))
-        .collect();
-    if !elsewhere.is_empty() {
-        let (noun, verb) = if elsewhere.len() == 1 {
-            ("container", "declares")
-        } else {
-            ("containers", "declare")
-        };
-        detail.push_str(&format!(
-            " ({noun} {} {verb} it, but named ports resolve only within their own container)",
-            elsewhere.join(", ")
-        ));
+        .map_err(fail)?;
     }
-    errs.push(FieldError::invalid(field, BadValue::Str(name.clone()), detail));
-}
-
-fn all_containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
-    spec.containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-}
-
-/// Upstream's hostPort conflict check: `(protocol, hostIP, hostPort)` unique among `containers`.
-fn host_port_conflicts<'a>(
-    containers: impl Iterator<Item = (usize, &'a Container)>,
-    list_path: &str,
-    errs: &mut Vec<FieldError>,
-) {
-    let mut seen = HashSet::new();
-    for (i, container) in containers {
-        for (j, port) in container_ports(container).iter().enumerate() {
-            let host_port = port.host_port.unwrap_or(0);
-            if host_port == 0 {
-                continue;
-            }
-            let key = format!(
-                "{}/{}/{}",
-                effective_protocol(port.protocol.as_ref()),
-                port.host_ip.as_deref().unwrap_or_default(),
-                host_port
+    if let Some(list) = doc.ephemeral_containers {
+        json::try_for_each::<Obj<EphemeralDoc<'_>>, _>(list, |i, Obj(e)| {
+            let set = |v: Option<&RawValue>| v.is_some_and(|v| !json::is_null(v));
+            let ports = match e.ports {
+                Some(p) => json::count(p)? > 0,
+                None => false,
+            };
+            rules.ephemeral(
+                i,
+                [
+                    ("ports", ports),
+                    ("livenessProbe", set(e.liveness_probe)),
+                    ("readinessProbe", set(e.readiness_probe)),
+                    ("startupProbe", set(e.startup_probe)),
+                    ("lifecycle", set(e.lifecycle)),
+                ],
             );
-            if !seen.insert(key.clone()) {
-                errs.push(FieldError::duplicate(
-                    format!("{list_path}[{i}].ports[{j}].hostPort"),
-                    BadValue::Str(key),
-                ));
-            }
-        }
+            Ok(())
+        })
+        .map_err(fail)?;
     }
+    rules.resolve(|each| {
+        for (is_init, list) in lists {
+            let Some(list) = list else { continue };
+            json::try_for_each::<Obj<NamesDoc<'_>>, _>(list, |i, Obj(c)| {
+                let container = c.name.as_deref().unwrap_or_default();
+                if let Some(ports) = c.ports {
+                    json::for_each::<Obj<PortNameDoc<'_>>, _>(ports, |_, Obj(p)| {
+                        if let Some(name) = p.name.as_deref() {
+                            each(Slot::new(is_init, i), container, name);
+                        }
+                    })?;
+                }
+                Ok(())
+            })
+            .map_err(fail)?;
+        }
+        Ok(())
+    })?;
+    rules.finish(sink);
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{
-        EphemeralContainer, ExecAction, GRPCAction, LifecycleHandler, SleepAction,
+        EphemeralContainer, ExecAction, GRPCAction, HTTPGetAction, LifecycleHandler, SleepAction,
+        TCPSocketAction,
     };
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     use super::*;
 

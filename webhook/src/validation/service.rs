@@ -1,16 +1,26 @@
 //! Service port rules: all of them are upstream's (`ValidateService`), with upstream's messages and
 //! order; none is Portico's own. They matter for objects that did not go through the apiserver's
 //! validation, and keep the warning rules of [`super::target_port`] on well-formed input.
+//!
+//! Cost: one pass over the ports, constant work per port but for the duplicate checks (hash
+//! sets of the names and of the `(protocol, port)` and `(protocol, nodePort)` keys). From a review
+//! the ports are read one by one off the body (`check_spec_doc`): nothing but the sets is
+//! kept, and errors beyond the sink's cap are only counted.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use portico_allocators::field::{BadValue, FieldError, go_quote};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::Options;
-use super::names::{is_dns1123_label, is_qualified_name, is_valid_port_num, validate_port_num_or_name};
+use super::findings::{Findings, bad_str};
+use super::json::{self, IntOrStr, Obj, Text, named};
+use super::names::{
+    PORT_NUM_RANGE, PortRef, check_port_num_or_name, is_dns1123_label, is_qualified_name, port_num_ok,
+};
 use super::workload::DecodeError;
 
 /// The protocols a Service or container port may use, as upstream lists them.
@@ -24,6 +34,295 @@ pub(crate) fn effective_protocol(protocol: Option<&String>) -> &str {
     protocol.map_or("TCP", String::as_str)
 }
 
+/// [`effective_protocol`] for a borrowed protocol.
+pub(crate) fn protocol_or_tcp(protocol: Option<&str>) -> &str {
+    protocol.unwrap_or("TCP")
+}
+
+/// A set of `(protocol, number)` keys: a hash set, and after [`PortKeys::SMALL`] insertions, a
+/// bitmap for the three protocols and the numbers 0-65535 (24 KiB) with the hash set for anything
+/// else.
+#[derive(Default)]
+pub(crate) struct PortKeys<'a> {
+    inserts: usize,
+    bits: Vec<u64>,
+    known: HashSet<(u8, i32)>,
+    other: HashSet<(Cow<'a, str>, i32)>,
+}
+
+impl<'a> PortKeys<'a> {
+    const SMALL: usize = 256;
+
+    /// Adds a key; `false` when it was there already.
+    pub(crate) fn insert(&mut self, protocol: Option<&Cow<'a, str>>, value: i32) -> bool {
+        let proto: u8 = match protocol.map_or("TCP", |p| p.as_ref()) {
+            "TCP" => 0,
+            "UDP" => 1,
+            "SCTP" => 2,
+            _ => {
+                let p = protocol.cloned().unwrap_or_default();
+                return self.other.insert((p, value));
+            }
+        };
+        self.inserts += 1;
+        if self.bits.is_empty() && self.inserts > Self::SMALL {
+            self.bits = vec![0; 3 * 1024];
+            let small: Vec<(u8, i32)> = self
+                .known
+                .iter()
+                .copied()
+                .filter(|(_, v)| u16::try_from(*v).is_ok())
+                .collect();
+            for (p, v) in small {
+                self.known.remove(&(p, v));
+                self.set_bit(p, v);
+            }
+        }
+        match u16::try_from(value) {
+            Ok(_) if !self.bits.is_empty() => self.set_bit(proto, value),
+            _ => self.known.insert((proto, value)),
+        }
+    }
+
+    /// Sets the bit of `(protocol, value)` (`value` in 0-65535); `false` if it was set.
+    fn set_bit(&mut self, proto: u8, value: i32) -> bool {
+        let bit = usize::from(proto) * 65_536 + usize::try_from(value).unwrap_or(0);
+        let (word, mask) = (bit / 64, 1u64 << (bit % 64));
+        let new = self.bits[word] & mask == 0;
+        self.bits[word] |= mask;
+        new
+    }
+}
+
+/// One Service port as the rules see it: from a typed `ServicePort` or read off a review.
+pub(crate) struct PortView<'a, 'p> {
+    pub name: Option<Cow<'a, str>>,
+    pub port: i32,
+    pub protocol: Option<Cow<'a, str>>,
+    pub target_port: Option<PortRef<'p>>,
+    pub app_protocol: Option<&'p str>,
+    pub node_port: i32,
+}
+
+impl<'a> PortView<'a, 'a> {
+    fn of(p: &'a ServicePort) -> Self {
+        PortView {
+            name: p.name.as_deref().map(Cow::Borrowed),
+            port: p.port,
+            protocol: p.protocol.as_deref().map(Cow::Borrowed),
+            target_port: p.target_port.as_ref().map(PortRef::of),
+            app_protocol: p.app_protocol.as_deref(),
+            node_port: p.node_port.unwrap_or(0),
+        }
+    }
+}
+
+/// One element of `spec.ports` as sent, decoded as k8s-openapi decodes a `ServicePort` (same
+/// type errors, unknown fields ignored), its strings borrowed from the body.
+#[derive(Deserialize, Default)]
+#[serde(default, expecting = "ServicePort")]
+pub(crate) struct PortDoc<'a> {
+    #[serde(borrow)]
+    pub name: Option<Text<'a>>,
+    pub port: Option<i32>,
+    #[serde(borrow)]
+    pub protocol: Option<Text<'a>>,
+    #[serde(rename = "targetPort", borrow)]
+    pub target_port: Option<IntOrStr<'a>>,
+    #[serde(rename = "appProtocol", borrow)]
+    pub app_protocol: Option<Text<'a>>,
+    #[serde(rename = "nodePort")]
+    pub node_port: Option<i32>,
+}
+
+named!(PortDoc => "ServicePort", SpecDoc => "ServiceSpec");
+
+/// The first element of a list of strings (the others are type-checked and dropped).
+#[derive(Default)]
+pub(crate) struct FirstText<'a>(pub Option<Text<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for FirstText<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FirstText<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let first = seq.next_element::<Text<'de>>()?;
+                while seq.next_element::<Text<'de>>()?.is_some() {}
+                Ok(FirstText(first))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// What the rules read of a Service's `spec` in a review: the fields that decide which rules
+/// apply, and the ports and selector left raw (read one by one, or only when needed).
+#[derive(Deserialize, Default)]
+#[serde(default, expecting = "ServiceSpec")]
+pub(crate) struct SpecDoc<'a> {
+    #[serde(rename = "type", borrow)]
+    pub type_: Option<Text<'a>>,
+    #[serde(rename = "clusterIP", borrow)]
+    pub cluster_ip: Option<Text<'a>>,
+    #[serde(rename = "clusterIPs", borrow)]
+    pub cluster_ips: Option<FirstText<'a>>,
+    #[serde(borrow)]
+    pub ports: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub selector: Option<&'a RawValue>,
+}
+
+impl SpecDoc<'_> {
+    /// `spec.type`, defaulted.
+    pub(crate) fn service_type(&self) -> &str {
+        self.type_.as_deref().unwrap_or("ClusterIP")
+    }
+
+    fn headless(&self) -> bool {
+        self.cluster_ip.as_deref() == Some("None")
+            || self.cluster_ips.as_ref().and_then(|ips| ips.0.as_deref()) == Some("None")
+    }
+}
+
+/// The cross-port state and the per-phase findings of one Service.
+struct ServiceRules<'a, 'o, 'k> {
+    opts: &'o Options,
+    load_balancer: bool,
+    cluster_ip: bool,
+    names: HashSet<Cow<'a, str>>,
+    node_ports: PortKeys<'a>,
+    ports: PortKeys<'a>,
+    kubelet: Findings<'k>,
+    own: Findings<'k>,
+    forbidden: Findings<'k>,
+    duplicate_node_ports: Findings<'k>,
+    duplicate_ports: Findings<'k>,
+}
+
+impl<'a, 'o, 'k> ServiceRules<'a, 'o, 'k> {
+    fn new(service_type: &str, opts: &'o Options, sink: &Findings<'k>) -> Self {
+        ServiceRules {
+            opts,
+            load_balancer: service_type == "LoadBalancer",
+            cluster_ip: service_type == "ClusterIP",
+            names: HashSet::new(),
+            node_ports: PortKeys::default(),
+            ports: PortKeys::default(),
+            kubelet: sink.fork(),
+            own: sink.fork(),
+            forbidden: sink.fork(),
+            duplicate_node_ports: sink.fork(),
+            duplicate_ports: sink.fork(),
+        }
+    }
+
+    /// One port, `require_name` when the Service has more than one.
+    fn port(&mut self, i: usize, p: PortView<'a, '_>, require_name: bool) {
+        let path = || format!("spec.ports[{i}]");
+        if self.load_balancer && p.port == KUBELET_PORT {
+            self.kubelet.report(|| {
+                FieldError::invalid(
+                    path(),
+                    BadValue::Int(i64::from(p.port)),
+                    format!("may not expose port {KUBELET_PORT} externally since it is used by kubelet"),
+                )
+            });
+        }
+        self.own_rules(&p, &path, require_name);
+        if self.cluster_ip && p.node_port != 0 {
+            self.forbidden.report(|| {
+                FieldError::forbidden(
+                    format!("spec.ports[{i}].nodePort"),
+                    "may not be used when `type` is 'ClusterIP'",
+                )
+            });
+        }
+        // TCP and UDP may share a nodePort (or a port): the key includes the protocol.
+        if p.node_port != 0 && !self.node_ports.insert(p.protocol.as_ref(), p.node_port) {
+            self.duplicate_node_ports.report(|| {
+                FieldError::duplicate(
+                    format!("spec.ports[{i}].nodePort"),
+                    BadValue::Int(i64::from(p.node_port)),
+                )
+            });
+        }
+        if !self.ports.insert(p.protocol.as_ref(), p.port) {
+            self.duplicate_ports
+                .report(|| FieldError::duplicate(path(), go_service_port(&p)));
+        }
+        if let Some(name) = p.name.filter(|n| !n.is_empty())
+            && !self.names.contains(name.as_ref())
+        {
+            self.names.insert(name);
+        }
+    }
+
+    /// One port's own rules, in upstream's order.
+    fn own_rules(&mut self, p: &PortView<'a, '_>, path: &dyn Fn() -> String, require_name: bool) {
+        let sink = &mut self.own;
+        match p.name.as_deref() {
+            None | Some("") => {
+                if require_name {
+                    sink.report(|| FieldError::required(format!("{}.name", path()), ""));
+                }
+            }
+            Some(name) => {
+                for msg in is_dns1123_label(name) {
+                    sink.report(|| FieldError::invalid(format!("{}.name", path()), bad_str(name), msg));
+                }
+                // Upstream checks duplicates even when the name was invalid: two `HTTP` ports
+                // give two Invalid errors and a Duplicate.
+                if self.names.contains(name) {
+                    sink.report(|| FieldError::duplicate(format!("{}.name", path()), bad_str(name)));
+                }
+            }
+        }
+
+        if !port_num_ok(i64::from(p.port)) {
+            sink.report(|| {
+                FieldError::invalid(
+                    format!("{}.port", path()),
+                    BadValue::Int(i64::from(p.port)),
+                    PORT_NUM_RANGE,
+                )
+            });
+        }
+
+        if let Some(protocol) = &p.protocol {
+            check_protocol(protocol, || format!("{}.protocol", path()), sink);
+        }
+
+        // Absent targetPort is defaulted to `port`, whose errors are already reported.
+        if let Some(target) = p.target_port {
+            check_port_num_or_name(target, || format!("{}.targetPort", path()), self.opts, sink);
+        }
+
+        if let Some(app_protocol) = p.app_protocol {
+            for msg in is_qualified_name(app_protocol) {
+                sink.report(|| {
+                    FieldError::invalid(format!("{}.appProtocol", path()), bad_str(app_protocol), msg)
+                });
+            }
+        }
+    }
+
+    /// Appends everything to `sink`, in upstream's order, after the object-level check.
+    fn finish(self, count: usize, ports_optional: bool, sink: &mut Findings<'k>) {
+        if count == 0 && !ports_optional {
+            sink.report(|| FieldError::required("spec.ports", ""));
+        }
+        sink.join(self.kubelet);
+        sink.join(self.own);
+        sink.join(self.forbidden);
+        sink.join(self.duplicate_node_ports);
+        sink.join(self.duplicate_ports);
+    }
+}
+
 /// Validates the ports of a Service spec, field paths under `spec.`.
 ///
 /// Order as upstream executes it: `spec.ports` required, the LoadBalancer kubelet-port check, each
@@ -31,152 +330,122 @@ pub(crate) fn effective_protocol(protocol: Option<&String>) -> &str {
 /// duplicate `(protocol, nodePort)` and duplicate `(protocol, port)`. The nodePort range is not
 /// checked here: it is the allocator's business, and a flag of the apiserver.
 pub fn validate_service_ports(spec: &ServiceSpec, opts: &Options) -> Vec<FieldError> {
-    let mut errs = Vec::new();
+    let mut sink = Findings::all();
     let ports: &[ServicePort] = spec.ports.as_deref().unwrap_or_default();
     // Absent type is defaulted to ClusterIP by the apiserver.
     let service_type = spec.type_.as_deref().unwrap_or("ClusterIP");
-
-    if ports.is_empty() && !is_headless(spec) && service_type != "ExternalName" {
-        errs.push(FieldError::required("spec.ports", ""));
-    }
-
-    if service_type == "LoadBalancer" {
-        for (i, port) in ports.iter().enumerate() {
-            if port.port == KUBELET_PORT {
-                errs.push(FieldError::invalid(
-                    format!("spec.ports[{i}]"),
-                    BadValue::Int(i64::from(port.port)),
-                    format!("may not expose port {KUBELET_PORT} externally since it is used by kubelet"),
-                ));
-            }
-        }
-    }
-
-    let require_name = ports.len() > 1;
-    let mut names = HashSet::new();
+    let mut rules = ServiceRules::new(service_type, opts, &sink);
     for (i, port) in ports.iter().enumerate() {
-        validate_port(
-            port,
-            &format!("spec.ports[{i}]"),
-            require_name,
-            &mut names,
-            opts,
-            &mut errs,
-        );
+        rules.port(i, PortView::of(port), ports.len() > 1);
     }
-
-    if service_type == "ClusterIP" {
-        for (i, port) in ports.iter().enumerate() {
-            if port.node_port.unwrap_or(0) != 0 {
-                errs.push(FieldError::forbidden(
-                    format!("spec.ports[{i}].nodePort"),
-                    "may not be used when `type` is 'ClusterIP'",
-                ));
-            }
-        }
-    }
-
-    // TCP and UDP may share a nodePort (or a port): the key includes the protocol.
-    let mut node_ports = HashSet::new();
-    for (i, port) in ports.iter().enumerate() {
-        let node_port = port.node_port.unwrap_or(0);
-        if node_port != 0 && !node_ports.insert((effective_protocol(port.protocol.as_ref()), node_port)) {
-            errs.push(FieldError::duplicate(
-                format!("spec.ports[{i}].nodePort"),
-                BadValue::Int(i64::from(node_port)),
-            ));
-        }
-    }
-
-    let mut seen = HashSet::new();
-    for (i, port) in ports.iter().enumerate() {
-        if !seen.insert((effective_protocol(port.protocol.as_ref()), port.port)) {
-            errs.push(FieldError::duplicate(
-                format!("spec.ports[{i}]"),
-                go_service_port(port),
-            ));
-        }
-    }
-    errs
+    rules.finish(
+        ports.len(),
+        is_headless(spec) || service_type == "ExternalName",
+        &mut sink,
+    );
+    sink.into_vec()
 }
 
-/// One port's own rules, in upstream's order.
-fn validate_port<'a>(
-    port: &'a ServicePort,
-    path: &str,
-    require_name: bool,
-    names: &mut HashSet<&'a str>,
+/// A Service object of a review, read in one pass: `kind` and `metadata` raw, `spec` decoded
+/// (its ports left raw, read one by one by [`check_spec_doc`]).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct ServiceObject<'a> {
+    #[serde(borrow)]
+    pub kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub metadata: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub spec: Option<Obj<SpecDoc<'a>>>,
+}
+
+named!(ServiceObject => "Service");
+
+/// Reads a Service object of a review (see [`ServiceObject`]); a `spec` that does not decode is a
+/// [`DecodeError`] at `spec`.
+pub(crate) fn read_service(object: &RawValue) -> Result<ServiceObject<'_>, DecodeError> {
+    Obj::<ServiceObject<'_>>::deserialize(object)
+        .map(|o| o.0)
+        .map_err(|e| DecodeError::new("spec", &e))
+}
+
+/// Validates the `spec` of a Service in a review (`None` for an absent or `null` spec) into
+/// `sink`, reading the ports one by one off the body. Returns what the warning rule needs.
+pub(crate) fn check_service_spec<'a>(
+    spec: Option<&'a RawValue>,
     opts: &Options,
-    errs: &mut Vec<FieldError>,
-) {
-    let name = port.name.as_deref().unwrap_or_default();
-    if name.is_empty() {
-        if require_name {
-            errs.push(FieldError::required(format!("{path}.name"), ""));
+    sink: &mut Findings<'_>,
+) -> Result<SpecDoc<'a>, DecodeError> {
+    let doc = match spec {
+        Some(raw) if !json::is_null(raw) => {
+            Obj::<SpecDoc<'a>>::deserialize(raw)
+                .map_err(|e| DecodeError::new("spec", &e))?
+                .0
         }
-    } else {
-        for msg in is_dns1123_label(name) {
-            errs.push(FieldError::invalid(
-                format!("{path}.name"),
-                BadValue::Str(name.to_owned()),
-                msg,
-            ));
-        }
-        // Upstream checks duplicates even when the name was invalid: two `HTTP` ports give two
-        // Invalid errors and a Duplicate.
-        if !names.insert(name) {
-            errs.push(FieldError::duplicate(
-                format!("{path}.name"),
-                BadValue::Str(name.to_owned()),
-            ));
-        }
-    }
+        _ => SpecDoc::default(),
+    };
+    check_spec_doc(&doc, opts, sink)?;
+    Ok(doc)
+}
 
-    for msg in is_valid_port_num(i64::from(port.port)) {
-        errs.push(FieldError::invalid(
-            format!("{path}.port"),
-            BadValue::Int(i64::from(port.port)),
-            msg,
-        ));
+/// Validates a decoded `spec` of a review into `sink`, reading the ports one by one off the body.
+pub(crate) fn check_spec_doc<'a>(
+    doc: &SpecDoc<'a>,
+    opts: &Options,
+    sink: &mut Findings<'_>,
+) -> Result<(), DecodeError> {
+    let service_type = doc.service_type();
+    let mut rules = ServiceRules::new(service_type, opts, sink);
+    // The first port needs a name only if a second one comes: it waits for it.
+    let mut first: Option<PortDoc<'a>> = None;
+    let count = match doc.ports {
+        None => 0,
+        Some(raw) => json::for_each::<Obj<PortDoc<'a>>, _>(raw, |i, Obj(port)| {
+            if i == 0 {
+                first = Some(port);
+                return;
+            }
+            if let Some(first) = first.take() {
+                port_doc(&mut rules, 0, first, true);
+            }
+            port_doc(&mut rules, i, port, true);
+        })
+        .map_err(|e| DecodeError::new("spec", &e))?,
+    };
+    if let Some(only) = first {
+        port_doc(&mut rules, 0, only, false);
     }
+    rules.finish(count, doc.headless() || service_type == "ExternalName", sink);
+    Ok(())
+}
 
-    if let Some(protocol) = &port.protocol {
-        errs.extend(validate_protocol(protocol, &format!("{path}.protocol")));
-    }
-
-    // Absent targetPort is defaulted to `port`, whose errors are already reported.
-    if let Some(target) = &port.target_port {
-        errs.extend(validate_port_num_or_name(
-            target,
-            &format!("{path}.targetPort"),
-            opts,
-        ));
-    }
-
-    if let Some(app_protocol) = &port.app_protocol {
-        for msg in is_qualified_name(app_protocol) {
-            errs.push(FieldError::invalid(
-                format!("{path}.appProtocol"),
-                BadValue::Str(app_protocol.clone()),
-                msg,
-            ));
-        }
-    }
+fn port_doc<'a>(rules: &mut ServiceRules<'a, '_, '_>, i: usize, doc: PortDoc<'a>, require_name: bool) {
+    let PortDoc {
+        name,
+        port,
+        protocol,
+        target_port,
+        app_protocol,
+        node_port,
+    } = doc;
+    let view = PortView {
+        name: name.map(|t| t.0),
+        port: port.unwrap_or(0),
+        protocol: protocol.map(|t| t.0),
+        target_port: target_port.as_ref().map(PortRef::of_doc),
+        app_protocol: app_protocol.as_deref(),
+        node_port: node_port.unwrap_or(0),
+    };
+    rules.port(i, view, require_name);
 }
 
 /// An explicit protocol: `""` is `Required value`, anything but TCP/UDP/SCTP (case-sensitive) is
 /// unsupported. Shared with container ports.
-pub(crate) fn validate_protocol(protocol: &str, field: &str) -> Option<FieldError> {
+pub(crate) fn check_protocol(protocol: &str, field: impl Fn() -> String, sink: &mut Findings<'_>) {
     if protocol.is_empty() {
-        Some(FieldError::required(field, ""))
+        sink.report(|| FieldError::required(field(), ""));
     } else if !SUPPORTED_PROTOCOLS.contains(&protocol) {
-        Some(FieldError::not_supported(
-            field,
-            BadValue::Str(protocol.to_owned()),
-            &SUPPORTED_PROTOCOLS,
-        ))
-    } else {
-        None
+        sink.report(|| FieldError::not_supported(field(), bad_str(protocol), &SUPPORTED_PROTOCOLS));
     }
 }
 
@@ -196,24 +465,29 @@ fn is_headless(spec: &ServiceSpec) -> bool {
 ///
 /// One unavoidable difference: for a set `appProtocol` Go prints a heap address
 /// (`(*string)(0xc000…)`), which no one can reproduce; Portico prints the pointed-to string instead.
-fn go_service_port(port: &ServicePort) -> BadValue {
-    let app_protocol = match &port.app_protocol {
-        None => "(*string)(nil)".to_owned(),
-        Some(p) => format!("(*string)({})", go_quote(p)),
+/// Strings longer than [`super::findings::MAX_VALUE_BYTES`] are cut.
+fn go_service_port(port: &PortView<'_, '_>) -> BadValue {
+    let quote = |s: &str| match bad_str(s) {
+        BadValue::Raw(cut) => cut,
+        _ => go_quote(s),
     };
-    let (kind, int_val, str_val) = match &port.target_port {
+    let app_protocol = match port.app_protocol {
+        None => "(*string)(nil)".to_owned(),
+        Some(p) => format!("(*string)({})", quote(p)),
+    };
+    let (kind, int_val, str_val) = match port.target_port {
         None => (0, 0, ""),
-        Some(IntOrString::Int(n)) => (0, *n, ""),
-        Some(IntOrString::String(s)) => (1, 0, s.as_str()),
+        Some(PortRef::Int(n)) => (0, n, ""),
+        Some(PortRef::Str(s)) => (1, 0, s),
     };
     BadValue::Raw(format!(
         "core.ServicePort{{Name:{}, Protocol:{}, AppProtocol:{app_protocol}, Port:{}, \
          TargetPort:intstr.IntOrString{{Type:{kind}, IntVal:{int_val}, StrVal:{}}}, NodePort:{}}}",
-        go_quote(port.name.as_deref().unwrap_or_default()),
-        go_quote(effective_protocol(port.protocol.as_ref())),
+        quote(port.name.as_deref().unwrap_or_default()),
+        quote(protocol_or_tcp(port.protocol.as_deref())),
         port.port,
-        go_quote(str_val),
-        port.node_port.unwrap_or(0),
+        quote(str_val),
+        port.node_port,
     ))
 }
 
@@ -226,25 +500,26 @@ pub fn validate_service(service: &Service, opts: &Options) -> Vec<FieldError> {
     }
 }
 
-/// Validates the ports of a Service given as JSON (an AdmissionReview's `object`). Only `spec` is
-/// decoded; a value that does not decode (wrong JSON types, numbers beyond 32 bits) is a
-/// [`DecodeError`], which the apiserver itself would have refused before calling the webhook.
+/// Validates the ports of a Service given as JSON (an AdmissionReview's `object`). Only what the
+/// rules read of `spec` is decoded; a value that does not decode (wrong JSON types, numbers beyond
+/// 32 bits) is a [`DecodeError`], which the apiserver itself would have refused before calling
+/// the webhook.
 pub fn validate_service_value(
     object: &serde_json::Value,
     opts: &Options,
 ) -> Result<Vec<FieldError>, DecodeError> {
-    let spec = match object.get("spec") {
-        None | Some(serde_json::Value::Null) => ServiceSpec::default(),
-        Some(v) => ServiceSpec::deserialize(v).map_err(|source| DecodeError {
-            path: "spec".to_owned(),
-            source,
-        })?,
-    };
-    Ok(validate_service_ports(&spec, opts))
+    let text = serde_json::to_string(object).map_err(|e| DecodeError::new("object", &e))?;
+    let raw: &RawValue = serde_json::from_str(&text).map_err(|e| DecodeError::new("object", &e))?;
+    let spec = json::members(raw, ["spec"]).and_then(|[spec]| spec);
+    let mut sink = Findings::all();
+    check_service_spec(spec, opts, &mut sink)?;
+    Ok(sink.into_vec())
 }
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
     use super::*;
 
     fn port(name: &str, port: i32, protocol: &str) -> ServicePort {

@@ -8,14 +8,13 @@
 //! protocol, in the pod's containers, then in its sidecars (init containers with
 //! `restartPolicy: Always`, Kubernetes 1.29+). Plain init containers are never endpoints.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use portico_allocators::field::go_quote;
 
 use super::Options;
-use super::names::is_valid_port_name;
+use super::names::{PortRef, is_valid_port_name};
 use super::service::effective_protocol;
 
 /// How many pod names a warning spells out before "and N more" (warnings should stay short:
@@ -108,6 +107,146 @@ fn pods_phrase(mut names: Vec<&str>) -> (String, bool) {
     (phrase, plural)
 }
 
+/// The two warning tails for one `(name, protocol)`: pods without the name, pods with it for
+/// other protocols only.
+type Tails = (Option<String>, Option<String>);
+
+/// The `targetPort` warnings of one Service, port by port, against a fixed set of pods.
+///
+/// Cost: the pods' ports are indexed once (how many pods serve each `(name, protocol)`); a port
+/// every pod serves costs a lookup, and the pods are looked at one by one only for a
+/// `(name, protocol)` that warns, once per distinct pair. At most `limit` warnings are made.
+pub(crate) struct TargetPortWarnings<'p> {
+    pods: &'p [&'p Pod],
+    serving: HashMap<(&'p str, &'p str), usize>,
+    tails: HashMap<(String, String), Tails>,
+    skip: bool,
+    limit: usize,
+    warnings: Vec<String>,
+}
+
+impl<'p> TargetPortWarnings<'p> {
+    /// For a Service of type `service_type` (absent: ClusterIP) selecting `pods`.
+    pub(crate) fn new(service_type: Option<&str>, pods: &'p [&'p Pod], limit: usize) -> Self {
+        let mut serving: HashMap<(&str, &str), usize> = HashMap::new();
+        for pod in pods {
+            let mut seen = HashSet::new();
+            for port in pod_ports(pod) {
+                if let Some(name) = port.name.as_deref() {
+                    let key = (name, effective_protocol(port.protocol.as_ref()));
+                    if seen.insert(key) {
+                        *serving.entry(key).or_default() += 1;
+                    }
+                }
+            }
+        }
+        TargetPortWarnings {
+            pods,
+            serving,
+            tails: HashMap::new(),
+            // No pods, no warning: the Service may simply come first.
+            skip: pods.is_empty() || service_type == Some("ExternalName") || limit == 0,
+            limit,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Whether no further port can add a warning.
+    pub(crate) fn done(&self) -> bool {
+        self.skip || self.warnings.len() >= self.limit
+    }
+
+    /// Service port `i`, with its `targetPort` and protocol as written.
+    pub(crate) fn port(&mut self, i: usize, target: Option<PortRef<'_>>, protocol: Option<&str>) {
+        if self.done() {
+            return;
+        }
+        let Some(PortRef::Str(name)) = target else {
+            return;
+        };
+        if !is_valid_port_name(name, &Options::default()).is_empty() {
+            return;
+        }
+        let protocol = protocol.unwrap_or("TCP");
+        if self.serving.get(&(name, protocol)) == Some(&self.pods.len()) {
+            return;
+        }
+        let pods = self.pods;
+        let (missing, mismatched) = self
+            .tails
+            .entry((name.to_owned(), protocol.to_owned()))
+            .or_insert_with(|| tails(pods, name, protocol));
+        let field = format!("spec.ports[{i}].targetPort");
+        for tail in [missing, mismatched].into_iter().flatten() {
+            if self.warnings.len() < self.limit {
+                self.warnings.push(format!("{field}: {tail}"));
+            }
+        }
+    }
+
+    /// The warnings, in port order.
+    pub(crate) fn into_warnings(self) -> Vec<String> {
+        self.warnings
+    }
+}
+
+/// The ports a pod offers to a Service: its containers', then its sidecars' (init containers
+/// with `restartPolicy: Always`).
+fn pod_ports(pod: &Pod) -> impl Iterator<Item = &k8s_openapi::api::core::v1::ContainerPort> {
+    let spec = pod.spec.as_ref();
+    let sidecars = spec
+        .into_iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    spec.into_iter()
+        .flat_map(|s| s.containers.iter())
+        .chain(sidecars)
+        .flat_map(|c| c.ports.iter().flatten())
+}
+
+fn tails(pods: &[&Pod], name: &str, protocol: &str) -> Tails {
+    let mut missing = Vec::new();
+    let mut mismatched = Vec::new();
+    let mut other_protocols = BTreeSet::new();
+    for pod in pods {
+        match lookup(pod, name, protocol) {
+            Lookup::Found => {}
+            Lookup::Missing => missing.push(pod_name(pod)),
+            Lookup::OtherProtocols(found) => {
+                mismatched.push(pod_name(pod));
+                other_protocols.extend(found);
+            }
+        }
+    }
+    let missing = (!missing.is_empty()).then(|| {
+        let (pods, plural) = pods_phrase(missing);
+        let (verb, tail) = if plural {
+            ("declare", "they are not endpoints")
+        } else {
+            ("declares", "it is not an endpoint")
+        };
+        format!(
+            "{pods} {verb} no port named {}, so {tail} of this Service port",
+            go_quote(name)
+        )
+    });
+    let mismatched = (!mismatched.is_empty()).then(|| {
+        let (pods, plural) = pods_phrase(mismatched);
+        let (verb, tail) = if plural {
+            ("declare", "they are not endpoints")
+        } else {
+            ("declares", "it is not an endpoint")
+        };
+        let others: Vec<String> = other_protocols.into_iter().collect();
+        format!(
+            "{pods} {verb} port {} only for {}, not {protocol}, so {tail} of this Service port",
+            go_quote(name),
+            others.join("/")
+        )
+    });
+    (missing, mismatched)
+}
+
 /// Warnings for the named `targetPort`s of `service` that some of `pods` cannot serve.
 ///
 /// `pods` are the pods the Service currently selects (see [`service_selects`]); the caller also
@@ -117,69 +256,25 @@ fn pods_phrase(mut names: Vec<&str>) -> (String, bool) {
 /// for pods that declare it with another protocol; each names the pods, quoted like Go's `%q`, so a
 /// warning never carries a control character (the apiserver would silently drop it).
 pub fn target_port_warnings(service: &Service, pods: &[&Pod]) -> Vec<String> {
-    let mut warnings = Vec::new();
     let Some(spec) = &service.spec else {
-        return warnings;
+        return Vec::new();
     };
-    if pods.is_empty() || spec.type_.as_deref() == Some("ExternalName") {
-        return warnings;
-    }
+    let mut w = TargetPortWarnings::new(spec.type_.as_deref(), pods, usize::MAX);
     for (i, port) in spec.ports.iter().flatten().enumerate() {
-        let Some(IntOrString::String(name)) = &port.target_port else {
-            continue;
-        };
-        if !is_valid_port_name(name, &Options::default()).is_empty() {
-            continue;
-        }
-        let protocol = effective_protocol(port.protocol.as_ref());
-        let mut missing = Vec::new();
-        let mut mismatched = Vec::new();
-        let mut other_protocols = BTreeSet::new();
-        for pod in pods {
-            match lookup(pod, name, protocol) {
-                Lookup::Found => {}
-                Lookup::Missing => missing.push(pod_name(pod)),
-                Lookup::OtherProtocols(found) => {
-                    mismatched.push(pod_name(pod));
-                    other_protocols.extend(found);
-                }
-            }
-        }
-        let field = format!("spec.ports[{i}].targetPort");
-        if !missing.is_empty() {
-            let (pods, plural) = pods_phrase(missing);
-            let (verb, tail) = if plural {
-                ("declare", "they are not endpoints")
-            } else {
-                ("declares", "it is not an endpoint")
-            };
-            warnings.push(format!(
-                "{field}: {pods} {verb} no port named {}, so {tail} of this Service port",
-                go_quote(name)
-            ));
-        }
-        if !mismatched.is_empty() {
-            let (pods, plural) = pods_phrase(mismatched);
-            let (verb, tail) = if plural {
-                ("declare", "they are not endpoints")
-            } else {
-                ("declares", "it is not an endpoint")
-            };
-            let others: Vec<String> = other_protocols.into_iter().collect();
-            warnings.push(format!(
-                "{field}: {pods} {verb} port {} only for {}, not {protocol}, so {tail} of this Service port",
-                go_quote(name),
-                others.join("/")
-            ));
-        }
+        w.port(
+            i,
+            port.target_port.as_ref().map(PortRef::of),
+            port.protocol.as_deref(),
+        );
     }
-    warnings
+    w.into_warnings()
 }
 
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec, ServicePort, ServiceSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     use super::*;
 

@@ -10,8 +10,12 @@ use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use portico_allocators::field::FieldError;
 use serde::Deserialize;
 
+use serde_json::value::RawValue;
+
 use super::Options;
-use super::pod::validate_pod_spec_ports;
+use super::findings::Findings;
+use super::json;
+use super::pod::{check_pod_spec, validate_pod_spec_ports};
 
 /// A kind whose objects carry a pod spec (core/v1 Pod, apps/v1 and batch/v1 workloads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -185,6 +189,17 @@ pub struct DecodeError {
     pub source: serde_json::Error,
 }
 
+impl DecodeError {
+    /// A decode error at `path`, with serde's message (without the position `serde_json` adds:
+    /// it would point into a slice of the body).
+    pub fn new(path: &str, e: &serde_json::Error) -> Self {
+        DecodeError {
+            path: path.to_owned(),
+            source: serde::de::Error::custom(json::message(e)),
+        }
+    }
+}
+
 /// Validates the pod spec of an object given as JSON (an AdmissionReview's `object`).
 ///
 /// Only the pod spec (and the objects leading to it) is decoded, so unrelated fields cannot make
@@ -194,45 +209,69 @@ pub fn validate_workload_value(
     object: &serde_json::Value,
     opts: &Options,
 ) -> Result<Vec<FieldError>, DecodeError> {
+    let text = serde_json::to_string(object).map_err(|e| DecodeError::new("object", &e))?;
+    let raw: &RawValue = serde_json::from_str(&text).map_err(|e| DecodeError::new("object", &e))?;
+    let mut sink = Findings::all();
+    check_workload(kind, raw, opts, &mut sink)?;
+    Ok(sink.into_vec())
+}
+
+/// [`validate_workload_value`] on the raw object of a review, into `sink`: the path to the pod
+/// spec is walked without building anything else, and the spec is read off the body.
+pub(crate) fn check_workload(
+    kind: WorkloadKind,
+    object: &RawValue,
+    opts: &Options,
+    sink: &mut Findings<'_>,
+) -> Result<(), DecodeError> {
+    if json::is_null(object) {
+        return Ok(());
+    }
+    let Some([spec]) = json::members(object, ["spec"]) else {
+        let source = std::collections::HashMap::<json::Text<'_>, serde::de::IgnoredAny>::deserialize(object)
+            .err()
+            .unwrap_or_else(|| serde::de::Error::custom("expected a map"));
+        return Err(DecodeError::new("object", &source));
+    };
+    check_workload_spec(kind, spec, opts, sink)
+}
+
+/// [`check_workload`] from the object's `spec` (`None`: absent), already found.
+pub(crate) fn check_workload_spec(
+    kind: WorkloadKind,
+    spec: Option<&RawValue>,
+    opts: &Options,
+    sink: &mut Findings<'_>,
+) -> Result<(), DecodeError> {
     let path = kind.pod_spec_path();
-    let mut current = object;
-    let mut walked = String::new();
-    for segment in path.split('.') {
-        let map = match current {
-            serde_json::Value::Null => return Ok(Vec::new()),
-            serde_json::Value::Object(map) => map,
-            other => {
-                // Let serde phrase the type error ("invalid type: integer `7`, expected a map").
-                let source = serde_json::Map::<String, serde_json::Value>::deserialize(other)
+    let Some(mut current) = spec else {
+        return Ok(());
+    };
+    let mut walked = String::from("spec");
+    for segment in path.split('.').skip(1) {
+        if json::is_null(current) {
+            return Ok(());
+        }
+        let Some([next]) = json::members(current, [segment]) else {
+            // Let serde phrase the type error ("invalid type: integer `7`, expected a map").
+            // (`current` is not an object here, so nothing is built.)
+            let source =
+                std::collections::HashMap::<json::Text<'_>, serde::de::IgnoredAny>::deserialize(current)
                     .err()
-                    .unwrap_or_else(|| serde::de::Error::custom("expected an object"));
-                return Err(DecodeError {
-                    path: if walked.is_empty() {
-                        "object".into()
-                    } else {
-                        walked
-                    },
-                    source,
-                });
-            }
+                    .unwrap_or_else(|| serde::de::Error::custom("expected a map"));
+            return Err(DecodeError::new(&walked, &source));
         };
-        if !walked.is_empty() {
-            walked.push('.');
-        }
+        walked.push('.');
         walked.push_str(segment);
-        match map.get(segment) {
+        match next {
             Some(next) => current = next,
-            None => return Ok(Vec::new()),
+            None => return Ok(()),
         }
     }
-    if current.is_null() {
-        return Ok(Vec::new());
+    if json::is_null(current) {
+        return Ok(());
     }
-    let spec = PodSpec::deserialize(current).map_err(|source| DecodeError {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(validate_pod_spec_ports(&spec, path, opts))
+    check_pod_spec(current, path, opts, sink)
 }
 
 #[cfg(test)]
