@@ -317,6 +317,7 @@ impl<P: Pool> ObjectStore<P> {
             recovery: None,
             stored_status: None,
             status_written: None,
+            status_retry_at: None,
         };
         writer.load(true).await?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -384,6 +385,8 @@ struct Writer<P: Pool> {
     stored_status: Option<RangeAllocationStatus>,
     /// When this writer last wrote the status.
     status_written: Option<tokio::time::Instant>,
+    /// After a failed status write: not before then.
+    status_retry_at: Option<tokio::time::Instant>,
 }
 
 impl<P: Pool> Writer<P> {
@@ -394,19 +397,33 @@ impl<P: Pool> Writer<P> {
         status.with_conditions(self.stored_status.as_ref(), Timestamp::now())
     }
 
+    /// Takes the stored recovery record when it is newer than this replica's: replicas must
+    /// agree on it, or each would rewrite the status over the other's for ever.
+    fn adopt_recovery(&mut self, stored: Option<&RangeAllocationStatus>) {
+        let Some(theirs) = stored.and_then(|s| s.last_recovery.as_ref()) else { return };
+        if self.recovery.as_ref().is_none_or(|mine| mine.time < theirs.time) {
+            self.recovery = Some(theirs.clone());
+        }
+    }
+
     /// Writes the status subresource when it differs from the stored one: at once when that
-    /// cannot wait (a condition flips, a repair report or recovery), otherwise when `idle` or
-    /// [`STATUS_INTERVAL`] after the last status write. A failed write is left to the next turn.
-    async fn write_status(&mut self, idle: bool) {
+    /// cannot wait (a condition flips, a repair report or recovery), otherwise at most every
+    /// [`STATUS_INTERVAL`], so replicas whose counters differ (a rollout changing ranges) do
+    /// not take turns rewriting it. A failed write waits [`STATUS_INTERVAL`] too.
+    async fn write_status(&mut self) {
         let Some(rv) = self.rv.clone() else { return };
         let status = self.status();
         if self.stored_status.as_ref() == Some(&status) {
             return;
         }
+        let now = tokio::time::Instant::now();
+        if self.status_retry_at.is_some_and(|at| now < at) {
+            return;
+        }
         let due = self
             .status_written
             .is_none_or(|at| at.elapsed() >= STATUS_INTERVAL);
-        if !(idle || due || status.is_urgent_over(self.stored_status.as_ref())) {
+        if !(due || status.is_urgent_over(self.stored_status.as_ref())) {
             return;
         }
         let mut obj = self.object(Some(rv));
@@ -418,12 +435,25 @@ impl<P: Pool> Writer<P> {
             .await
         {
             Ok(written) => {
+                self.status_retry_at = None;
                 self.seen(&written);
                 if let Some(m) = &self.metrics {
                     m.status_write(P::KIND, &self.name);
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "status not written; retried on the next turn"),
+            Err(e) => {
+                self.status_retry_at = Some(now + STATUS_INTERVAL);
+                if is_status(&e, |s| s.is_conflict()) {
+                    tracing::debug!(error = %e, "status write lost a race; retried");
+                } else if is_status(&e, |s| s.is_not_found()) {
+                    tracing::warn!(
+                        "the RangeAllocation CRD has no status subresource (an older CRD): update it \
+                         with `portico crds | kubectl apply -f -`; counters and conditions are not written"
+                    );
+                } else {
+                    tracing::warn!(error = %e, "RangeAllocation status not written; retried in {STATUS_INTERVAL:?}");
+                }
+            }
         }
     }
 
@@ -474,6 +504,7 @@ impl<P: Pool> Writer<P> {
                     }
                     self.state.set_last_repair(stored.last_repair);
                     self.stored_status.clone_from(&obj.status);
+                    self.adopt_recovery(obj.status.as_ref());
                     if recreated || !stored.unreadable.is_empty() {
                         let reason = if recreated {
                             "the object was deleted and recreated by someone else".to_owned()
@@ -635,7 +666,7 @@ impl<P: Pool> Writer<P> {
                     let _ = done.send(result.clone());
                 }
             }
-            self.write_status(idle).await;
+            self.write_status().await;
             if let Some(m) = &self.metrics {
                 m.observe(&self.state);
             }
@@ -663,6 +694,7 @@ impl<P: Pool> Writer<P> {
         self.state.replace_claims(stored.claims, Timestamp::now());
         self.state.set_last_repair(stored.last_repair);
         self.stored_status.clone_from(&obj.status);
+        self.adopt_recovery(obj.status.as_ref());
         self.rv = Some(rv);
     }
 

@@ -32,8 +32,8 @@
 //! The status is a subresource, so `kubectl wait --for=condition=Exhausted` and status-only RBAC
 //! work as for any controller's object. It is written separately from the claims, and not after
 //! every claim write: at once when a condition, the repair report or the recovery record
-//! changes, otherwise when the writer is idle or every few seconds under load (counters may lag
-//! the claims by that much; the claims themselves never wait for it).
+//! changes, otherwise at most every 5 s (counters may lag the claims by that much; the claims
+//! themselves never wait for it).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -358,7 +358,16 @@ impl<P: Pool> RangeState<P> {
 
     /// Restores the stored repair report (not a change).
     pub fn set_last_repair(&mut self, summary: Option<RepairSummary>) {
-        self.last_repair = summary;
+        // A report of this replica's not yet stored (its status write failed) is not replaced
+        // by an older one read back. RFC 3339 times of one format compare as strings.
+        let older = match (&summary, &self.last_repair) {
+            (Some(stored), Some(mine)) => stored.time < mine.time,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if !older {
+            self.last_repair = summary;
+        }
     }
 
     /// Whether the shared part changed since the last [`clear_dirty`](Self::clear_dirty).
@@ -866,6 +875,23 @@ mod tests {
         assert!(!s.pool().has(mine));
         assert!(s.pool().has(30009));
         assert_eq!(s.claim(30009, &a, ts(60)), Err(AllocError::PortAllocated));
+    }
+
+    /// A repair report whose status write failed is not replaced by the older one read back.
+    #[test]
+    fn an_unwritten_repair_report_survives_a_reload_of_an_older_one() {
+        let mut s = state(30000, 30009);
+        let report = |time: &str| RepairSummary {
+            time: time.into(),
+            ..Default::default()
+        };
+        s.record_repair(report("2026-12-05T03:00:10Z"));
+        s.set_last_repair(Some(report("2026-12-05T03:00:00Z")));
+        assert_eq!(s.last_repair().map(|r| r.time.as_str()), Some("2026-12-05T03:00:10Z"));
+        s.set_last_repair(None);
+        assert!(s.last_repair().is_some());
+        s.set_last_repair(Some(report("2026-12-05T03:01:00Z")));
+        assert_eq!(s.last_repair().map(|r| r.time.as_str()), Some("2026-12-05T03:01:00Z"));
     }
 
     /// A claim of ours that lapses while another version of the object comes in is a leak
