@@ -5,7 +5,8 @@
 use std::process::Command;
 
 fn run(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd).args(args).output().ok()?;
+    // UTC, so git's and date's local-time formats are what the trailing `Z` says.
+    let out = Command::new(cmd).args(args).env("TZ", "UTC").output().ok()?;
     let text = String::from_utf8(out.stdout).ok()?.trim().to_owned();
     (out.status.success() && !text.is_empty()).then_some(text)
 }

@@ -143,7 +143,9 @@ impl WebhookArgs {
         let url = self.webhook_url.as_deref().map(url_authority).transpose()?;
         let bind = match (self.webhook_bind_address, &url) {
             (Some(bind), _) => bind,
-            (None, Some((host, Some(port)))) => {
+            // A DNS name may be a proxy or load balancer in front: its port says nothing of
+            // where Portico listens.
+            (None, Some((host, Some(port)))) if host.is_local() => {
                 let any = if host.is_ipv6() {
                     std::net::Ipv6Addr::UNSPECIFIED.into()
                 } else {
@@ -200,6 +202,18 @@ impl UrlHost {
     fn is_ipv6(&self) -> bool {
         matches!(self, UrlHost::Ip(std::net::IpAddr::V6(_)))
     }
+}
+
+/// The host of an `https://` URL as a certificate names it (`https://[::1]:9443` → `::1`).
+fn url_host(url: &str) -> anyhow::Result<String> {
+    let rest = url.strip_prefix("https://").unwrap_or_default();
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    url_authority(url)?;
+    Ok(host.to_owned())
 }
 
 /// Host and port of an `https://` URL (`https://[::1]:9443/x` → `::1`, 9443).
@@ -298,12 +312,8 @@ pub async fn start(
             (cert, key, None)
         }
         (_, _, _, Some(url)) => {
-            let host = url
-                .strip_prefix("https://")
-                .and_then(|rest| rest.split(['/', ':']).next())
-                .filter(|h| !h.is_empty())
-                .with_context(|| format!("--webhook-url {url:?} is not an https:// URL with a host"))?;
-            let certs = portico_webhook::write_dev_certs(&cert_dir, &[host])
+            let host = url_host(url)?;
+            let certs = portico_webhook::write_dev_certs(&cert_dir, &[host.as_str()])
                 .with_context(|| format!("writing webhook certificates to {}", cert_dir.display()))?;
             (certs.cert_file, certs.key_file, Some(certs.ca_pem))
         }
@@ -433,21 +443,22 @@ pub async fn start(
     })
 }
 
-/// `https://host` gets the port the server is bound to (so `portico dev` and tests can listen
-/// on port 0); a URL that names a port, or a path, is used as it is.
+/// `https://host[/path]` gets the port the server is bound to (so `portico dev` and tests can
+/// listen on port 0); a URL that names a port is used as it is.
 fn with_port(url: &str, port: u16) -> String {
-    let Some(authority) = url.strip_prefix("https://") else {
+    let Some(rest) = url.strip_prefix("https://") else {
         return url.to_owned();
     };
-    let authority = authority.trim_end_matches('/');
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
     let has_port = authority
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
         && !authority.ends_with(']');
-    if has_port || authority.contains('/') {
+    let path = if path == "/" { "" } else { path };
+    if has_port {
         url.to_owned()
     } else {
-        format!("https://{authority}:{port}")
+        format!("https://{authority}:{port}{path}")
     }
 }
 
@@ -508,6 +519,7 @@ mod tests {
             "0.0.0.0:9443",
         ];
         assert_eq!(bind(&lb).unwrap(), "0.0.0.0:9443");
+        assert_eq!(bind(&lb[..2]).unwrap(), "0.0.0.0:9443", "not port 443");
     }
 
     #[test]
@@ -553,6 +565,10 @@ mod tests {
             "https://127.0.0.1:8443"
         );
         assert_eq!(with_port("https://[::1]", 9443), "https://[::1]:9443");
+        assert_eq!(with_port("https://127.0.0.1/x", 9443), "https://127.0.0.1:9443/x");
+        assert_eq!(url_host("https://[::1]:9443/x").unwrap(), "::1");
+        assert_eq!(url_host("https://127.0.0.1:9443").unwrap(), "127.0.0.1");
+        assert_eq!(url_host("https://localhost").unwrap(), "localhost");
         assert_eq!(with_port("https://[::1]:8443", 9443), "https://[::1]:8443");
     }
 }

@@ -328,7 +328,9 @@ pub async fn start(
 
     // The controllers' caches have synced and the webhook serves: nothing else to wait for
     // (a follower's readiness does not depend on leading).
-    ready.set(true);
+    if !shutdown.is_cancelled() {
+        ready.set(true);
+    }
     Ok(Portico {
         metrics_addr,
         webhook_addr,

@@ -418,10 +418,10 @@ pub fn range_check(ranges: &[RangeAllocation], service_cidrs: Option<&[String]>)
     let nets: Vec<ipnet::IpNet> = cidrs.iter().filter_map(|c| c.parse().ok()).collect();
     let mut outside = Vec::new();
     let mut checked = 0;
-    for ra in ranges
-        .iter()
-        .filter(|r| r.status.as_ref().is_some_and(|s| s.kind == "ClusterIP"))
-    {
+    // A clusterIP range is CIDRs (`30000-32767` is not); read from the spec, since the status
+    // of an object just created may not be written yet.
+    let is_cidrs = |r: &&RangeAllocation| r.spec.range.contains('/');
+    for ra in ranges.iter().filter(is_cidrs) {
         for part in ra.spec.range.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             checked += 1;
             match part.parse::<ipnet::IpNet>() {
@@ -596,16 +596,47 @@ impl Report {
             .iter()
             .find(|c| ours(c, true))
             .or_else(|| configs.iter().find(|c| ours(c, false)));
-        let namespace = config
+        let service = config
             .and_then(|c| c.webhooks.as_ref()?.iter().find(|w| w.name == VALIDATING_WEBHOOK))
-            .and_then(|w| w.client_config.service.as_ref())
-            .map(|s| s.namespace.clone());
-        let deployment = match &namespace {
-            Some(ns) => Api::<Deployment>::namespaced(client.clone(), ns)
-                .list(&ListParams::default().labels("app.kubernetes.io/name=portico"))
-                .await
-                .map(|l| l.items.into_iter().next())
-                .unwrap_or_default(),
+            .and_then(|w| w.client_config.service.clone());
+        // The Deployment behind the webhook Service: the one whose pods its selector picks
+        // (whatever the release's names), else the chart's name label.
+        let deployment = match &service {
+            Some(svc) => {
+                let selector =
+                    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &svc.namespace)
+                        .get_opt(&svc.name)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|s| s.spec?.selector)
+                        .unwrap_or_default();
+                let deployments = Api::<Deployment>::namespaced(client.clone(), &svc.namespace)
+                    .list(&ListParams::default())
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default();
+                let picks = |d: &&Deployment| {
+                    let labels = d
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.template.metadata.as_ref()?.labels.clone())
+                        .unwrap_or_default();
+                    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+                };
+                let named = |d: &&Deployment| {
+                    d.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("app.kubernetes.io/name"))
+                        == Some(&"portico".to_owned())
+                };
+                deployments
+                    .iter()
+                    .find(picks)
+                    .or_else(|| deployments.iter().find(named))
+                    .cloned()
+            }
             None => None,
         };
         let install = install_of(config, deployment.as_ref(), args);

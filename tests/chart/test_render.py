@@ -680,7 +680,7 @@ def test_service_monitor_and_pod_monitor_exclude_each_other() -> None:
 def test_metrics_https() -> None:
     default = render()
     assert "metrics-secure" not in default.flags
-    for probe in ("livenessProbe", "readinessProbe"):
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert "scheme" not in default.container[probe]["httpGet"]
     assert ci("ha-values.yaml").one("ServiceMonitor")["spec"]["endpoints"][0]["scheme"] == "http"
 
@@ -694,7 +694,7 @@ def test_metrics_https() -> None:
     for monitor, kind, key in (("serviceMonitor", "ServiceMonitor", "endpoints"), ("podMonitor", "PodMonitor", "podMetricsEndpoints")):
         out = render({"metrics": {"https": {"enabled": True}, monitor: {"enabled": True}}})
         assert out.flags["metrics-secure"] == "true"
-        for probe in ("livenessProbe", "readinessProbe"):
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert out.container[probe]["httpGet"]["scheme"] == "HTTPS"
             assert out.container[probe]["httpGet"]["port"] == "metrics"
         (ep,) = out.one(kind)["spec"][key]
@@ -1149,3 +1149,14 @@ def test_delete_is_never_behind_a_failing_webhook_in_ci_values(case: Path) -> No
             for hook in config["webhooks"]:
                 ops = {op for rule in hook["rules"] for op in rule["operations"]}
                 assert not (hook["failurePolicy"] == "Fail" and ops & {"DELETE", "*"}), (case.name, hook["name"])
+
+
+def test_liveness_waits_for_start_up() -> None:
+    """A startup probe on /healthz, so liveness does not kill a pod whose caches are still
+    syncing (or whose HTTPS endpoints wait for the webhook certificate)."""
+    probe = render().container["startupProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert probe["periodSeconds"] * probe["failureThreshold"] == 300
+    tuned = render({"startupProbe": {"periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 90}})
+    assert tuned.container["startupProbe"]["failureThreshold"] == 90
+

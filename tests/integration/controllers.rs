@@ -1003,8 +1003,8 @@ async fn a_slice_relabelled_to_another_service_is_replaced() {
 
 /// A slice of Portico's held by someone else's finalizer and deleted: it stays listed (being
 /// deleted) for as long as the finalizer does, so the write Portico remembers never shows up as
-/// it was. The Service is reconciled from the cache after the stale limit (10 s) instead of
-/// waiting for ever, and gets a replacement slice with the new pods.
+/// it was. The update that marks it deleted releases the Service instead of its waiting for
+/// ever, and the Service gets a replacement slice with the new pods.
 #[tokio::test]
 async fn a_slice_held_by_a_foreign_finalizer_does_not_stop_its_service() {
     let ns = "ctl-finalizer";

@@ -231,6 +231,9 @@ async fn review(
         return refuse(StatusCode::UNAUTHORIZED, "a client token is required".into());
     }
     let budget = budget_from_query(uri.query(), st.max_handler_time);
+    // One deadline for the whole review: time spent waiting for a slot or the body is taken
+    // from the handler's budget, so nothing is allocated after the apiserver gave up.
+    let deadline = tokio::time::Instant::now() + budget;
     // A slot first: at most that many bodies are in memory at once.
     let _slot = match tokio::time::timeout(budget, st.gate.slots.clone().acquire_owned()).await {
         Ok(Ok(slot)) => slot,
@@ -242,12 +245,8 @@ async fn review(
         }
     };
     let limited = http_body_util::Limited::new(body, st.gate.max_body_bytes);
-    let body = match tokio::time::timeout(
-        st.gate.body_read_timeout,
-        http_body_util::BodyExt::collect(limited),
-    )
-    .await
-    {
+    let read_until = deadline.min(tokio::time::Instant::now() + st.gate.body_read_timeout);
+    let body = match tokio::time::timeout_at(read_until, http_body_util::BodyExt::collect(limited)).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return refuse(
@@ -266,10 +265,14 @@ async fn review(
             );
         }
     };
-    let answer = st
-        .handlers
-        .answer(endpoint, &body, budget, Some(&st.metrics))
-        .await;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if left.is_zero() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no time left of the review's {budget:?} to judge it"),
+        );
+    }
+    let answer = st.handlers.answer(endpoint, &body, left, Some(&st.metrics)).await;
     let status = StatusCode::from_u16(answer.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, [(header::CONTENT_TYPE, answer.content_type)], answer.body).into_response()
 }

@@ -400,7 +400,9 @@ impl<P: Pool> Writer<P> {
     /// Takes the stored recovery record when it is newer than this replica's: replicas must
     /// agree on it, or each would rewrite the status over the other's for ever.
     fn adopt_recovery(&mut self, stored: Option<&RangeAllocationStatus>) {
-        let Some(theirs) = stored.and_then(|s| s.last_recovery.as_ref()) else { return };
+        let Some(theirs) = stored.and_then(|s| s.last_recovery.as_ref()) else {
+            return;
+        };
         if self.recovery.as_ref().is_none_or(|mine| mine.time < theirs.time) {
             self.recovery = Some(theirs.clone());
         }

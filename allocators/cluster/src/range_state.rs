@@ -887,11 +887,17 @@ mod tests {
         };
         s.record_repair(report("2026-12-05T03:00:10Z"));
         s.set_last_repair(Some(report("2026-12-05T03:00:00Z")));
-        assert_eq!(s.last_repair().map(|r| r.time.as_str()), Some("2026-12-05T03:00:10Z"));
+        assert_eq!(
+            s.last_repair().map(|r| r.time.as_str()),
+            Some("2026-12-05T03:00:10Z")
+        );
         s.set_last_repair(None);
         assert!(s.last_repair().is_some());
         s.set_last_repair(Some(report("2026-12-05T03:01:00Z")));
-        assert_eq!(s.last_repair().map(|r| r.time.as_str()), Some("2026-12-05T03:01:00Z"));
+        assert_eq!(
+            s.last_repair().map(|r| r.time.as_str()),
+            Some("2026-12-05T03:01:00Z")
+        );
     }
 
     /// A claim of ours that lapses while another version of the object comes in is a leak

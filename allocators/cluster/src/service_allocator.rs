@@ -525,15 +525,22 @@ impl ServiceAllocator {
 }
 
 /// Fails with [`AllocationError::CrdMissing`] when the apiserver does not serve RangeAllocations
-/// (it answers a bare "404 page not found", which says nothing of what to do).
+/// (it answers a bare "404 page not found", which says nothing of what to do). A CRD installed
+/// a moment ago may answer 404 while its group is registered: asked again for a few seconds.
 async fn require_crd(client: &Client) -> Result<(), AllocationError> {
     let api = kube::Api::<crate::RangeAllocation>::all(client.clone());
-    match api
-        .list_metadata(&kube::api::ListParams::default().limit(1))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Err(AllocationError::CrdMissing),
-        Err(e) => Err(e.into()),
+    for attempt in 1..=10 {
+        match api
+            .list_metadata(&kube::api::ListParams::default().limit(1))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 && attempt < 10 => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => break,
+            Err(e) => return Err(e.into()),
+        }
     }
+    Err(AllocationError::CrdMissing)
 }

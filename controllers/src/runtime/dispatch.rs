@@ -317,6 +317,14 @@ fn on_slice(ctx: &Context, w: &mut Writer<EndpointSlice>, e: Event<EndpointSlice
                     ctx.enqueue(Which::Slices, key, delay);
                 }
             } else if cfg.manages(new)
+                && new.metadata.deletion_timestamp.is_some()
+                && let Some(key) = service_key_for_slice(new)
+            {
+                // Being deleted (held by a finalizer): it leaves the Service's listing now, so
+                // the Service must not wait for the write recorded for it.
+                lock(&ctx.slice_tracker).slice_left(new);
+                ctx.enqueue(Which::Slices, key, delay);
+            } else if cfg.manages(new)
                 && lock(&ctx.slice_tracker).should_sync(new)
                 && let Some(key) = service_key_for_slice(new)
             {

@@ -45,7 +45,7 @@ const STALE_RETRY_MAX: Duration = Duration::from_secs(2);
 /// before the record of those writes is dropped and the sync goes on from the cache: a write
 /// can be undone in a way no event explains (a slice held by another's finalizer, an event
 /// lost), and waiting for it would stop the Service being reconciled for good.
-pub(crate) const STALE_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const STALE_LIMIT: Duration = Duration::from_secs(60);
 
 /// Overall retry rate of each controller's queue (client-go's default controller limiter).
 const RETRY_BUCKET: Bucket = Bucket {
@@ -545,9 +545,12 @@ async fn worker(ctx: Arc<Context>, which: Which, n: usize, token: CancellationTo
                     // and an exponential backoff would keep growing meanwhile and strand the key
                     // long after the cache caught up. Poll the cache instead: a stale sync
                     // returns before any API call, so this costs nothing but a cache read.
-                    let stale_for = lock(&ctx.slice_stale_since)
-                        .get(&key)
-                        .map_or(Duration::ZERO, |since| since.elapsed());
+                    let stale_for = match which {
+                        Which::Slices => lock(&ctx.slice_stale_since)
+                            .get(&key)
+                            .map_or(Duration::ZERO, |since| since.elapsed()),
+                        Which::Endpoints => Duration::ZERO,
+                    };
                     queue.add_after(key.clone(), (stale_for / 4).clamp(STALE_RETRY, STALE_RETRY_MAX));
                     queue.failures(&key)
                 } else {
