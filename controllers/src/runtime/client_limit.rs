@@ -158,7 +158,7 @@ mod tests {
         let mut at = Vec::new();
         for _ in 0..50 {
             // Every clone shares the bucket, as kube's client clones do.
-            let mut svc = layer.layer(ok.clone());
+            let mut svc = layer.layer(ok);
             let req = http::Request::builder().method("POST").body(()).unwrap();
             svc.ready().await.unwrap().call(req).await.unwrap();
             at.push(start.elapsed());
