@@ -227,10 +227,21 @@ async fn report(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
             eps.join(", ")
         );
     }
-    for ra in Api::<RangeAllocation>::all(client.clone())
-        .list(&Default::default())
-        .await?
+    // The counters are the status subresource, written at most every 5 s: wait for them to
+    // show the sample's values rather than print a stale zero.
+    let ranges = Api::<RangeAllocation>::all(client.clone());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(8);
+    let mut list = ranges.list(&Default::default()).await?;
+    while tokio::time::Instant::now() < deadline
+        && list
+            .items
+            .iter()
+            .any(|ra| ra.status.as_ref().is_none_or(|st| st.used == 0))
     {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        list = ranges.list(&Default::default()).await?;
+    }
+    for ra in list {
         let st = ra.status.unwrap_or_default();
         println!(
             "  portico range {} ({}): {} used of {} (dynamic band {} used, static band {} used)",

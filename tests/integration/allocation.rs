@@ -660,8 +660,15 @@ async fn a_deleted_or_corrupted_range_allocation_is_rebuilt_without_handing_out_
         "a claimed value handed out again: {first:?} {second:?}"
     );
     let rebuilt = objects.get("it-lost-nodeports").await.expect("recreated");
-    let status = rebuilt.status.expect("status");
-    let recovery = status.last_recovery.expect("the recovery is recorded");
+    // The status subresource is written right after the claims (a recovery cannot wait).
+    let recovery = eventually(5, "the recovery in the status", || {
+        let objects = objects.clone();
+        async move {
+            let obj = objects.get("it-lost-nodeports").await.ok()?;
+            obj.status?.last_recovery
+        }
+    })
+    .await;
     assert_eq!(recovery.reason, "the object was deleted");
     let port = |vs: &[Value]| {
         vs.iter()
