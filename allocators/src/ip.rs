@@ -147,11 +147,13 @@ impl fmt::Display for IpRange {
 pub fn parse_service_ip(s: &str) -> Result<IpAddr, AllocError> {
     s.parse::<IpAddr>()
         .ok()
-        .or_else(|| parse_sloppy_ipv4(s).map(IpAddr::V4))
+        .or_else(|| parse_ipv4_sloppy(s).map(IpAddr::V4))
         .ok_or_else(|| AllocError::InvalidIp { value: s.to_owned() })
 }
 
-fn parse_sloppy_ipv4(s: &str) -> Option<Ipv4Addr> {
+/// An IPv4 address as the apiserver's `ParseIPSloppy` reads it: octets may carry leading
+/// zeros, read as decimal (`010.001.002.003` is `10.1.2.3`).
+pub fn parse_ipv4_sloppy(s: &str) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
     let mut parts = s.split('.');
     for octet in &mut octets {

@@ -21,7 +21,7 @@ mod snapshot;
 pub use allocator::{Allocator, ValueRange};
 pub use bitmap::{Band, BandStats};
 pub use error::{AllocError, RangeError, SnapshotError};
-pub use ip::{IpAllocator, IpRange, parse_service_ip};
+pub use ip::{IpAllocator, IpRange, parse_ipv4_sloppy, parse_service_ip};
 pub use port::{PortAllocator, PortRange};
 pub use refusal::{Refusal, Request};
 pub use snapshot::Snapshot;

@@ -42,8 +42,9 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
+use portico_allocators::parse_ipv4_sloppy;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
@@ -120,23 +121,6 @@ pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
         return parse_ipv4_sloppy(s).map(IpAddr::V4);
     };
     Some(ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4))
-}
-
-fn parse_ipv4_sloppy(s: &str) -> Option<Ipv4Addr> {
-    let mut octets = [0u8; 4];
-    let mut parts = s.split('.');
-    for octet in &mut octets {
-        let part = parts.next()?;
-        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let digits = part.trim_start_matches('0');
-        if digits.len() > 3 {
-            return None;
-        }
-        *octet = u8::try_from(digits.parse::<u16>().unwrap_or(0)).ok()?;
-    }
-    parts.next().is_none().then_some(Ipv4Addr::from(octets))
 }
 
 /// Upstream's `ValidateEndpointIP` for a parsed address: the message of the special range `ip`
