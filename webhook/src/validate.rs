@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::Operation;
 use kube::runtime::reflector::Store;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::review::{AdmissionRequest, ObjectHead, RawObject, Verdict};
 use crate::status;
@@ -39,8 +39,8 @@ use crate::validation::service::{PortDoc, SpecDoc, check_spec_doc, read_service}
 use crate::validation::target_port::{TargetPortWarnings, selector_matches};
 use crate::validation::workload::check_workload_spec;
 use crate::validation::{
-    DecodeError, Options, ServiceIpIndex, WorkloadKind, controller_managed, validate_endpoint_slice_value,
-    validate_endpoints_value,
+    DecodeError, Options, ServiceIpIndex, WorkloadKind, controller_managed_raw,
+    validate_endpoint_slice_raw_into, validate_endpoints_raw_into,
 };
 
 /// The pods a Service could select, for the `targetPort` warning. Implemented for a kube-runtime
@@ -186,20 +186,13 @@ impl Validator {
         {
             return Verdict::allow();
         }
-        // The endpoint rules read a built object.
+        // The endpoint rules read the object where it lies in the body, as the others do.
         let value = match target {
-            Target::Endpoints | Target::EndpointSlice => match object.to_value() {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    return Verdict::deny(status::bad_request(decode_message(&DecodeError::new(
-                        "object", &e,
-                    ))));
-                }
-            },
+            Target::Endpoints | Target::EndpointSlice => Some(object.raw()),
             _ => None,
         };
-        if let Some(v) = &value
-            && controller_managed(v, req.namespace.as_deref())
+        if let Some(v) = value
+            && controller_managed_raw(v, req.namespace.as_deref())
         {
             return Verdict::allow();
         }
@@ -209,7 +202,7 @@ impl Validator {
             None => None,
         };
         let mut findings = Findings::capped(MAX_CAUSES);
-        if let Err(e) = self.errors(target, &head, service.as_ref(), value.as_ref(), &mut findings) {
+        if let Err(e) = self.errors(target, &head, service.as_ref(), value, &mut findings) {
             return Verdict::deny(status::bad_request(decode_message(&e)));
         }
         let (errs, more) = if req.operation == Operation::Update && !findings.is_empty() {
@@ -218,7 +211,7 @@ impl Validator {
             let known = self.known_errors(target, req.old_object.as_ref());
             let mut fresh = Findings::except(MAX_CAUSES, &known);
             // It decoded a moment ago, so it decodes again.
-            match self.errors(target, &head, service.as_ref(), value.as_ref(), &mut fresh) {
+            match self.errors(target, &head, service.as_ref(), value, &mut fresh) {
                 Ok(_) => fresh.into_parts(),
                 Err(_) => findings.into_parts(),
             }
@@ -244,13 +237,13 @@ impl Validator {
     }
 
     /// Reports the violations of an object into `sink`: `head` holds its members, `service` the
-    /// decoded `spec` of a Service, `value` the built object for the endpoint rules.
+    /// decoded `spec` of a Service, `value` the raw object for the endpoint rules.
     fn errors(
         &self,
         target: Target,
         head: &ObjectHead<'_>,
         service: Option<&SpecDoc<'_>>,
-        value: Option<&Value>,
+        value: Option<&RawValue>,
         sink: &mut Findings<'_>,
     ) -> Result<(), DecodeError> {
         match target {
@@ -261,15 +254,13 @@ impl Validator {
             Target::Workload(kind) => check_workload_spec(kind, head.spec, &self.options, sink),
             Target::Endpoints | Target::EndpointSlice => {
                 let Some(value) = value else { return Ok(()) };
-                let errs = if target == Target::Endpoints {
-                    validate_endpoints_value(value, self.service_ips.as_deref())?
+                let services = self.service_ips.as_deref();
+                let mut push = |e| sink.push(e);
+                if target == Target::Endpoints {
+                    validate_endpoints_raw_into(value, services, &mut push)
                 } else {
-                    validate_endpoint_slice_value(value, self.service_ips.as_deref())?
-                };
-                for e in errs {
-                    sink.push(e);
+                    validate_endpoint_slice_raw_into(value, services, &mut push)
                 }
-                Ok(())
             }
         }
     }
@@ -280,10 +271,7 @@ impl Validator {
             return Known::default();
         };
         let value = match target {
-            Target::Endpoints | Target::EndpointSlice => match old.to_value() {
-                Ok(v) => Some(v),
-                Err(_) => return Known::default(),
-            },
+            Target::Endpoints | Target::EndpointSlice => Some(old.raw()),
             _ => None,
         };
         let (head, service) = match target {
@@ -297,7 +285,7 @@ impl Validator {
             _ => (old.head(), None),
         };
         let mut sink = Findings::record();
-        match self.errors(target, &head, service.as_ref(), value.as_ref(), &mut sink) {
+        match self.errors(target, &head, service.as_ref(), value, &mut sink) {
             Ok(_) => sink.into_known(),
             Err(_) => Known::default(),
         }

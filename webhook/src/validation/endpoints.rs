@@ -294,8 +294,11 @@ fn raw_list<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>, key: &str) -> Res
     }
 }
 
-fn subsets_errors(subsets: &[SubsetView<'_>], services: Option<&dyn ServiceIpIndex>) -> Vec<FieldError> {
-    let mut errs = Vec::new();
+fn subsets_errors(
+    subsets: &[SubsetView<'_>],
+    services: Option<&dyn ServiceIpIndex>,
+    sink: &mut dyn FnMut(FieldError),
+) {
     for (i, subset) in subsets.iter().enumerate() {
         for (name, addresses) in [
             ("addresses", &subset.addresses),
@@ -303,29 +306,40 @@ fn subsets_errors(subsets: &[SubsetView<'_>], services: Option<&dyn ServiceIpInd
         ] {
             for (j, address) in addresses.iter().flatten().enumerate() {
                 let field = format!("subsets[{i}].{name}[{j}].ip");
-                errs.extend(validate_endpoint_ip(&address.ip, &field, services));
+                validate_endpoint_ip(&address.ip, &field, services)
+                    .into_iter()
+                    .for_each(&mut *sink);
             }
         }
     }
-    errs
 }
 
 fn slice_errors(
     address_type: Option<&str>,
     endpoints: &[EndpointView<'_>],
     services: Option<&dyn ServiceIpIndex>,
-) -> Vec<FieldError> {
+    sink: &mut dyn FnMut(FieldError),
+) {
     if !matches!(address_type, Some("IPv4" | "IPv6")) {
-        return Vec::new();
+        return;
     }
-    let mut errs = Vec::new();
     for (i, endpoint) in endpoints.iter().enumerate() {
         for (j, address) in endpoint.addresses.iter().enumerate() {
             let field = format!("endpoints[{i}].addresses[{j}]");
-            errs.extend(validate_endpoint_ip(address, &field, services));
+            validate_endpoint_ip(address, &field, services)
+                .into_iter()
+                .for_each(&mut *sink);
         }
     }
-    errs
+}
+
+/// Collects what `check` reports.
+fn collected(
+    check: impl FnOnce(&mut dyn FnMut(FieldError)) -> Result<(), DecodeError>,
+) -> Result<Vec<FieldError>, DecodeError> {
+    let mut errs = Vec::new();
+    check(&mut |e| errs.push(e))?;
+    Ok(errs)
 }
 
 /// Validates the addresses of an Endpoints object given as JSON (an AdmissionReview's `object`);
@@ -335,7 +349,10 @@ pub fn validate_endpoints_value(
     services: Option<&dyn ServiceIpIndex>,
 ) -> Result<Vec<FieldError>, DecodeError> {
     let subsets: Vec<SubsetView<'_>> = list(object, "subsets")?;
-    Ok(subsets_errors(&subsets, services))
+    collected(|sink| {
+        subsets_errors(&subsets, services, sink);
+        Ok(())
+    })
 }
 
 /// [`validate_endpoints_value`] for an object given as raw JSON (a slice of the review body).
@@ -343,9 +360,20 @@ pub fn validate_endpoints_raw(
     object: &RawValue,
     services: Option<&dyn ServiceIpIndex>,
 ) -> Result<Vec<FieldError>, DecodeError> {
+    collected(|sink| validate_endpoints_raw_into(object, services, sink))
+}
+
+/// [`validate_endpoints_raw`] reporting into `sink` as it goes, so a capped sink keeps memory
+/// bounded however many addresses are wrong.
+pub fn validate_endpoints_raw_into(
+    object: &RawValue,
+    services: Option<&dyn ServiceIpIndex>,
+    sink: &mut dyn FnMut(FieldError),
+) -> Result<(), DecodeError> {
     let top: EndpointsRawTop<'_> = serde_json::from_str(object.get()).map_err(decode_error("object"))?;
     let subsets: Vec<SubsetView<'_>> = raw_list(top.subsets, "subsets")?;
-    Ok(subsets_errors(&subsets, services))
+    subsets_errors(&subsets, services, sink);
+    Ok(())
 }
 
 /// Validates the addresses of an EndpointSlice given as JSON; only `addressType` and `endpoints`
@@ -360,7 +388,10 @@ pub fn validate_endpoint_slice_value(
         return Ok(Vec::new());
     }
     let endpoints: Vec<EndpointView<'_>> = list(object, "endpoints")?;
-    Ok(slice_errors(address_type, &endpoints, services))
+    collected(|sink| {
+        slice_errors(address_type, &endpoints, services, sink);
+        Ok(())
+    })
 }
 
 /// [`validate_endpoint_slice_value`] for an object given as raw JSON (a slice of the review body).
@@ -368,15 +399,25 @@ pub fn validate_endpoint_slice_raw(
     object: &RawValue,
     services: Option<&dyn ServiceIpIndex>,
 ) -> Result<Vec<FieldError>, DecodeError> {
+    collected(|sink| validate_endpoint_slice_raw_into(object, services, sink))
+}
+
+/// [`validate_endpoint_slice_raw`] reporting into `sink` as it goes.
+pub fn validate_endpoint_slice_raw_into(
+    object: &RawValue,
+    services: Option<&dyn ServiceIpIndex>,
+    sink: &mut dyn FnMut(FieldError),
+) -> Result<(), DecodeError> {
     let top: SliceRawTop<'_> = serde_json::from_str(object.get()).map_err(decode_error("object"))?;
     let address_type: Option<Cow<'_, str>> =
         top.address_type.and_then(|t| serde_json::from_str(t.get()).ok());
     let address_type = address_type.as_deref();
     if !matches!(address_type, Some("IPv4" | "IPv6")) {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let endpoints: Vec<EndpointView<'_>> = raw_list(top.endpoints, "endpoints")?;
-    Ok(slice_errors(address_type, &endpoints, services))
+    slice_errors(address_type, &endpoints, services, sink);
+    Ok(())
 }
 
 /// An in-memory [`ServiceIpIndex`] from `(namespace, name, clusterIPs)`, for tests and callers

@@ -80,8 +80,8 @@ pub mod workload;
 
 pub use endpoints::{
     ServiceIpIndex, ServiceRef, controller_managed, controller_managed_raw, validate_endpoint_ip,
-    validate_endpoint_slice_raw, validate_endpoint_slice_value, validate_endpoints_raw,
-    validate_endpoints_value,
+    validate_endpoint_slice_raw, validate_endpoint_slice_raw_into, validate_endpoint_slice_value,
+    validate_endpoints_raw, validate_endpoints_raw_into, validate_endpoints_value,
 };
 pub use findings::{Findings, Known, MAX_CAUSES};
 pub use names::{

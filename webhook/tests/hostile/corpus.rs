@@ -189,6 +189,36 @@ pub fn all(scale: usize) -> Vec<Case> {
         service_review("CREATE", &svc),
         Expect::Review,
     ));
+    // Hand-written Endpoints and EndpointSlices: 8 MB of loopback addresses, each an error
+    // (the refusal stays at 100 causes).
+    let addresses = array_of_size(r#"{"ip":"127.0.0.1"}"#, FILL);
+    let endpoints = format!(
+        r#"{{"apiVersion":"v1","kind":"Endpoints","metadata":{{"name":"db","namespace":"default"}},"subsets":[{{"addresses":{addresses}}}]}}"#
+    );
+    cases.push(case(
+        "validate: Endpoints with 8 MB of loopback addresses",
+        "/validate",
+        review("", "Endpoints", "CREATE", "db", &endpoints, "null").into_bytes(),
+        Expect::Review,
+    ));
+    let endpoint = array_of_size(r#"{"addresses":["127.0.0.1"]}"#, FILL);
+    let slice = format!(
+        r#"{{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{{"name":"db-1","namespace":"default"}},"addressType":"IPv4","endpoints":{endpoint}}}"#
+    );
+    cases.push(case(
+        "validate: EndpointSlice with 8 MB of loopback endpoints",
+        "/validate",
+        review(
+            "discovery.k8s.io",
+            "EndpointSlice",
+            "CREATE",
+            "db-1",
+            &slice,
+            "null",
+        )
+        .into_bytes(),
+        Expect::Review,
+    ));
     let args = array_of_size(r#""--flag""#, FILL);
     let p = pod("args", &format!(r#""args":{args},"#), "");
     cases.push(case(
