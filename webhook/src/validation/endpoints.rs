@@ -415,9 +415,52 @@ pub fn validate_endpoint_slice_raw_into(
     if !matches!(address_type, Some("IPv4" | "IPv6")) {
         return Ok(());
     }
-    let endpoints: Vec<EndpointView<'_>> = raw_list(top.endpoints, "endpoints")?;
-    slice_errors(address_type, &endpoints, services, sink);
-    Ok(())
+    let Some(raw) = top.endpoints else { return Ok(()) };
+    // One endpoint at a time: judged as it is read, never all held at once.
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    serde::de::DeserializeSeed::deserialize(EachEndpoint { services, sink }, &mut de)
+        .map_err(decode_error("endpoints"))
+}
+
+/// Reads an EndpointSlice's `endpoints` (a list, or `null`) and judges each endpoint's addresses
+/// as it comes.
+struct EachEndpoint<'s, 'k> {
+    services: Option<&'s dyn ServiceIpIndex>,
+    sink: &'k mut dyn FnMut(FieldError),
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for EachEndpoint<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for EachEndpoint<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of endpoints")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        while let Some(endpoint) = seq.next_element::<EndpointView<'de>>()? {
+            for (j, address) in endpoint.addresses.iter().enumerate() {
+                let field = format!("endpoints[{i}].addresses[{j}]");
+                validate_endpoint_ip(address, &field, self.services)
+                    .into_iter()
+                    .for_each(&mut *self.sink);
+            }
+            i += 1;
+        }
+        Ok(())
+    }
 }
 
 /// An in-memory [`ServiceIpIndex`] from `(namespace, name, clusterIPs)`, for tests and callers
