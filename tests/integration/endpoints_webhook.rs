@@ -259,7 +259,7 @@ async fn hand_written_endpoints_may_not_target_special_addresses_or_cluster_ips(
     // What a user sees with kubectl: the 422 (in the request log) and Portico's message.
     if let Some(kubectl) = crate::webhook::kubectl() {
         let obj = endpoints("kx", json!({}), &[&db_ip]);
-        let out = kubectl_create(&kubectl, cp.kubeconfig_path(), &obj).await;
+        let out = crate::webhook::kubectl_create(&kubectl, cp.kubeconfig_path(), &["-v=6"], &obj).await;
         assert!(!out.status.success(), "{out:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("422 Unprocessable Entity"), "{stderr}");
@@ -281,33 +281,4 @@ async fn hand_written_endpoints_may_not_target_special_addresses_or_cluster_ips(
     let _ = handle.await;
     let _ = stop_tx.send(());
     let _ = watch.await;
-}
-
-/// `kubectl create -v=6 -f -` with `obj`: `-v=6` logs each request with its response code.
-async fn kubectl_create(
-    kubectl: &std::path::Path,
-    kubeconfig: &std::path::Path,
-    obj: &Value,
-) -> std::process::Output {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(kubectl)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["create", "-v=6", "--validate=false", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run kubectl");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin
-        .write_all(&serde_json::to_vec(obj).expect("json"))
-        .await
-        .expect("write to kubectl");
-    drop(stdin);
-    tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("kubectl finishes within 60s")
-        .expect("kubectl output")
 }

@@ -297,7 +297,7 @@ async fn the_apiserver_enforces_portico_port_rules_through_the_webhook() {
 
     if let Some(kubectl) = kubectl() {
         // What a user sees: the warning on stderr, the Service created.
-        let out = kubectl_create(&kubectl, cp.kubeconfig_path(), &warned).await;
+        let out = kubectl_create(&kubectl, cp.kubeconfig_path(), &[], &warned).await;
         assert!(out.status.success(), "{out:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(&format!("Warning: {warning}")), "{stderr}");
@@ -306,7 +306,7 @@ async fn the_apiserver_enforces_portico_port_rules_through_the_webhook() {
         bad["apiVersion"] = json!("v1");
         bad["kind"] = json!("Pod");
         bad["metadata"]["namespace"] = json!(NS);
-        let out = kubectl_create(&kubectl, cp.kubeconfig_path(), &bad).await;
+        let out = kubectl_create(&kubectl, cp.kubeconfig_path(), &[], &bad).await;
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(r#"The Pod "bad-probe" is invalid: "#), "{stderr}");
@@ -342,12 +342,20 @@ pub(crate) fn kubectl() -> Option<std::path::PathBuf> {
 }
 
 /// Runs `kubectl create -f -` with `obj`, without blocking the runtime the webhook serves on.
-async fn kubectl_create(kubectl: &Path, kubeconfig: &Path, obj: &Value) -> std::process::Output {
+/// `kubectl create <flags> --validate=false -f -` with `obj` on stdin.
+pub(crate) async fn kubectl_create(
+    kubectl: &Path,
+    kubeconfig: &Path,
+    flags: &[&str],
+    obj: &Value,
+) -> std::process::Output {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new(kubectl)
         .arg("--kubeconfig")
         .arg(kubeconfig)
-        .args(["create", "--validate=false", "-f", "-"])
+        .arg("create")
+        .args(flags)
+        .args(["--validate=false", "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

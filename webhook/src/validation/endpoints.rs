@@ -253,11 +253,7 @@ fn managed(meta: &MetaView<'_>, namespace: Option<&str>) -> bool {
 /// (either kind's, any value), or it is `default/kubernetes`, which kube-apiserver's endpoint
 /// reconciler writes. Unreadable metadata is not a controller's.
 pub fn controller_managed(object: &Value, namespace: Option<&str>) -> bool {
-    let meta = object
-        .get("metadata")
-        .and_then(|m| MetaView::deserialize(m).ok())
-        .unwrap_or_default();
-    managed(&meta, namespace)
+    serde_json::value::to_raw_value(object).is_ok_and(|raw| controller_managed_raw(&raw, namespace))
 }
 
 /// [`controller_managed`] for an object given as raw JSON (a slice of the review body).
@@ -276,15 +272,7 @@ fn decode_error(path: &str) -> impl FnOnce(serde_json::Error) -> DecodeError + '
     }
 }
 
-/// The list at `key` of a JSON object: absent or `null` is empty.
-fn list<'a, T: Deserialize<'a>>(object: &'a Value, key: &str) -> Result<Vec<T>, DecodeError> {
-    match object.get(key) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(v) => Vec::<T>::deserialize(v).map_err(decode_error(key)),
-    }
-}
-
-/// The same from raw JSON.
+/// The list in raw JSON: absent or `null` is empty.
 fn raw_list<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>, key: &str) -> Result<Vec<T>, DecodeError> {
     match raw {
         None => Ok(Vec::new()),
@@ -314,25 +302,6 @@ fn subsets_errors(
     }
 }
 
-fn slice_errors(
-    address_type: Option<&str>,
-    endpoints: &[EndpointView<'_>],
-    services: Option<&dyn ServiceIpIndex>,
-    sink: &mut dyn FnMut(FieldError),
-) {
-    if !matches!(address_type, Some("IPv4" | "IPv6")) {
-        return;
-    }
-    for (i, endpoint) in endpoints.iter().enumerate() {
-        for (j, address) in endpoint.addresses.iter().enumerate() {
-            let field = format!("endpoints[{i}].addresses[{j}]");
-            validate_endpoint_ip(address, &field, services)
-                .into_iter()
-                .for_each(&mut *sink);
-        }
-    }
-}
-
 /// Collects what `check` reports.
 fn collected(
     check: impl FnOnce(&mut dyn FnMut(FieldError)) -> Result<(), DecodeError>,
@@ -348,11 +317,8 @@ pub fn validate_endpoints_value(
     object: &Value,
     services: Option<&dyn ServiceIpIndex>,
 ) -> Result<Vec<FieldError>, DecodeError> {
-    let subsets: Vec<SubsetView<'_>> = list(object, "subsets")?;
-    collected(|sink| {
-        subsets_errors(&subsets, services, sink);
-        Ok(())
-    })
+    let raw = serde_json::value::to_raw_value(object).map_err(decode_error("object"))?;
+    validate_endpoints_raw(&raw, services)
 }
 
 /// [`validate_endpoints_value`] for an object given as raw JSON (a slice of the review body).
@@ -383,15 +349,8 @@ pub fn validate_endpoint_slice_value(
     object: &Value,
     services: Option<&dyn ServiceIpIndex>,
 ) -> Result<Vec<FieldError>, DecodeError> {
-    let address_type = object.get("addressType").and_then(Value::as_str);
-    if !matches!(address_type, Some("IPv4" | "IPv6")) {
-        return Ok(Vec::new());
-    }
-    let endpoints: Vec<EndpointView<'_>> = list(object, "endpoints")?;
-    collected(|sink| {
-        slice_errors(address_type, &endpoints, services, sink);
-        Ok(())
-    })
+    let raw = serde_json::value::to_raw_value(object).map_err(decode_error("object"))?;
+    validate_endpoint_slice_raw(&raw, services)
 }
 
 /// [`validate_endpoint_slice_value`] for an object given as raw JSON (a slice of the review body).
