@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use portico_controller_runtime::client_limit::{RateLimitLayer, RequestMetrics};
+use portico_controller_runtime::leader::{self, LeaderConfig};
+use portico_controller_runtime::{self as runtime, Metrics, RuntimeConfig};
 use portico_controllers::endpointslice;
-use portico_controllers::leader::{self, LeaderConfig};
-use portico_controllers::runtime::client_limit::{RateLimitLayer, RequestMetrics};
-use portico_controllers::runtime::{self, Metrics, RuntimeConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `portico run`; names follow kube-controller-manager's where one exists.

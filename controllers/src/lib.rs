@@ -13,7 +13,6 @@
 //! * [`endpoints`]: the legacy `Endpoints` object, with truncation to 1000 addresses.
 //! * [`triggers`]: which Services a pod event concerns.
 //! * [`fields`]: which fields of cached objects are read, for trimming the caches.
-//! * [`leader`]: leader election on a Lease, so only one replica runs the controllers.
 //!
 //! Behaviour follows the newest upstream Kubernetes controllers; deliberate differences are
 //! documented where they occur. All outputs are deterministic for a given input.
@@ -24,10 +23,8 @@ mod error;
 pub mod fields;
 mod ip;
 pub mod keys;
-pub mod leader;
 pub(crate) mod natural;
 mod pod;
-pub mod runtime;
 mod service;
 mod trigger_time;
 pub mod triggers;

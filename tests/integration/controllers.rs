@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use portico_controllers::runtime::{self, Metrics, RuntimeConfig};
+use portico_controller_runtime::{self as runtime, Metrics, RuntimeConfig};
 use portico_testenv::fixtures::{self, TestPod};
 use tokio_util::sync::CancellationToken;
 

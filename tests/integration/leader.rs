@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
-use portico_controllers::leader::{LeaderConfig, LeaderError, run_elected};
+use portico_controller_runtime::leader::{LeaderConfig, LeaderError, run_elected};
 use portico_testenv::ControlPlane;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;

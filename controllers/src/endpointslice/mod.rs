@@ -288,15 +288,6 @@ impl<S: std::hash::BuildHasher> NodeZones for HashMap<String, Option<String>, S>
     }
 }
 
-impl NodeZones for kube::runtime::reflector::Store<Node> {
-    fn zone_of(&self, node_name: &str) -> NodeZone {
-        match self.get(&kube::runtime::reflector::ObjectRef::new(node_name)) {
-            Some(n) => NodeZone::Found(node_zone(&n).map(str::to_string)),
-            None => NodeZone::NotFound,
-        }
-    }
-}
-
 /// Counters of one sync, for the controller's metrics (`endpoint_slice_controller_*`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncStats {

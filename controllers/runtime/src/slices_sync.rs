@@ -8,13 +8,14 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 
-use super::{Context, SyncError, cached_service, lock, selected_pods};
-use crate::endpointslice::{
-    AutoHints, NodeZone, NodeZones, SyncStats, reconcile, slices_for_service, topology_auto,
+use crate::{Context, SyncError, cached_service, lock, selected_pods};
+use portico_controllers::endpointslice::{
+    AutoHints, NodeZone, NodeZones, SyncStats, node_zone, reconcile, slices_for_service, topology_auto,
 };
-use crate::keys::LABEL_SERVICE_NAME;
-use crate::{ServiceKey, is_service_handled};
+use portico_controllers::keys::LABEL_SERVICE_NAME;
+use portico_controllers::{ServiceKey, is_service_handled};
 
 pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncError> {
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &key.namespace);
@@ -34,13 +35,13 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
     if lock(&ctx.slice_tracker).is_stale(&svc, &existing) {
         let now = tokio::time::Instant::now();
         let since = *lock(&ctx.slice_stale_since).entry(key.clone()).or_insert(now);
-        if now.duration_since(since) < super::STALE_LIMIT {
+        if now.duration_since(since) < crate::STALE_LIMIT {
             return Err(SyncError::Stale("EndpointSlice"));
         }
         tracing::warn!(
             service = %key,
             "the cache stayed behind this controller's own slice writes for {:?}; forgetting them and syncing from the cache",
-            super::STALE_LIMIT
+            crate::STALE_LIMIT
         );
         lock(&ctx.slice_tracker).delete_service(key);
     }
@@ -99,7 +100,10 @@ struct NodeView<'a>(&'a Context);
 
 impl NodeZones for NodeView<'_> {
     fn zone_of(&self, node_name: &str) -> NodeZone {
-        self.0.caches.nodes.zone_of(node_name)
+        match self.0.caches.nodes.get(&ObjectRef::new(node_name)) {
+            Some(n) => NodeZone::Found(node_zone(&n).map(str::to_string)),
+            None => NodeZone::NotFound,
+        }
     }
 
     fn zone_cpu_shares(&self) -> Option<BTreeMap<String, f64>> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::lock;
+use crate::lock;
 
 /// How often an idle dispatcher beats.
 pub(crate) const DISPATCH_BEAT: Duration = Duration::from_secs(5);

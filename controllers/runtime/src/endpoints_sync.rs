@@ -6,10 +6,10 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 
-use super::slices_sync::namespace_terminating;
-use super::{Context, SyncError, cached_service, lock, selected_pods};
-use crate::endpoints::{EndpointsAction, is_leftover_candidate, reconcile};
-use crate::{ServiceKey, is_service_handled};
+use crate::slices_sync::namespace_terminating;
+use crate::{Context, SyncError, cached_service, lock, selected_pods};
+use portico_controllers::endpoints::{EndpointsAction, is_leftover_candidate, reconcile};
+use portico_controllers::{ServiceKey, is_service_handled};
 
 pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncError> {
     let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &key.namespace);

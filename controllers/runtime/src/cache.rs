@@ -1,5 +1,5 @@
 //! What the controllers keep of watched objects: Pods, Services and Nodes trimmed to the fields
-//! the reconcile reads ([`crate::fields`]), so a large cluster costs little memory.
+//! the reconcile reads ([`portico_controllers::fields`]), so a large cluster costs little memory.
 //! EndpointSlices and Endpoints are kept whole but for `managedFields`: updates are full PUTs
 //! built from the cached object, and a trimmed field would be erased on the server.
 
@@ -10,7 +10,9 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::keys::{ANNOTATION_TOPOLOGY_AWARE_HINTS, ANNOTATION_TOPOLOGY_MODE, LABEL_TOPOLOGY_ZONE};
+use portico_controllers::keys::{
+    ANNOTATION_TOPOLOGY_AWARE_HINTS, ANNOTATION_TOPOLOGY_MODE, LABEL_TOPOLOGY_ZONE,
+};
 
 fn trim_meta(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
@@ -157,12 +159,14 @@ mod tests {
                           {"name": "m", "port": 90, "targetPort": "m", "protocol": "TCP"}]}
         }))
         .unwrap();
-        let nodes = crate::endpointslice::NodeZoneMap::default();
-        let cfg = crate::endpointslice::Config::default();
+        let nodes = portico_controllers::endpointslice::NodeZoneMap::default();
+        let cfg = portico_controllers::endpointslice::Config::default();
         let mut nodes = nodes;
         nodes.insert("n1", Some("z1"));
-        let full = crate::endpointslice::reconcile(&svc, &[&pod], &nodes, &[], &cfg, None).unwrap();
-        let lean = crate::endpointslice::reconcile(&svc, &[&trimmed], &nodes, &[], &cfg, None).unwrap();
+        let full =
+            portico_controllers::endpointslice::reconcile(&svc, &[&pod], &nodes, &[], &cfg, None).unwrap();
+        let lean = portico_controllers::endpointslice::reconcile(&svc, &[&trimmed], &nodes, &[], &cfg, None)
+            .unwrap();
         assert_eq!(full, lean);
         assert_eq!(full.create.len(), 1);
     }
@@ -183,14 +187,20 @@ mod tests {
         let nodes = [full("z1", "3"), full("z2", "1")];
         let mut trimmed = nodes.clone();
         trimmed.iter_mut().for_each(trim_node);
-        assert_eq!(crate::endpointslice::node_zone(&trimmed[0]), Some("z1"));
+        assert_eq!(
+            portico_controllers::endpointslice::node_zone(&trimmed[0]),
+            Some("z1")
+        );
         assert_eq!(trimmed[0].metadata.labels.as_ref().unwrap().len(), 1);
         let st = trimmed[0].status.as_ref().unwrap();
         assert_eq!(st.allocatable.as_ref().unwrap().len(), 1);
         assert_eq!(st.conditions.as_ref().unwrap().len(), 1);
         assert!(st.images.is_none() && st.capacity.is_none() && trimmed[0].spec.is_none());
-        let shares = crate::endpointslice::zone_cpu_shares(&trimmed);
-        assert_eq!(shares, crate::endpointslice::zone_cpu_shares(&nodes));
+        let shares = portico_controllers::endpointslice::zone_cpu_shares(&trimmed);
+        assert_eq!(
+            shares,
+            portico_controllers::endpointslice::zone_cpu_shares(&nodes)
+        );
         assert_eq!(shares.unwrap()["z1"], 0.75);
     }
 }

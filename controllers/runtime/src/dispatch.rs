@@ -16,11 +16,13 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher::watcher};
 use tokio_util::sync::CancellationToken;
 
-use super::{Context, Which, cache, lock};
-use crate::ServiceKey;
-use crate::endpointslice::{service_key_for_slice, topology_auto, topology_inputs, zone_cpu_shares};
-use crate::keys::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME};
-use crate::triggers::{services_for_pod, services_for_pod_update};
+use crate::{Context, Which, cache, lock};
+use portico_controllers::ServiceKey;
+use portico_controllers::endpointslice::{
+    service_key_for_slice, topology_auto, topology_inputs, zone_cpu_shares,
+};
+use portico_controllers::keys::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME};
+use portico_controllers::triggers::{services_for_pod, services_for_pod_update};
 
 /// Upstream's `endpointSliceChangeMinSyncDelay`: slice events are mostly echoes of our own
 /// writes, so they are never acted on sooner than this.
@@ -153,7 +155,7 @@ pub(crate) async fn run(ctx: Arc<Context>, mut w: Writers, shutdown: Cancellatio
     }
     let mut events = futures::stream::select_all(streams);
     // Beats while idle too, so a silent dispatcher means a stuck one (liveness).
-    let mut beat = tokio::time::interval(super::liveness::DISPATCH_BEAT);
+    let mut beat = tokio::time::interval(crate::liveness::DISPATCH_BEAT);
     loop {
         ctx.heartbeats.dispatcher_beat();
         let ev = tokio::select! {
@@ -375,7 +377,7 @@ fn on_endpoints(ctx: &Context, w: &mut Writer<Endpoints>, e: Event<Endpoints>) {
         Event::Delete(ep) => {
             if let (Some(ns), Some(name)) = (ep.metadata.namespace.as_ref(), ep.metadata.name.as_ref()) {
                 let key = ServiceKey::new(ns, name);
-                if super::cached_service(ctx, &key).is_some() {
+                if crate::cached_service(ctx, &key).is_some() {
                     ctx.enqueue(Which::Endpoints, key, Duration::ZERO);
                 }
             }

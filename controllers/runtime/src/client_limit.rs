@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::time::{Instant, Sleep};
 
-use super::queue::{Bucket, Tokens};
+use crate::queue::{Bucket, Tokens};
 
 /// Counts requests by response code (`<error>` when none came back), host and method.
 #[derive(Clone)]

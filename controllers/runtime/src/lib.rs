@@ -5,12 +5,16 @@
 //! its cached predecessor (a pod's old labels, a slice's old owner) before replacing it. Each
 //! controller has its own [`WorkQueue`] and workers, as upstream, so one controller's
 //! backoff never delays the other's syncs.
+//!
+//! The decisions live in `portico-controllers`, a crate with no client; this crate only
+//! carries them out.
 
 mod cache;
 pub mod client_limit;
 mod dispatch;
 mod endpoints_sync;
 mod index;
+pub mod leader;
 pub mod liveness;
 mod metrics;
 pub mod queue;
@@ -31,10 +35,10 @@ use self::index::ByNamespace;
 pub use self::liveness::Heartbeats;
 pub use self::metrics::{Metrics, MetricsError};
 pub use self::queue::{Backoff, Bucket, WorkQueue};
-use crate::endpoints::StaleEndpointsTracker;
-use crate::endpointslice::{self, GenerationTracker, SyncStats};
-use crate::error::ReconcileError;
-use crate::{ServiceKey, TriggerTimeTracker};
+use portico_controllers::ReconcileError;
+use portico_controllers::endpoints::StaleEndpointsTracker;
+use portico_controllers::endpointslice::{self, GenerationTracker, SyncStats};
+use portico_controllers::{ServiceKey, TriggerTimeTracker};
 
 /// How soon a sync that found the cache behind our own last write is retried at first; the
 /// delay grows with the time the Service has been stale, up to [`STALE_RETRY_MAX`].
@@ -314,7 +318,7 @@ impl Controllers {
             // Endpoints whose Service is gone (deleted while no controller ran) are removed by
             // their sync; upstream's leftover check at start-up.
             for ep in ctx.caches.endpoints.state() {
-                if crate::endpoints::is_leftover_candidate(&ep)
+                if portico_controllers::endpoints::is_leftover_candidate(&ep)
                     && let (Some(ns), Some(name)) =
                         (ep.metadata.namespace.as_ref(), ep.metadata.name.as_ref())
                 {
@@ -583,7 +587,7 @@ pub(crate) fn cached_service(ctx: &Context, key: &ServiceKey) -> Option<Arc<Serv
         .get(&reflector::ObjectRef::new(&key.name).within(&key.namespace))
 }
 
-/// The cached pods a Service selects (as [`crate::selects`] decides), from the label index.
+/// The cached pods a Service selects (as [`portico_controllers::selects`] decides), from the label index.
 pub(crate) fn selected_pods(ctx: &Context, svc: &Service) -> Vec<Arc<Pod>> {
     let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
     let Some(selector) = svc.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
