@@ -53,10 +53,17 @@ impl fmt::Display for SkippedPod {
     }
 }
 
+/// As upstream's aggregated error reads (it is the text of the Warning Event): one error
+/// alone, several bracketed and comma-separated, a repeated message once.
 fn display_skipped(skipped: &[SkippedPod]) -> String {
-    skipped
+    let mut seen = std::collections::HashSet::new();
+    let messages: Vec<String> = skipped
         .iter()
         .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+        .filter(|m| seen.insert(m.clone()))
+        .collect();
+    match messages.as_slice() {
+        [one] => one.clone(),
+        many => format!("[{}]", many.join(", ")),
+    }
 }

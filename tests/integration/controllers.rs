@@ -1033,3 +1033,58 @@ async fn a_slice_held_by_a_foreign_finalizer_does_not_stop_its_service() {
         .expect("release");
     ctl.stop().await;
 }
+
+/// A pod whose Node does not exist is left out of the slices, and the Service gets upstream's
+/// Warning from the EndpointSlice controller, naming the pod and the Node.
+#[tokio::test]
+async fn a_pod_on_a_missing_node_is_skipped_with_upstreams_warning() {
+    let ns = "ctl-missing-node";
+    let Some((_cp, client)) = setup(ns).await else {
+        return;
+    };
+    let nodes = nodes(&client, ns).await;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &service("web", "web", IntOrString::Int(8080)))
+        .await
+        .expect("service");
+    pods(&client, ns, &nodes, "web", 0, 2).await;
+    TestPod::new("web-ghost")
+        .label("app", "web")
+        .node(&format!("{ns}-no-such-node"))
+        .port("http", 8080, "TCP")
+        .ip("10.199.0.1")
+        .ready(true)
+        .create(&client, ns)
+        .await
+        .expect("pod on a missing node");
+    let ctl = Controllers::start(&client, ns, |_| {});
+    eventually(30, "the two pods on real nodes", || async {
+        let names: BTreeSet<String> = slices(&client, ns, "web")
+            .await
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .filter_map(|e| e.target_ref.as_ref()?.name.clone())
+            .collect();
+        (names == BTreeSet::from(["web-0".to_owned(), "web-1".to_owned()])).then_some(())
+    })
+    .await;
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns);
+    let want = format!(
+        "Error updating Endpoint Slices for Service {ns}/web: skipping Pod web-ghost for Service {ns}/web: Node {ns}-no-such-node Not Found"
+    );
+    let event = eventually(30, "the Warning Event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("FailedToUpdateEndpointSlices") && e.note.as_deref() == Some(want.as_str())
+        })
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(event.reporting_controller.as_deref(), Some("endpoint-slice-controller"));
+    assert_eq!(
+        event.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("web"),
+        "recorded on the Service"
+    );
+    ctl.stop().await;
+}

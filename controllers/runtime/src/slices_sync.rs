@@ -89,7 +89,12 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
     }
     result?;
     match plan.partial_error() {
-        Some(e) => Err(e.into()),
+        // Pods on a Node not (yet) cached were left out; upstream warns with the same Event.
+        Some(e) => {
+            let note = format!("Error updating Endpoint Slices for Service {key}: {e}");
+            warn_event(ctx, &svc, "FailedToUpdateEndpointSlices", note).await;
+            Err(e.into())
+        }
         None => Ok(()),
     }
 }
@@ -120,8 +125,6 @@ fn belongs_to(s: &EndpointSlice, key: &ServiceKey) -> bool {
         && s.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)) == Some(&key.name)
 }
 
-/// Upstream leaves slices of a deleted Service to the garbage collector (they are owned by the
-/// Service). Portico also runs where no garbage collector does, so it deletes its own.
 /// Upstream's topology-aware hints Events: enabled when a Service first gets hints; disabled,
 /// with the reason, whenever they are refused, and when the annotation goes away.
 async fn topology_events(
@@ -169,6 +172,8 @@ async fn topology_events(
     }
 }
 
+/// Upstream leaves slices of a deleted Service to the garbage collector (they are owned by the
+/// Service). Portico also runs where no garbage collector does, so it deletes its own.
 async fn service_gone(ctx: &Context, api: &Api<EndpointSlice>, key: &ServiceKey) -> Result<(), SyncError> {
     lock(&ctx.hinted).remove(key);
     lock(&ctx.slice_tracker).delete_service(key);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Pod, Service};
 
-use crate::ip::{AddressType, canonical_ip, family_of_loose, ip_sort_key};
+use crate::ip::{AddressType, family_of_loose, ip_sort_key, parse_ip_sloppy};
 use crate::pod::{
     DEFAULT_PROTOCOL, find_port, hostname_for, is_ready, node_name, pod_ips, should_be_in_endpoints,
     target_ref,
@@ -30,10 +30,12 @@ pub(crate) fn endpoint_address(svc: &Service, pod: &Pod) -> Option<EndpointAddre
                 .unwrap_or_default(),
         ),
     };
+    // Written as the pod reports it, as upstream does (no canonical form). An address that
+    // does not parse at all is skipped rather than written: upstream would count it as IPv4
+    // and have the apiserver refuse the whole Endpoints object.
     let ip = pod_ips(pod)
-        .filter_map(canonical_ip)
-        .find(|(f, _)| *f == family)
-        .map(|(_, ip)| ip)?;
+        .find(|ip| parse_ip_sloppy(ip).is_some() && family_of_loose(ip) == family)?
+        .to_string();
     Some(EndpointAddress {
         ip,
         hostname: hostname_for(pod, svc),

@@ -326,3 +326,23 @@ fn unhandled_and_leftovers() {
     uidless.metadata.uid = None;
     assert!(desired(&uidless, &[], None).is_ok(), "Endpoints need no uid");
 }
+
+/// Upstream writes the pod's own text of its IP (the apiserver still accepts a non-canonical
+/// IPv6 text in pod status); an address that does not parse at all is left out.
+#[test]
+fn addresses_are_written_as_the_pod_reports_them() {
+    let s = svc("web").families(&["IPv6"]).build();
+    let reported = [
+        pod("a").ips(&["2001:DB8::0001"]).build(),
+        pod("b").ips(&["not-an-ip", "2001:db8::2"]).build(),
+        pod("c").ips(&["10.0.0.3", "2001:db8:0:0::3"]).build(),
+    ];
+    let e = desired(&s, &refs(&reported), None).unwrap();
+    let ips: Vec<&str> = e.subsets.as_ref().unwrap()[0]
+        .addresses
+        .iter()
+        .flatten()
+        .map(|a| a.ip.as_str())
+        .collect();
+    assert_eq!(ips, ["2001:DB8::0001", "2001:db8::2", "2001:db8:0:0::3"]);
+}

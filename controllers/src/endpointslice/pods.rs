@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
 
-use crate::ip::{AddressType, canonical_ip, family_of_loose};
+use crate::ip::{AddressType, canonical_ip, family_of_loose, parse_ip_sloppy};
 use crate::natural::NaturalString;
 use crate::pod::{hostname_for, is_ready, is_terminating, node_name, pod_ips, target_ref};
 use crate::service::{is_service_ip_set, publish_not_ready};
@@ -43,10 +43,11 @@ pub(crate) fn address_types(svc: &Service) -> BTreeSet<AddressType> {
 /// status write. The returned endpoint may have no addresses (pod has no IP of this family);
 /// callers must skip it then.
 pub(crate) fn build_endpoint(pod: &Pod, svc: &Service, at: AddressType, zone: Option<String>) -> Endpoint {
+    // As the pod reports them, as upstream writes them (no canonical form); one that does not
+    // parse is skipped (upstream would write it and have the whole slice refused).
     let addresses: Vec<String> = pod_ips(pod)
-        .filter_map(canonical_ip)
-        .filter(|(family, _)| *family == at)
-        .map(|(_, ip)| ip)
+        .filter(|ip| parse_ip_sloppy(ip).is_some() && family_of_loose(ip) == at)
+        .map(str::to_string)
         .collect();
     let serving = is_ready(pod);
     let terminating = is_terminating(pod);
@@ -243,7 +244,7 @@ mod tests {
         );
         assert!(tr.resource_version.is_none());
         let v6 = build_endpoint(&p, &s, AddressType::IPv6, Some(String::new()));
-        assert_eq!(v6.addresses, vec!["fd00::1"]);
+        assert_eq!(v6.addresses, vec!["fd00::0001"], "as the pod reports it");
         assert_eq!(v6.zone, None, "empty zone label is no zone");
     }
 

@@ -482,7 +482,7 @@ fn dual_stack_address_types() {
     let v6 = of("IPv6");
     assert_eq!(pod_names(&v4), vec!["dual", "v4"]);
     assert_eq!(pod_names(&v6), vec!["dual", "v6"]);
-    assert_eq!(v6.endpoints[1].addresses, vec!["fd00::2"], "canonical IPv6 text");
+    assert_eq!(v6.endpoints[1].addresses, vec!["fd00::0002"], "as the pod reports it");
 
     // No pods: one placeholder per family.
     let plan = plan_with(&s, &[], &Api::default(), &cfg());
@@ -542,6 +542,16 @@ fn zone_from_node_and_missing_nodes() {
     assert_eq!(
         err.to_string(),
         "skipping Pod c for Service default/web: Node gone Not Found"
+    );
+    // Several are one message as upstream's aggregated error prints them (the Warning Event's
+    // text): bracketed, comma-separated.
+    let mut two = p.clone();
+    two.push(pod("d").node("lost").build());
+    let plan = plan_with(&s, &two, &Api::default(), &cfg());
+    assert_eq!(
+        plan.partial_error().unwrap().to_string(),
+        "[skipping Pod c for Service default/web: Node gone Not Found, \
+         skipping Pod d for Service default/web: Node lost Not Found]"
     );
 
     let pnra = svc("web").pnra().build();
@@ -1036,4 +1046,20 @@ fn topology_mode_auto_hints_by_cpu_share() {
     };
     let plan = reconcile(&s, &refs(&ps), &even, &api.refs(), &no_hints, None).unwrap();
     assert!(plan.is_empty() && plan.topology.is_empty(), "{plan:?}");
+}
+
+/// As the Endpoints controller: the pod's own text of its IP, an unparseable one left out.
+#[test]
+fn addresses_are_written_as_the_pod_reports_them() {
+    let s = svc("web").families(&["IPv6"]).build();
+    let p = vec![
+        pod("a").ips(&["2001:DB8::0001"]).build(),
+        pod("b").ips(&["not-an-ip", "10.0.0.2", "2001:db8:0:0::2"]).build(),
+    ];
+    let plan = plan_with(&s, &p, &Api::default(), &cfg());
+    let addresses: Vec<&[String]> = plan.create[0].endpoints.iter().map(|e| e.addresses.as_slice()).collect();
+    assert_eq!(
+        addresses,
+        [&["2001:DB8::0001".to_string()][..], &["2001:db8:0:0::2".to_string()][..]]
+    );
 }
