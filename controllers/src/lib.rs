@@ -21,6 +21,7 @@ pub mod endpoints;
 pub mod endpointslice;
 mod error;
 pub mod fields;
+pub mod generated_name;
 mod ip;
 pub mod keys;
 pub(crate) mod natural;

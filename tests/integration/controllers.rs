@@ -1088,3 +1088,61 @@ async fn a_pod_on_a_missing_node_is_skipped_with_upstreams_warning() {
     );
     ctl.stop().await;
 }
+
+/// A create cut off by the sync timeout while the request is already on its way: the retry
+/// creates again before the first one lands. Both must name the same slice, so the Service never
+/// has two (with `generateName` alone, the late one would be a duplicate until the next sync).
+#[tokio::test]
+async fn a_create_cut_off_by_the_sync_timeout_leaves_no_duplicate() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ns = "ctl-cut-create";
+    let Some((_cp, client)) = setup(ns).await else {
+        return;
+    };
+    let nodes = nodes(&client, ns).await;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &service("web", "web", IntOrString::Int(8080)))
+        .await
+        .expect("service");
+    pods(&client, ns, &nodes, "web", 0, 3).await;
+    let held = Arc::new(AtomicBool::new(false));
+    let real = client.clone();
+    let slow_first_create = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        let real = real.clone();
+        let held = Arc::clone(&held);
+        async move {
+            let first = req.method() == http::Method::POST
+                && req.uri().path().ends_with("/endpointslices")
+                && !req.uri().query().unwrap_or_default().contains("dryRun")
+                && !held.swap(true, Ordering::SeqCst);
+            if first {
+                // On the wire, but it reaches the apiserver only after the sync gave up (1 s)
+                // and its retry (1 s of backoff later) created again.
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(4)).await;
+                    let _ = real.send(req).await;
+                });
+                return futures::future::pending().await;
+            }
+            real.send(req).await
+        }
+    });
+    let slow = kube::Client::new(slow_first_create, ns);
+    let ctl = Controllers::start(&slow, ns, |c| c.sync_timeout = Duration::from_secs(1));
+    let mut most = 0;
+    let mut last = Vec::new();
+    for _ in 0..100 {
+        last = slices(&client, ns, "web").await;
+        most = most.max(last.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(most, 1, "never more than one slice: {last:#?}");
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].endpoints.len(), 3);
+    assert!(
+        ctl.syncs("endpoint_slice_controller_syncs", "error") >= 1.0,
+        "the first sync timed out"
+    );
+    ctl.stop().await;
+}

@@ -18,6 +18,7 @@ pub mod leader;
 pub mod liveness;
 mod metrics;
 pub mod queue;
+mod retry;
 mod slices_sync;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -35,27 +36,12 @@ use self::index::ByNamespace;
 pub use self::liveness::Heartbeats;
 pub use self::metrics::{Metrics, MetricsError};
 pub use self::queue::{Backoff, Bucket, WorkQueue};
+use self::retry::{ENDPOINTS_BACKOFF, Loudness, RETRY_BUCKET, Retry, SLICE_BACKOFF, error_policy};
+pub(crate) use self::retry::STALE_LIMIT;
 use portico_controllers::ReconcileError;
 use portico_controllers::endpoints::StaleEndpointsTracker;
 use portico_controllers::endpointslice::{self, GenerationTracker, SyncStats};
 use portico_controllers::{ServiceKey, TriggerTimeTracker};
-
-/// How soon a sync that found the cache behind our own last write is retried at first; the
-/// delay grows with the time the Service has been stale, up to [`STALE_RETRY_MAX`].
-const STALE_RETRY: Duration = Duration::from_millis(100);
-const STALE_RETRY_MAX: Duration = Duration::from_secs(2);
-
-/// How long a Service's slice syncs may find the cache behind this controller's own writes
-/// before the record of those writes is dropped and the sync goes on from the cache: a write
-/// can be undone in a way no event explains (a slice held by another's finalizer, an event
-/// lost), and waiting for it would stop the Service being reconciled for good.
-pub(crate) const STALE_LIMIT: Duration = Duration::from_secs(60);
-
-/// Overall retry rate of each controller's queue (client-go's default controller limiter).
-const RETRY_BUCKET: Bucket = Bucket {
-    qps: 10.0,
-    burst: 100,
-};
 
 /// Which controllers run, and how.
 #[derive(Debug, Clone)]
@@ -138,7 +124,7 @@ impl SyncError {
         }
     }
 
-    fn is_conflict(&self) -> bool {
+    pub(crate) fn is_conflict(&self) -> bool {
         matches!(self, SyncError::Api { source: kube::Error::Api(s), .. } if s.code == 409)
     }
 }
@@ -369,10 +355,6 @@ async fn start(
         slices,
         endpoints,
     };
-    let backoff = Backoff {
-        base: Duration::from_secs(1),
-        max: Duration::from_secs(1000),
-    };
     let reporter = |controller: &str| Reporter {
         controller: controller.into(),
         instance: Some(cfg.instance.clone()),
@@ -383,14 +365,8 @@ async fn start(
         client: client.clone(),
         caches: caches.clone(),
         metrics,
-        // Upstream's retry discipline: per key 1 s (Endpoints: 5 ms) doubling to 1000 s, and
-        // at most 10 retries a second, in bursts of 100, over all keys of a controller.
-        slice_queue: WorkQueue::new(backoff).with_overall_limit(RETRY_BUCKET),
-        endpoints_queue: WorkQueue::new(Backoff {
-            base: Duration::from_millis(5),
-            ..backoff
-        })
-        .with_overall_limit(RETRY_BUCKET),
+        slice_queue: WorkQueue::new(SLICE_BACKOFF).with_overall_limit(RETRY_BUCKET),
+        endpoints_queue: WorkQueue::new(ENDPOINTS_BACKOFF).with_overall_limit(RETRY_BUCKET),
         slice_tracker: Mutex::new(GenerationTracker::new()),
         slice_triggers: Mutex::new(TriggerTimeTracker::new()),
         slice_stats: Mutex::new(HashMap::new()),
@@ -544,28 +520,24 @@ async fn worker(ctx: Arc<Context>, which: Which, n: usize, token: CancellationTo
                     .with_label_values(&[name, e.metric_label()])
                     .inc();
                 ctx.metrics.queue_retries.with_label_values(&[name]).inc();
-                let failures = if matches!(e, SyncError::Stale(_)) {
-                    // The echo of our own write is on its way; under load it can take seconds,
-                    // and an exponential backoff would keep growing meanwhile and strand the key
-                    // long after the cache caught up. Poll the cache instead: a stale sync
-                    // returns before any API call, so this costs nothing but a cache read.
-                    let stale_for = match which {
-                        Which::Slices => lock(&ctx.slice_stale_since)
-                            .get(&key)
-                            .map_or(Duration::ZERO, |since| since.elapsed()),
-                        Which::Endpoints => Duration::ZERO,
-                    };
-                    queue.add_after(key.clone(), (stale_for / 4).clamp(STALE_RETRY, STALE_RETRY_MAX));
-                    queue.failures(&key)
-                } else {
-                    queue.add_rate_limited(key.clone())
+                let stale_for = match (&e, which) {
+                    (SyncError::Stale(_), Which::Slices) => lock(&ctx.slice_stale_since)
+                        .get(&key)
+                        .map_or(Duration::ZERO, |since| since.elapsed()),
+                    _ => Duration::ZERO,
                 };
-                // Conflicts and stale caches are expected under churn and fix themselves.
+                let (retry, loudness) = error_policy(&e, stale_for);
+                let failures = match retry {
+                    Retry::After(delay) => {
+                        queue.add_after(key.clone(), delay);
+                        queue.failures(&key)
+                    }
+                    Retry::RateLimited => queue.add_rate_limited(key.clone()),
+                };
                 let _enter = span.enter();
-                if e.is_conflict() || matches!(e, SyncError::Stale(_)) {
-                    tracing::debug!(error = %e, failures, "sync failed, retrying");
-                } else {
-                    tracing::warn!(error = %e, failures, "sync failed, retrying");
+                match loudness {
+                    Loudness::Debug => tracing::debug!(error = %e, failures, "sync failed, retrying"),
+                    Loudness::Warn => tracing::warn!(error = %e, failures, "sync failed, retrying"),
                 }
             }
         }

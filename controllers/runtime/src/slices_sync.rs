@@ -12,8 +12,9 @@ use kube::runtime::reflector::ObjectRef;
 
 use crate::{Context, SyncError, cached_service, lock, selected_pods};
 use portico_controllers::endpointslice::{
-    AutoHints, NodeZone, NodeZones, SyncStats, node_zone, reconcile, slices_for_service, topology_auto,
+    AutoHints, CreateOutcome, NodeZone, NodeZones, SyncStats, node_zone, reconcile, slices_for_service, topology_auto,
 };
+use portico_controllers::generated_name::generated_name;
 use portico_controllers::keys::LABEL_SERVICE_NAME;
 use portico_controllers::{ServiceKey, is_service_handled};
 
@@ -47,7 +48,7 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
     }
     lock(&ctx.slice_stale_since).remove(key);
     let trigger = lock(&ctx.slice_triggers).compute(&svc, &pods);
-    let plan = reconcile(
+    let mut plan = reconcile(
         &svc,
         &pods,
         &NodeView(ctx),
@@ -80,7 +81,10 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
         );
     }
 
-    let result = apply(ctx, &api, &plan.create, &plan.update, &plan.delete).await;
+    lock(&ctx.slice_tracker).name_creates(key, &existing, &mut plan.create, |base| {
+        generated_name(base, rand::random)
+    });
+    let result = apply(ctx, &api, key, &plan.create, &plan.update, &plan.delete).await;
     if let Err(e) = &result
         && !e.is_conflict()
     {
@@ -185,25 +189,51 @@ async fn service_gone(ctx: &Context, api: &Api<EndpointSlice>, key: &ServiceKey)
         .slices
         .state_filter(|s| belongs_to(s, key) && ctx.cfg.slices.manages(s));
     let ours: Vec<EndpointSlice> = ours.iter().map(|s| s.as_ref().clone()).collect();
-    apply(ctx, api, &[], &[], &ours).await
+    apply(ctx, api, key, &[], &[], &ours).await
 }
 
 async fn apply(
     ctx: &Context,
     api: &Api<EndpointSlice>,
+    key: &ServiceKey,
     create: &[EndpointSlice],
     update: &[EndpointSlice],
     delete: &[EndpointSlice],
 ) -> Result<(), SyncError> {
     let changes = &ctx.metrics.slice_changes;
     for slice in create {
+        let name = slice.metadata.name.as_deref().unwrap_or_default();
         match api.create(&PostParams::default(), slice).await {
             Ok(created) => {
                 lock(&ctx.slice_tracker).record_write(&created);
                 changes.with_label_values(&["create"]).inc();
             }
             // Creating in a namespace being deleted fails until it is gone; nothing to do.
-            Err(kube::Error::Api(s)) if namespace_terminating(&s) => return Ok(()),
+            Err(kube::Error::Api(s)) if namespace_terminating(&s) => {
+                lock(&ctx.slice_tracker).create_failed(key, name, CreateOutcome::Refused);
+                return Ok(());
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // Our own earlier create under this name (cut off before its answer) landed,
+                // unless the cache shows someone else's slice holding the name.
+                let held = ctx
+                    .caches
+                    .slices
+                    .get(&ObjectRef::new(name).within(&key.namespace));
+                let foreign = held.is_some_and(|h| !ctx.cfg.slices.manages(&h));
+                let outcome = CreateOutcome::Exists { foreign };
+                lock(&ctx.slice_tracker).create_failed(key, name, outcome);
+                if foreign {
+                    return Err(api_error("create", slice, kube::Error::Api(s)));
+                }
+                return Err(SyncError::Stale("EndpointSlice"));
+            }
+            Err(kube::Error::Api(s)) if s.code < 500 => {
+                lock(&ctx.slice_tracker).create_failed(key, name, CreateOutcome::Refused);
+                return Err(api_error("create", slice, kube::Error::Api(s)));
+            }
+            // No answer, or a server error: the create may have landed. Its name stays
+            // pending, so the next create is sent under it (see `name_creates`).
             Err(source) => return Err(api_error("create", slice, source)),
         }
     }

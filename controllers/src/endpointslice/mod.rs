@@ -60,7 +60,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 pub use self::hints::topology_auto;
 pub use self::topology::{AutoHints, topology_inputs, zone_cpu_shares};
-pub use self::tracker::GenerationTracker;
+pub use self::tracker::{CreateOutcome, GenerationTracker};
 use crate::error::{ReconcileError, SkippedPod};
 use crate::keys::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE};
 use crate::service::ServiceKey;

@@ -27,6 +27,29 @@ struct ServiceSlices {
     /// so writes for the old one can never make the new one look stale forever.
     service_uid: Option<String>,
     slices: HashMap<String, Expected>,
+    /// Names of creates sent whose outcome is unknown (see [`GenerationTracker::name_creates`]).
+    pending: Vec<PendingCreate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PendingCreate {
+    name: String,
+    /// A later create under this name was refused as existing: the first one landed, and the
+    /// cache must show it before the Service is reconciled again.
+    landed: bool,
+}
+
+/// What became of a create, as far as the caller can tell from its response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// The apiserver refused it (a 4xx other than 409): nothing was stored.
+    Refused,
+    /// 409: an object of that name exists: our own earlier create under that name, unless
+    /// the cache shows another manager's object holding it.
+    Exists {
+        /// Whether the cache shows that name held by an object that is not ours.
+        foreign: bool,
+    },
 }
 
 /// Per-Service record of the slice generations this controller produced.
@@ -62,12 +85,74 @@ impl GenerationTracker {
         Self::default()
     }
 
+    /// Names the creates of a plan before they are sent: names of earlier creates whose
+    /// outcome is unknown first, then fresh ones from `fresh(generateName)`. Each is recorded
+    /// as pending until [`record_write`](Self::record_write) or
+    /// [`create_failed`](Self::create_failed) settles it.
+    ///
+    /// A sync can be cut off (timeout, lost lease) after a create was sent but before its
+    /// answer came; the create may still land. Sending the next create under the same name
+    /// makes the apiserver store at most one of the two, so no duplicate slice can appear.
+    /// Pending names the cache already shows among `observed` are settled here: the
+    /// reconcile saw those slices and planned around them.
+    pub fn name_creates(
+        &mut self,
+        key: &ServiceKey,
+        observed: &[&EndpointSlice],
+        creates: &mut [EndpointSlice],
+        mut fresh: impl FnMut(&str) -> String,
+    ) {
+        let entry = self.services.entry(key.clone()).or_default();
+        entry
+            .pending
+            .retain(|p| !observed.iter().any(|s| s.metadata.name.as_deref() == Some(p.name.as_str())));
+        let mut reusable = entry.pending.iter().map(|p| p.name.clone());
+        let mut named = Vec::with_capacity(creates.len());
+        for slice in creates.iter_mut() {
+            let name = match reusable.next() {
+                Some(name) => name,
+                None => fresh(slice.metadata.generate_name.as_deref().unwrap_or_default()),
+            };
+            slice.metadata.name = Some(name.clone());
+            named.push(name);
+        }
+        drop(reusable);
+        for name in named {
+            if !entry.pending.iter().any(|p| p.name == name) {
+                entry.pending.push(PendingCreate { name, landed: false });
+            }
+        }
+    }
+
+    /// Settles a pending create that did not store `name`: refused, so the name is free
+    /// again, or refused as existing, which for a name of ours means an earlier create under
+    /// it landed and the cache has yet to show it (the Service is stale until it does). A
+    /// name another manager's object holds is dropped, so the next create draws a fresh one.
+    pub fn create_failed(&mut self, key: &ServiceKey, name: &str, outcome: CreateOutcome) {
+        let Some(entry) = self.services.get_mut(key) else {
+            return;
+        };
+        match outcome {
+            CreateOutcome::Exists { foreign: false } => {
+                if let Some(p) = entry.pending.iter_mut().find(|p| p.name == name) {
+                    p.landed = true;
+                }
+            }
+            CreateOutcome::Refused | CreateOutcome::Exists { foreign: true } => {
+                entry.pending.retain(|p| p.name != name);
+            }
+        }
+    }
+
     /// Records a slice as returned by a successful create or update.
     pub fn record_write(&mut self, written: &EndpointSlice) {
         let (Some(key), Some(id)) = (service_key_for_slice(written), uid(written)) else {
             return;
         };
         let entry = self.services.entry(key).or_default();
+        if let Some(name) = written.metadata.name.as_deref() {
+            entry.pending.retain(|p| p.name != name);
+        }
         if let Some(owner) = owner_service_uid(written) {
             if entry.service_uid.as_deref().is_some_and(|u| u != owner) {
                 entry.slices.clear();
@@ -155,6 +240,12 @@ impl GenerationTracker {
         {
             return false;
         }
+        let landed_unseen = state.pending.iter().any(|p| {
+            p.landed && !observed.iter().any(|s| s.metadata.name.as_deref() == Some(p.name.as_str()))
+        });
+        if landed_unseen {
+            return true;
+        }
         let mut seen = std::collections::HashSet::new();
         for s in observed {
             let Some(id) = uid(s) else { continue };
@@ -174,6 +265,17 @@ impl GenerationTracker {
     /// Forgets a Service (call when it is deleted).
     pub fn delete_service(&mut self, key: &ServiceKey) {
         self.services.remove(key);
+    }
+}
+
+#[cfg(test)]
+impl GenerationTracker {
+    /// Every slice recorded, as (`namespace/service`, slice UID), for tests.
+    pub(crate) fn recorded(&self) -> std::collections::BTreeSet<(String, String)> {
+        self.services
+            .iter()
+            .flat_map(|(key, s)| s.slices.keys().map(move |id| (key.to_string(), id.clone())))
+            .collect()
     }
 }
 
@@ -285,5 +387,58 @@ mod tests {
         tr.record_write(&moved);
         tr.slice_left(&ours);
         assert!(tr.has(&moved));
+    }
+
+    #[test]
+    fn a_create_with_an_unknown_outcome_is_sent_again_under_its_name() {
+        let s = svc("web").build();
+        let key = ServiceKey::new("default", "web");
+        let mut tr = GenerationTracker::new();
+        let new_slice = || {
+            let mut sl = slice("unused", &s, "m").build();
+            sl.metadata.name = None;
+            sl.metadata.generate_name = Some("web-".into());
+            sl
+        };
+        let mut n = 0;
+        let mut fresh = |prefix: &str| {
+            n += 1;
+            format!("{prefix}{n}")
+        };
+        // A sync names two creates; the first is cut off, the second never sent.
+        let mut creates = vec![new_slice(), new_slice()];
+        tr.name_creates(&key, &[], &mut creates, &mut fresh);
+        let names: Vec<_> = creates.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
+        assert_eq!(names, ["web-1", "web-2"]);
+        assert!(!tr.is_stale(&s, &[]), "an unknown outcome alone does not hold the Service");
+        // The next sync reuses both names, then draws fresh ones.
+        let mut again = vec![new_slice(), new_slice(), new_slice()];
+        tr.name_creates(&key, &[], &mut again, &mut fresh);
+        let names: Vec<_> = again.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
+        assert_eq!(names, ["web-1", "web-2", "web-3"]);
+        // web-1 succeeds; web-2 exists (the cut-off create landed); web-3 is refused.
+        let mut written = gen_slice(&s, "web-1", 1);
+        written.metadata.uid = Some("uid-web-1".into());
+        tr.record_write(&written);
+        tr.create_failed(&key, "web-2", CreateOutcome::Exists { foreign: false });
+        tr.create_failed(&key, "web-3", CreateOutcome::Refused);
+        assert!(tr.is_stale(&s, &[&written]), "web-2 landed but the cache does not show it");
+        let mut landed = gen_slice(&s, "web-2", 1);
+        landed.metadata.uid = Some("uid-web-2".into());
+        assert!(!tr.is_stale(&s, &[&written, &landed]));
+        // Seen in the cache: settled. web-3 is free: the next create draws a fresh name.
+        let mut next = vec![new_slice()];
+        tr.name_creates(&key, &[&written, &landed], &mut next, &mut fresh);
+        assert_eq!(next[0].metadata.name.as_deref(), Some("web-4"));
+        // A name another manager's object holds is dropped too.
+        tr.create_failed(&key, "web-4", CreateOutcome::Exists { foreign: true });
+        let mut last = vec![new_slice()];
+        tr.name_creates(&key, &[&written, &landed], &mut last, &mut fresh);
+        assert_eq!(last[0].metadata.name.as_deref(), Some("web-5"));
+        // Forgetting the Service forgets its pending names.
+        tr.delete_service(&key);
+        let mut after = vec![new_slice()];
+        tr.name_creates(&key, &[], &mut after, &mut fresh);
+        assert_eq!(after[0].metadata.name.as_deref(), Some("web-6"));
     }
 }
