@@ -19,9 +19,12 @@
 //!    duplicate that write. Requeue with backoff.
 //! 5. `let trigger = trigger_times.compute(&svc, &pods);` (always, even when nothing changes).
 //! 6. `let plan = reconcile(&svc, &pods, &nodes, &slices, &cfg, trigger.as_ref())?;`
-//! 7. Apply the plan in order: all `create` (POST, `generateName` set, no name), then all
-//!    `update` (PUT by `metadata.name` with `metadata.resourceVersion` as precondition), then
-//!    all `delete` (DELETE by name; send the resourceVersion / uid as preconditions if wanted).
+//! 7. Name the creates (the plan sets only `generateName`) with `tracker.name_creates`, then
+//!    apply the plan in order: all `create` (POST), then all `update` (PUT by
+//!    `metadata.name` with `metadata.resourceVersion` as precondition), then all `delete`
+//!    (DELETE by name; send the resourceVersion / uid as preconditions if wanted).
+//!    * A create that fails: `tracker.create_failed` with what the answer says, unless there
+//!      was no answer (the create may have landed; its name stays pending and is reused).
 //!    * After each successful create or update: `tracker.record_write(&returned_object)`.
 //!    * After each successful delete (or a 404): `tracker.expect_deletion(&slice)`.
 //!    * A create failing because the namespace is terminating can be ignored.
