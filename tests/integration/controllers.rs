@@ -1044,7 +1044,10 @@ async fn a_pod_on_a_missing_node_is_skipped_with_upstreams_warning() {
     };
     let nodes = nodes(&client, ns).await;
     Api::<Service>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &service("web", "web", IntOrString::Int(8080)))
+        .create(
+            &PostParams::default(),
+            &service("web", "web", IntOrString::Int(8080)),
+        )
         .await
         .expect("service");
     pods(&client, ns, &nodes, "web", 0, 2).await;
@@ -1075,12 +1078,16 @@ async fn a_pod_on_a_missing_node_is_skipped_with_upstreams_warning() {
     let event = eventually(30, "the Warning Event", || async {
         let list = events.list(&ListParams::default()).await.ok()?;
         list.items.into_iter().find(|e| {
-            e.reason.as_deref() == Some("FailedToUpdateEndpointSlices") && e.note.as_deref() == Some(want.as_str())
+            e.reason.as_deref() == Some("FailedToUpdateEndpointSlices")
+                && e.note.as_deref() == Some(want.as_str())
         })
     })
     .await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
-    assert_eq!(event.reporting_controller.as_deref(), Some("endpoint-slice-controller"));
+    assert_eq!(
+        event.reporting_controller.as_deref(),
+        Some("endpoint-slice-controller")
+    );
     assert_eq!(
         event.regarding.as_ref().and_then(|r| r.name.as_deref()),
         Some("web"),
@@ -1102,7 +1109,10 @@ async fn a_create_cut_off_by_the_sync_timeout_leaves_no_duplicate() {
     };
     let nodes = nodes(&client, ns).await;
     Api::<Service>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &service("web", "web", IntOrString::Int(8080)))
+        .create(
+            &PostParams::default(),
+            &service("web", "web", IntOrString::Int(8080)),
+        )
         .await
         .expect("service");
     pods(&client, ns, &nodes, "web", 0, 3).await;

@@ -6,7 +6,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 
-use crate::slices_sync::namespace_terminating;
+use crate::slice_writes::namespace_terminating;
 use crate::{Context, SyncError, cached_service, lock, selected_pods};
 use portico_controllers::endpoints::{EndpointsAction, is_leftover_candidate, reconcile};
 use portico_controllers::{ServiceKey, is_service_handled};

@@ -19,6 +19,7 @@ pub mod liveness;
 mod metrics;
 pub mod queue;
 mod retry;
+mod slice_writes;
 mod slices_sync;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -36,8 +37,8 @@ use self::index::ByNamespace;
 pub use self::liveness::Heartbeats;
 pub use self::metrics::{Metrics, MetricsError};
 pub use self::queue::{Backoff, Bucket, WorkQueue};
-use self::retry::{ENDPOINTS_BACKOFF, Loudness, RETRY_BUCKET, Retry, SLICE_BACKOFF, error_policy};
 pub(crate) use self::retry::STALE_LIMIT;
+use self::retry::{ENDPOINTS_BACKOFF, Loudness, RETRY_BUCKET, Retry, SLICE_BACKOFF, error_policy};
 use portico_controllers::ReconcileError;
 use portico_controllers::endpoints::StaleEndpointsTracker;
 use portico_controllers::endpointslice::{self, GenerationTracker, SyncStats};

@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use crate::queue::{Backoff, Bucket};
 use crate::SyncError;
+use crate::queue::{Backoff, Bucket};
 
 /// Per-key backoff of the EndpointSlice controller's queue (and the mirroring controller's).
 pub(crate) const SLICE_BACKOFF: Backoff = Backoff {
@@ -109,18 +109,34 @@ mod tests {
             (&skipped, Duration::ZERO, Retry::RateLimited, Loudness::Warn),
         ];
         for (err, stale_for, retry, loudness) in rows {
-            assert_eq!(error_policy(err, stale_for), (retry, loudness), "{err} after {stale_for:?}");
+            assert_eq!(
+                error_policy(err, stale_for),
+                (retry, loudness),
+                "{err} after {stale_for:?}"
+            );
         }
-        assert_eq!(error_policy(&api(409), Duration::ZERO), (Retry::RateLimited, Loudness::Debug));
-        assert_eq!(error_policy(&api(500), Duration::ZERO), (Retry::RateLimited, Loudness::Warn));
+        assert_eq!(
+            error_policy(&api(409), Duration::ZERO),
+            (Retry::RateLimited, Loudness::Debug)
+        );
+        assert_eq!(
+            error_policy(&api(500), Duration::ZERO),
+            (Retry::RateLimited, Loudness::Warn)
+        );
         let timeout = SyncError::Timeout(s(60));
-        assert_eq!(error_policy(&timeout, Duration::ZERO), (Retry::RateLimited, Loudness::Warn));
+        assert_eq!(
+            error_policy(&timeout, Duration::ZERO),
+            (Retry::RateLimited, Loudness::Warn)
+        );
     }
 
     /// The constants are upstream's: a change here is a change of observable behaviour.
     #[test]
     fn upstreams_limits() {
-        assert_eq!((SLICE_BACKOFF.base, SLICE_BACKOFF.max), (Duration::from_secs(1), Duration::from_secs(1000)));
+        assert_eq!(
+            (SLICE_BACKOFF.base, SLICE_BACKOFF.max),
+            (Duration::from_secs(1), Duration::from_secs(1000))
+        );
         assert_eq!(ENDPOINTS_BACKOFF.base, Duration::from_millis(5));
         assert_eq!((RETRY_BUCKET.qps, RETRY_BUCKET.burst), (10.0, 100));
     }

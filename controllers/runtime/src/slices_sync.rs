@@ -6,13 +6,14 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::Api;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 
+use crate::slice_writes::SliceWriter;
 use crate::{Context, SyncError, cached_service, lock, selected_pods};
 use portico_controllers::endpointslice::{
-    AutoHints, CreateOutcome, NodeZone, NodeZones, SyncStats, node_zone, reconcile, slices_for_service, topology_auto,
+    AutoHints, NodeZone, NodeZones, SyncStats, node_zone, reconcile, slices_for_service, topology_auto,
 };
 use portico_controllers::generated_name::generated_name;
 use portico_controllers::keys::LABEL_SERVICE_NAME;
@@ -84,7 +85,9 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
     lock(&ctx.slice_tracker).name_creates(key, &existing, &mut plan.create, |base| {
         generated_name(base, rand::random)
     });
-    let result = apply(ctx, &api, key, &plan.create, &plan.update, &plan.delete).await;
+    let result = slice_writer(ctx, &api, key)
+        .apply(&plan.create, &plan.update, &plan.delete)
+        .await;
     if let Err(e) = &result
         && !e.is_conflict()
     {
@@ -189,104 +192,17 @@ async fn service_gone(ctx: &Context, api: &Api<EndpointSlice>, key: &ServiceKey)
         .slices
         .state_filter(|s| belongs_to(s, key) && ctx.cfg.slices.manages(s));
     let ours: Vec<EndpointSlice> = ours.iter().map(|s| s.as_ref().clone()).collect();
-    apply(ctx, api, key, &[], &[], &ours).await
+    slice_writer(ctx, api, key).apply(&[], &[], &ours).await
 }
 
-async fn apply(
-    ctx: &Context,
-    api: &Api<EndpointSlice>,
-    key: &ServiceKey,
-    create: &[EndpointSlice],
-    update: &[EndpointSlice],
-    delete: &[EndpointSlice],
-) -> Result<(), SyncError> {
-    let changes = &ctx.metrics.slice_changes;
-    for slice in create {
-        let name = slice.metadata.name.as_deref().unwrap_or_default();
-        match api.create(&PostParams::default(), slice).await {
-            Ok(created) => {
-                lock(&ctx.slice_tracker).record_write(&created);
-                changes.with_label_values(&["create"]).inc();
-            }
-            // Creating in a namespace being deleted fails until it is gone; nothing to do.
-            Err(kube::Error::Api(s)) if namespace_terminating(&s) => {
-                lock(&ctx.slice_tracker).create_failed(key, name, CreateOutcome::Refused);
-                return Ok(());
-            }
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                // Our own earlier create under this name (cut off before its answer) landed,
-                // unless the cache shows someone else's slice holding the name.
-                let held = ctx
-                    .caches
-                    .slices
-                    .get(&ObjectRef::new(name).within(&key.namespace));
-                let foreign = held.is_some_and(|h| !ctx.cfg.slices.manages(&h));
-                let outcome = CreateOutcome::Exists { foreign };
-                lock(&ctx.slice_tracker).create_failed(key, name, outcome);
-                if foreign {
-                    return Err(api_error("create", slice, kube::Error::Api(s)));
-                }
-                return Err(SyncError::Stale("EndpointSlice"));
-            }
-            Err(kube::Error::Api(s)) if s.code < 500 => {
-                lock(&ctx.slice_tracker).create_failed(key, name, CreateOutcome::Refused);
-                return Err(api_error("create", slice, kube::Error::Api(s)));
-            }
-            // No answer, or a server error: the create may have landed. Its name stays
-            // pending, so the next create is sent under it (see `name_creates`).
-            Err(source) => return Err(api_error("create", slice, source)),
-        }
-    }
-    for slice in update {
-        let name = slice.metadata.name.clone().unwrap_or_default();
-        match api.replace(&name, &PostParams::default(), slice).await {
-            Ok(updated) => {
-                lock(&ctx.slice_tracker).record_write(&updated);
-                changes.with_label_values(&["update"]).inc();
-            }
-            Err(source) => return Err(api_error("update", slice, source)),
-        }
-    }
-    for slice in delete {
-        let name = slice.metadata.name.clone().unwrap_or_default();
-        // Preconditions: delete only the version the plan was made from.
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: slice.metadata.uid.clone(),
-                resource_version: slice.metadata.resource_version.clone(),
-            }),
-            ..Default::default()
-        };
-        match api.delete(&name, &dp).await {
-            Ok(_) => changes.with_label_values(&["delete"]).inc(),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(source) => return Err(api_error("delete", slice, source)),
-        }
-        lock(&ctx.slice_tracker).expect_deletion(slice);
-    }
-    Ok(())
-}
-
-pub(crate) fn namespace_terminating(s: &kube::core::Status) -> bool {
-    s.code == 403
-        && (s.message.contains("because it is being terminated")
-            || s.details
-                .as_ref()
-                .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
-}
-
-fn api_error(verb: &'static str, slice: &EndpointSlice, source: kube::Error) -> SyncError {
-    let m = &slice.metadata;
-    let name = m
-        .name
-        .clone()
-        .or_else(|| m.generate_name.clone())
-        .unwrap_or_default();
-    SyncError::Api {
-        verb,
-        kind: "EndpointSlice",
-        name,
-        source,
+fn slice_writer<'a>(ctx: &'a Context, api: &'a Api<EndpointSlice>, key: &'a ServiceKey) -> SliceWriter<'a> {
+    SliceWriter {
+        api,
+        key,
+        tracker: &ctx.slice_tracker,
+        changes: &ctx.metrics.slice_changes,
+        manages: |ctx, s| ctx.cfg.slices.manages(s),
+        ctx,
     }
 }
 

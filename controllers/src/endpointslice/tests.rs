@@ -482,7 +482,11 @@ fn dual_stack_address_types() {
     let v6 = of("IPv6");
     assert_eq!(pod_names(&v4), vec!["dual", "v4"]);
     assert_eq!(pod_names(&v6), vec!["dual", "v6"]);
-    assert_eq!(v6.endpoints[1].addresses, vec!["fd00::0002"], "as the pod reports it");
+    assert_eq!(
+        v6.endpoints[1].addresses,
+        vec!["fd00::0002"],
+        "as the pod reports it"
+    );
 
     // No pods: one placeholder per family.
     let plan = plan_with(&s, &[], &Api::default(), &cfg());
@@ -1054,12 +1058,21 @@ fn addresses_are_written_as_the_pod_reports_them() {
     let s = svc("web").families(&["IPv6"]).build();
     let p = vec![
         pod("a").ips(&["2001:DB8::0001"]).build(),
-        pod("b").ips(&["not-an-ip", "10.0.0.2", "2001:db8:0:0::2"]).build(),
+        pod("b")
+            .ips(&["not-an-ip", "10.0.0.2", "2001:db8:0:0::2"])
+            .build(),
     ];
     let plan = plan_with(&s, &p, &Api::default(), &cfg());
-    let addresses: Vec<&[String]> = plan.create[0].endpoints.iter().map(|e| e.addresses.as_slice()).collect();
+    let addresses: Vec<&[String]> = plan.create[0]
+        .endpoints
+        .iter()
+        .map(|e| e.addresses.as_slice())
+        .collect();
     assert_eq!(
         addresses,
-        [&["2001:DB8::0001".to_string()][..], &["2001:db8:0:0::2".to_string()][..]]
+        [
+            &["2001:DB8::0001".to_string()][..],
+            &["2001:db8:0:0::2".to_string()][..]
+        ]
     );
 }

@@ -103,9 +103,11 @@ impl GenerationTracker {
         mut fresh: impl FnMut(&str) -> String,
     ) {
         let entry = self.services.entry(key.clone()).or_default();
-        entry
-            .pending
-            .retain(|p| !observed.iter().any(|s| s.metadata.name.as_deref() == Some(p.name.as_str())));
+        entry.pending.retain(|p| {
+            !observed
+                .iter()
+                .any(|s| s.metadata.name.as_deref() == Some(p.name.as_str()))
+        });
         let mut reusable = entry.pending.iter().map(|p| p.name.clone());
         let mut named = Vec::with_capacity(creates.len());
         for slice in creates.iter_mut() {
@@ -241,7 +243,10 @@ impl GenerationTracker {
             return false;
         }
         let landed_unseen = state.pending.iter().any(|p| {
-            p.landed && !observed.iter().any(|s| s.metadata.name.as_deref() == Some(p.name.as_str()))
+            p.landed
+                && !observed
+                    .iter()
+                    .any(|s| s.metadata.name.as_deref() == Some(p.name.as_str()))
         });
         if landed_unseen {
             return true;
@@ -410,7 +415,10 @@ mod tests {
         tr.name_creates(&key, &[], &mut creates, &mut fresh);
         let names: Vec<_> = creates.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
         assert_eq!(names, ["web-1", "web-2"]);
-        assert!(!tr.is_stale(&s, &[]), "an unknown outcome alone does not hold the Service");
+        assert!(
+            !tr.is_stale(&s, &[]),
+            "an unknown outcome alone does not hold the Service"
+        );
         // The next sync reuses both names, then draws fresh ones.
         let mut again = vec![new_slice(), new_slice(), new_slice()];
         tr.name_creates(&key, &[], &mut again, &mut fresh);
@@ -422,7 +430,10 @@ mod tests {
         tr.record_write(&written);
         tr.create_failed(&key, "web-2", CreateOutcome::Exists { foreign: false });
         tr.create_failed(&key, "web-3", CreateOutcome::Refused);
-        assert!(tr.is_stale(&s, &[&written]), "web-2 landed but the cache does not show it");
+        assert!(
+            tr.is_stale(&s, &[&written]),
+            "web-2 landed but the cache does not show it"
+        );
         let mut landed = gen_slice(&s, "web-2", 1);
         landed.metadata.uid = Some("uid-web-2".into());
         assert!(!tr.is_stale(&s, &[&written, &landed]));
