@@ -18,10 +18,17 @@ pub const ENDPOINTS_MANAGED_BY_VALUE: &str = "endpoint-controller";
 
 /// The manager name kube-controller-manager's EndpointSlice controller uses.
 pub const UPSTREAM_ENDPOINTSLICE_MANAGER: &str = "endpointslice-controller.k8s.io";
+/// The manager name kube-controller-manager's EndpointSliceMirroring controller uses.
+pub const UPSTREAM_MIRRORING_MANAGER: &str = "endpointslicemirroring-controller.k8s.io";
+/// Label on an Endpoints object: exactly `"true"` keeps it from being mirrored to slices.
+pub const LABEL_SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
 
 /// Annotation carrying the time of the oldest change that triggered this write (RFC 3339, UTC,
 /// nanoseconds without trailing zeros). Read by kube-proxy for the network programming SLI.
 pub const ANNOTATION_LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+/// Annotation `kubectl apply` keeps its last input in. Not mirrored from Endpoints to slices:
+/// on a slice it would describe an object kubectl never applied.
+pub const ANNOTATION_LAST_APPLIED_CONFIG: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// Annotation set on an Endpoints object whose addresses were truncated to
 /// [`crate::endpoints::MAX_CAPACITY`].
 pub const ANNOTATION_OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";

@@ -11,7 +11,9 @@
 //!   and port mapping, packed with upstream's minimal-churn algorithm; adoption of another
 //!   manager's slices.
 //! * [`endpoints`]: the legacy `Endpoints` object, with truncation to 1000 addresses.
+//! * [`mirroring`]: EndpointSlices mirrored from the Endpoints of Services without a selector.
 //! * [`triggers`]: which Services a pod event concerns.
+//! * [`routing`]: which Service keys a watch event queues, for which controller and how soon.
 //! * [`fields`]: which fields of cached objects are read, for trimming the caches.
 //!
 //! Behaviour follows the newest upstream Kubernetes controllers; deliberate differences are
@@ -24,8 +26,10 @@ pub mod fields;
 pub mod generated_name;
 mod ip;
 pub mod keys;
+pub mod mirroring;
 pub(crate) mod natural;
 mod pod;
+pub mod routing;
 mod service;
 mod trigger_time;
 pub mod triggers;

@@ -33,7 +33,8 @@
 //! 8. If `plan.partial_error()` is `Some`, return it after applying (pods were skipped because
 //!    their Node is not in the cache yet): the Service is retried with backoff.
 //!
-//! Event handlers: an EndpointSlice add/update event requeues its Service (from
+//! Event handlers ([`crate::routing`] implements them, for every watched kind): an
+//! EndpointSlice add/update event requeues its Service (from
 //! [`service_key_for_slice`]) only if `cfg.manages(slice)` and `tracker.should_sync(slice)`,
 //! or if its service-name or managed-by label changed (then queue old and new Services, and
 //! call `tracker.slice_left` with the old slice: it left the old Service's listing, whoever it
