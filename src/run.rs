@@ -8,12 +8,15 @@ use portico_controller_runtime::client_limit::{RateLimitLayer, RequestMetrics};
 use portico_controller_runtime::leader::{self, LeaderConfig};
 use portico_controller_runtime::{self as runtime, Metrics, RuntimeConfig};
 use portico_controllers::endpointslice;
+use portico_controllers::mirroring::{self, MirrorConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `portico run`; names follow kube-controller-manager's where one exists.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Controllers to run: `endpointslice`, `endpoint` (comma-separated).
+    /// Controllers to run: `endpointslice`, `endpoint`, `endpointslicemirroring`
+    /// (comma-separated). Mirroring is opt-in: in a cluster whose kube-controller-manager still
+    /// mirrors, a second mirror would double every hand-written endpoint.
     #[arg(
         long,
         value_delimiter = ',',
@@ -41,6 +44,26 @@ pub struct RunArgs {
     /// when replacing kube-controller-manager's controller, which must be stopped first).
     #[arg(long, env = "PORTICO_ADOPT_FROM")]
     pub adopt_from: Option<String>,
+    /// Workers of the mirroring controller.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=50),
+          env = "PORTICO_MIRRORING_CONCURRENT_SERVICE_ENDPOINT_SYNCS")]
+    pub mirroring_concurrent_service_endpoint_syncs: u16,
+    /// Most addresses mirrored from one Endpoints subset.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000),
+          env = "PORTICO_MIRRORING_MAX_ENDPOINTS_PER_SUBSET")]
+    pub mirroring_max_endpoints_per_subset: u16,
+    /// Delay from an EndpointSlice change to the mirroring sync it triggers.
+    #[arg(long, default_value = "0", value_parser = parse_duration,
+          env = "PORTICO_MIRRORING_ENDPOINTSLICE_UPDATES_BATCH_PERIOD")]
+    pub mirroring_endpointslice_updates_batch_period: Duration,
+    /// Value of `endpointslice.kubernetes.io/managed-by` on the slices Portico mirrors.
+    #[arg(long, default_value = mirroring::DEFAULT_MIRRORING_MANAGED_BY, env = "PORTICO_MIRRORING_MANAGED_BY")]
+    pub mirroring_managed_by: String,
+    /// Take over another mirroring manager's slices in place (e.g.
+    /// `endpointslicemirroring-controller.k8s.io`, once kube-controller-manager's mirroring
+    /// controller is stopped).
+    #[arg(long, env = "PORTICO_MIRRORING_ADOPT_FROM")]
+    pub mirroring_adopt_from: Option<String>,
     /// Manage one namespace only (default: all).
     #[arg(long, env = "PORTICO_NAMESPACE")]
     pub namespace: Option<String>,
@@ -97,6 +120,14 @@ impl RunArgs {
                 adopt_from: self.adopt_from.clone(),
                 ..Default::default()
             },
+            endpointslicemirroring: false,
+            mirroring: MirrorConfig {
+                max_endpoints_per_subset: usize::from(self.mirroring_max_endpoints_per_subset),
+                managed_by: self.mirroring_managed_by.clone(),
+                adopt_from: self.mirroring_adopt_from.clone(),
+            },
+            mirroring_workers: usize::from(self.mirroring_concurrent_service_endpoint_syncs),
+            mirroring_batch_period: self.mirroring_endpointslice_updates_batch_period,
             instance: std::env::var("POD_NAME").unwrap_or_else(|_| "portico".into()),
             namespace: self.namespace.clone(),
             ..Default::default()
@@ -105,13 +136,17 @@ impl RunArgs {
             match c.trim() {
                 "endpointslice" => cfg.endpointslice = true,
                 "endpoint" => cfg.endpoints = true,
+                "endpointslicemirroring" => cfg.endpointslicemirroring = true,
                 "" => {}
                 other => anyhow::bail!(
-                    "--controllers: unknown controller {other:?} (known: endpointslice, endpoint)"
+                    "--controllers: unknown controller {other:?} (known: endpointslice, endpoint, endpointslicemirroring)"
                 ),
             }
         }
         cfg.slices.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        cfg.mirroring
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--mirroring-*: {e}"))?;
         Ok(cfg)
     }
 }
@@ -233,7 +268,7 @@ pub async fn start(
         Some(serve_observe(None).await?)
     };
     // Every replica keeps the controllers' caches warm, so a takeover starts syncing at once.
-    let controllers = if cfg.endpointslice || cfg.endpoints {
+    let controllers = if cfg.endpointslice || cfg.endpoints || cfg.endpointslicemirroring {
         let metrics = Metrics::register(&registry)?;
         let host = config
             .cluster_url
@@ -375,6 +410,12 @@ mod tests {
         assert!(err.contains("--controllers") && err.contains("nodeipam"), "{err}");
         let t = T::parse_from(["t", "--controllers", "endpoint"]);
         let cfg = t.run.runtime_config().unwrap();
-        assert!(cfg.endpoints && !cfg.endpointslice);
+        assert!(cfg.endpoints && !cfg.endpointslice && !cfg.endpointslicemirroring);
+        let t = T::parse_from(["t", "--controllers", "endpointslice,endpointslicemirroring"]);
+        let cfg = t.run.runtime_config().unwrap();
+        assert!(cfg.endpointslice && cfg.endpointslicemirroring && !cfg.endpoints);
+        let t = T::parse_from(["t", "--mirroring-managed-by", "Not A Label"]);
+        let err = t.run.runtime_config().unwrap_err().to_string();
+        assert!(err.contains("--mirroring-"), "{err}");
     }
 }

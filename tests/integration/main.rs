@@ -10,6 +10,7 @@ mod endpoints_webhook;
 mod ha;
 mod harness;
 mod leader;
+mod mirroring;
 mod portico_run;
 mod support;
 mod webhook;

@@ -1,32 +1,27 @@
 //! Watch events → caches → Service keys.
 //!
 //! The dispatcher owns the cache writers: it looks the previous version of an object up in the
-//! cache, applies the event, and only then decides which Services to queue. That gives pod
-//! updates upstream's old/new comparison without a second copy of every pod.
+//! cache, applies the event, and only then asks [`portico_controllers::routing`] which Services
+//! to queue. That gives pod updates upstream's old/new comparison without a second copy of
+//! every pod. Every decision is the routing's; this module only feeds it and carries out its
+//! [`Routes`].
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, PoisonError};
 
 use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::runtime::reflector::{ObjectRef, store::Writer};
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher::watcher};
 use tokio_util::sync::CancellationToken;
 
+use crate::index::ByNamespace;
 use crate::{Context, Which, cache, lock};
 use portico_controllers::ServiceKey;
-use portico_controllers::endpointslice::{
-    service_key_for_slice, topology_auto, topology_inputs, zone_cpu_shares,
-};
-use portico_controllers::keys::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME};
-use portico_controllers::triggers::{services_for_pod, services_for_pod_update};
-
-/// Upstream's `endpointSliceChangeMinSyncDelay`: slice events are mostly echoes of our own
-/// writes, so they are never acted on sooner than this.
-const SLICE_EVENT_MIN_DELAY: Duration = Duration::from_secs(1);
+use portico_controllers::endpointslice::zone_cpu_shares;
+use portico_controllers::routing::{self, Change, Controller, Route, Routes, SliceOwner};
 
 pub(crate) struct Writers {
     pub(crate) services: Writer<Service>,
@@ -164,26 +159,47 @@ pub(crate) async fn run(ctx: Arc<Context>, mut w: Writers, shutdown: Cancellatio
             () = shutdown.cancelled() => return,
         };
         let Some(ev) = ev else { return };
-        match ev {
-            Ev::Service(e) => on_service(&ctx, &mut w.services, *e),
-            Ev::Pod(e) => on_pod(&ctx, &mut w.pods, *e),
+        let c = &ctx.caches;
+        let lookup = Cached(&ctx);
+        let routes = match ev {
+            Ev::Service(e) => {
+                restarted(&ctx, &e, "services");
+                let by_ns = Some(&*c.services_by_ns);
+                observe(&c.services, &mut w.services, by_ns, &e, routing::on_service)
+            }
+            Ev::Pod(e) => {
+                restarted(&ctx, &e, "pods");
+                let by_ns = Some(&*c.pods_by_ns);
+                observe(&c.pods, &mut w.pods, by_ns, &e, |ch| routing::on_pod(ch, &lookup))
+            }
             Ev::Node(e) => {
                 restarted(&ctx, &e, "nodes");
-                if let Some(nw) = w.nodes.as_mut() {
-                    on_node(&ctx, nw, *e);
-                }
+                let Some(nw) = w.nodes.as_mut() else { continue };
+                observe(&c.nodes, nw, None, &e, |ch| routing::on_node(ch, &lookup))
             }
             Ev::Slice(e) => {
-                if let Some(sw) = w.slices.as_mut() {
-                    on_slice(&ctx, sw, *e);
-                }
+                let Some(sw) = w.slices.as_mut() else { continue };
+                restarted(&ctx, &e, "endpointslices");
+                let by_ns = Some(&*c.slices_by_ns);
+                observe(&c.slices, sw, by_ns, &e, |ch| {
+                    let mut tracker = lock(&ctx.slice_tracker);
+                    let mut mirror_tracker = lock(&ctx.mirror_tracker);
+                    let mut owners = [
+                        SliceOwner::endpointslice(&ctx.cfg.slices, &mut tracker),
+                        SliceOwner::mirroring(&ctx.cfg.mirroring, &mut mirror_tracker),
+                    ];
+                    routing::on_slice(ch, &mut owners, &lookup)
+                })
             }
             Ev::Endpoints(e) => {
-                if let Some(ew) = w.endpoints.as_mut() {
-                    on_endpoints(&ctx, ew, *e);
-                }
+                let Some(ew) = w.endpoints.as_mut() else { continue };
+                restarted(&ctx, &e, "endpoints");
+                observe(&c.endpoints, ew, None, &e, |ch| {
+                    routing::on_endpoints(ch, &lookup)
+                })
             }
-        }
+        };
+        carry_out(&ctx, routes);
     }
 }
 
@@ -193,196 +209,103 @@ fn restarted<K>(ctx: &Context, e: &Event<K>, resource: &str) {
     }
 }
 
-fn on_service(ctx: &Context, w: &mut Writer<Service>, e: Event<Service>) {
-    restarted(ctx, &e, "services");
-    if matches!(e, Event::InitDone) {
-        // A relist may have missed deletions: sync every Service known before or after it
-        // (cheap: unchanged Services cost no writes), so the vanished ones are cleaned up.
-        let before = ctx.caches.services.state();
-        w.apply_watcher_event(&e);
-        ctx.caches.services_by_ns.apply(&ctx.caches.services, &e);
-        for svc in before {
-            if let Some(key) = ServiceKey::of_service(&svc) {
-                ctx.enqueue_both(&key, Duration::ZERO);
-            }
-        }
-        ctx.enqueue_all_services();
-        return;
-    }
-    w.apply_watcher_event(&e);
-    ctx.caches.services_by_ns.apply(&ctx.caches.services, &e);
-    if let Event::Apply(s) | Event::Delete(s) = &e
-        && let Some(key) = ServiceKey::of_service(s)
-    {
-        ctx.enqueue_both(&key, Duration::ZERO);
-    }
-}
-
-fn on_pod(ctx: &Context, w: &mut Writer<Pod>, e: Event<Pod>) {
-    restarted(ctx, &e, "pods");
-    // Only the Services of the pod's namespace, and only for events that can requeue any:
-    // a relist's InitApply events (one per pod) need none.
-    let in_ns = |p: &Pod| {
-        let ns = p.metadata.namespace.as_deref().unwrap_or_default();
-        ctx.caches.services_by_ns.filter(ns, |_| true)
-    };
-    let keys = match &e {
-        Event::Apply(new) => {
-            let services = in_ns(new);
-            let services = services.iter().map(AsRef::as_ref);
-            match ctx.caches.pods.get(&ObjectRef::from_obj(new)) {
-                Some(old) => services_for_pod_update(&old, new, services),
-                None => services_for_pod(new, services),
-            }
-        }
-        Event::Delete(p) => services_for_pod(p, in_ns(p).iter().map(AsRef::as_ref)),
-        Event::InitDone => {
-            w.apply_watcher_event(&e);
-            ctx.caches.pods_by_ns.apply(&ctx.caches.pods, &e);
-            ctx.enqueue_all_services();
-            return;
-        }
-        Event::Init | Event::InitApply(_) => Default::default(),
-    };
-    w.apply_watcher_event(&e);
-    ctx.caches.pods_by_ns.apply(&ctx.caches.pods, &e);
-    for key in keys {
-        ctx.enqueue_both(&key, ctx.cfg.batch_period);
-    }
-}
-
-/// Applies a Node event. When it changes the zones' CPU shares, the Services with
-/// topology-aware hints are resynced at once. Upstream requeues only the Services whose hints
-/// became overloaded; a resync of the others finds every zone within its maximum, keeps their
-/// hints and writes nothing for them. Upstream also reacts only to Nodes coming, going, or
-/// changing readiness or zone, and keeps its CPU shares until then; Portico recomputes them on
-/// any change of their inputs, allocatable CPU and control-plane labels included.
-fn on_node(ctx: &Context, w: &mut Writer<Node>, e: Event<Node>) {
-    let reshares = match &e {
-        Event::Apply(new) => {
-            let old = ctx.caches.nodes.get(&ObjectRef::from_obj(new));
-            old.as_deref().map(topology_inputs) != Some(topology_inputs(new))
-        }
-        Event::Delete(_) | Event::InitDone => true,
-        Event::Init | Event::InitApply(_) => false,
-    };
-    w.apply_watcher_event(&e);
-    if reshares {
-        let shares = zone_cpu_shares(ctx.caches.nodes.state().iter().map(AsRef::as_ref));
-        *ctx.zone_shares
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = shares;
-        // The hinted Services, and those asking for hints but refused them (e.g. while a Node
-        // had no zone label yet): the change may be what lets them have hints again.
-        let mut keys: std::collections::BTreeSet<ServiceKey> = lock(&ctx.hinted).keys().cloned().collect();
-        for svc in ctx.caches.services.state_filter(topology_auto) {
-            keys.extend(ServiceKey::of_service(&svc));
-        }
-        for key in keys {
-            ctx.enqueue(Which::Slices, key, Duration::ZERO);
-        }
-    }
-}
-
-fn label<'a>(s: &'a EndpointSlice, k: &str) -> Option<&'a String> {
-    s.metadata.labels.as_ref().and_then(|l| l.get(k))
-}
-
-fn on_slice(ctx: &Context, w: &mut Writer<EndpointSlice>, e: Event<EndpointSlice>) {
-    restarted(ctx, &e, "endpointslices");
-    let delay = SLICE_EVENT_MIN_DELAY.max(ctx.cfg.batch_period);
-    let cfg = &ctx.cfg.slices;
-    // The index follows the store before anything is queued: a sync reads the index.
-    let apply = |w: &mut Writer<EndpointSlice>, e: &Event<EndpointSlice>| {
+/// Applies `e` to a cache (the store, then its by-namespace index if it has one) and hands it
+/// to `route` as a [`Change`]. The previous version of an object is read from the store before
+/// the event replaces it; the index follows the store before anything is decided or queued (a
+/// sync reads the index).
+fn observe<K, R>(
+    store: &Store<K>,
+    w: &mut Writer<K>,
+    index: Option<&ByNamespace<K>>,
+    e: &Event<K>,
+    route: impl FnOnce(Change<'_, K>) -> R,
+) -> R
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut apply = || {
         w.apply_watcher_event(e);
-        ctx.caches.slices_by_ns.apply(&ctx.caches.slices, e);
-    };
-    match &e {
-        Event::Apply(new) => {
-            let old = ctx.caches.slices.get(&ObjectRef::from_obj(new));
-            apply(w, &e);
-            let moved = old.as_ref().is_some_and(|o| {
-                label(o, LABEL_SERVICE_NAME) != label(new, LABEL_SERVICE_NAME)
-                    || label(o, LABEL_MANAGED_BY) != label(new, LABEL_MANAGED_BY)
-            });
-            if moved {
-                // Both the Service it left and the one it joined may need a sync.
-                if let Some(old) = old.as_ref().filter(|o| cfg.manages(o)) {
-                    lock(&ctx.slice_tracker).slice_left(old);
-                    if let Some(key) = service_key_for_slice(old) {
-                        ctx.enqueue(Which::Slices, key, delay);
-                    }
-                }
-                if cfg.manages(new)
-                    && let Some(key) = service_key_for_slice(new)
-                {
-                    ctx.enqueue(Which::Slices, key, delay);
-                }
-            } else if cfg.manages(new)
-                && new.metadata.deletion_timestamp.is_some()
-                && let Some(key) = service_key_for_slice(new)
-            {
-                // Being deleted (held by a finalizer): it leaves the Service's listing now, so
-                // the Service must not wait for the write recorded for it.
-                lock(&ctx.slice_tracker).slice_left(new);
-                ctx.enqueue(Which::Slices, key, delay);
-            } else if cfg.manages(new)
-                && lock(&ctx.slice_tracker).should_sync(new)
-                && let Some(key) = service_key_for_slice(new)
-            {
-                ctx.enqueue(Which::Slices, key, delay);
-            }
+        if let Some(index) = index {
+            index.apply(store, e);
         }
-        Event::Delete(s) => {
-            apply(w, &e);
-            if cfg.manages(s) {
-                let requeue = {
-                    let mut t = lock(&ctx.slice_tracker);
-                    // Untracked (e.g. after a restart) means nobody expected it: recreate.
-                    !t.has(s) || t.handle_deletion(s)
-                };
-                if requeue && let Some(key) = service_key_for_slice(s) {
-                    ctx.enqueue(Which::Slices, key, Duration::ZERO);
-                }
-            }
+    };
+    match e {
+        Event::Apply(new) => {
+            let old = store.get(&ObjectRef::from_obj(new));
+            apply();
+            route(Change::Applied {
+                old: old.as_deref(),
+                new,
+            })
+        }
+        Event::Delete(obj) => {
+            apply();
+            route(Change::Deleted(obj))
+        }
+        Event::Init | Event::InitApply(_) => {
+            apply();
+            route(Change::Relisting)
         }
         Event::InitDone => {
-            // A relist brings no deletion events: slices deleted while the watch was down just
-            // vanish. Forget them as deleted, or the tracker would wait forever for them to
-            // show up (upstream's informer delivers such deletions as DeletedFinalStateUnknown).
-            let before = ctx.caches.slices.state();
-            apply(w, &e);
-            let mut tracker = lock(&ctx.slice_tracker);
-            for gone in before
-                .iter()
-                .filter(|s| ctx.caches.slices.get(&ObjectRef::from_obj(s.as_ref())).is_none())
-            {
-                tracker.handle_deletion(gone);
-            }
-            drop(tracker);
-            ctx.enqueue_all_services();
+            let before = store.state();
+            apply();
+            let after = store.state();
+            let before: Vec<&K> = before.iter().map(AsRef::as_ref).collect();
+            let after: Vec<&K> = after.iter().map(AsRef::as_ref).collect();
+            route(Change::Relisted {
+                before: &before,
+                after: &after,
+            })
         }
-        Event::Init | Event::InitApply(_) => apply(w, &e),
     }
 }
 
-fn on_endpoints(ctx: &Context, w: &mut Writer<Endpoints>, e: Event<Endpoints>) {
-    restarted(ctx, &e, "endpoints");
-    w.apply_watcher_event(&e);
-    match &e {
-        // As upstream, only deletions requeue: an edit by hand is reverted at the next sync.
-        // Unlike upstream, only for a Service still there: for a Service that is gone this is
-        // the deletion its sync made, and syncing again would only send a second DELETE (404).
-        // A Service that comes back requeues itself.
-        Event::Delete(ep) => {
-            if let (Some(ns), Some(name)) = (ep.metadata.namespace.as_ref(), ep.metadata.name.as_ref()) {
-                let key = ServiceKey::new(ns, name);
-                if crate::cached_service(ctx, &key).is_some() {
-                    ctx.enqueue(Which::Endpoints, key, Duration::ZERO);
-                }
-            }
-        }
-        Event::InitDone => ctx.enqueue_all_services(),
-        Event::Apply(_) | Event::Init | Event::InitApply(_) => {}
+/// The caches (and the hinted Services), as the routing reads them.
+struct Cached<'a>(&'a Context);
+
+impl routing::Lookup for Cached<'_> {
+    type Service<'s>
+        = Arc<Service>
+    where
+        Self: 's;
+
+    fn services(&self) -> Vec<Arc<Service>> {
+        self.0.caches.services.state()
+    }
+
+    fn services_in(&self, namespace: &str) -> Vec<Arc<Service>> {
+        self.0.caches.services_by_ns.filter(namespace, |_| true)
+    }
+
+    fn has_service(&self, key: &ServiceKey) -> bool {
+        crate::cached_service(self.0, key).is_some()
+    }
+
+    fn hinted_services(&self) -> Vec<ServiceKey> {
+        lock(&self.0.hinted).keys().cloned().collect()
+    }
+}
+
+/// Carries out what the routing decided: the zones' CPU shares first (upstream's `SetNodes`;
+/// the syncs queued next read them), then the keys, each after its delay.
+fn carry_out(ctx: &Context, routes: Routes) {
+    if routes.reshare_zones() {
+        let shares = zone_cpu_shares(ctx.caches.nodes.state().iter().map(AsRef::as_ref));
+        *ctx.zone_shares.write().unwrap_or_else(PoisonError::into_inner) = shares;
+    }
+    for Route {
+        controller,
+        key,
+        delay,
+    } in routes
+    {
+        // `Batch` is each controller's own batch period: the pods' for the first two, the
+        // slices' (`--mirroring-endpointslice-updates-batch-period`) for mirroring.
+        let (which, batch) = match controller {
+            Controller::EndpointSlice => (Which::Slices, ctx.cfg.batch_period),
+            Controller::Endpoints => (Which::Endpoints, ctx.cfg.batch_period),
+            Controller::Mirroring => (Which::Mirroring, ctx.cfg.mirroring_batch_period),
+        };
+        ctx.enqueue(which, key, delay.duration(batch));
     }
 }

@@ -17,6 +17,7 @@ mod index;
 pub mod leader;
 pub mod liveness;
 mod metrics;
+mod mirror_sync;
 pub mod queue;
 mod retry;
 mod slice_writes;
@@ -42,6 +43,7 @@ use self::retry::{ENDPOINTS_BACKOFF, Loudness, RETRY_BUCKET, Retry, SLICE_BACKOF
 use portico_controllers::ReconcileError;
 use portico_controllers::endpoints::StaleEndpointsTracker;
 use portico_controllers::endpointslice::{self, GenerationTracker, SyncStats};
+use portico_controllers::mirroring::{self, MirrorConfig, MirrorError};
 use portico_controllers::{ServiceKey, TriggerTimeTracker};
 
 /// Which controllers run, and how.
@@ -51,6 +53,8 @@ pub struct RuntimeConfig {
     pub endpointslice: bool,
     /// Run the legacy Endpoints controller.
     pub endpoints: bool,
+    /// Run the EndpointSlice mirroring controller.
+    pub endpointslicemirroring: bool,
     /// Workers per controller (`--concurrent-service-endpoint-syncs`).
     pub workers: usize,
     /// Delay from a pod change to the sync it triggers, so a burst costs one sync
@@ -58,6 +62,13 @@ pub struct RuntimeConfig {
     pub batch_period: Duration,
     /// The EndpointSlice reconcile's settings.
     pub slices: endpointslice::Config,
+    /// The mirroring reconcile's settings.
+    pub mirroring: MirrorConfig,
+    /// Workers of the mirroring controller (`--mirroring-concurrent-service-endpoint-syncs`).
+    pub mirroring_workers: usize,
+    /// Delay from an EndpointSlice change to the mirroring sync it triggers
+    /// (`--mirroring-endpointslice-updates-batch-period`).
+    pub mirroring_batch_period: Duration,
     /// Longest one sync may take before it is abandoned and retried (a stuck request must not
     /// hold a Service forever).
     pub sync_timeout: Duration,
@@ -72,9 +83,13 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             endpointslice: true,
             endpoints: true,
+            endpointslicemirroring: true,
             workers: 5,
             batch_period: Duration::ZERO,
             slices: endpointslice::Config::default(),
+            mirroring: MirrorConfig::default(),
+            mirroring_workers: 5,
+            mirroring_batch_period: Duration::ZERO,
             sync_timeout: Duration::from_secs(60),
             instance: "portico".into(),
             namespace: None,
@@ -91,6 +106,9 @@ pub enum SyncError {
     /// The reconcile refused its input, or skipped pods whose Node is not cached yet.
     #[error(transparent)]
     Reconcile(#[from] ReconcileError),
+    /// The mirroring reconcile refused its input.
+    #[error(transparent)]
+    Mirror(#[from] MirrorError),
     /// An API write failed (409 Conflict included).
     #[error("{verb} {kind} {name}: {source}")]
     Api {
@@ -115,7 +133,7 @@ impl SyncError {
         match self {
             SyncError::Stale(_) => "stale",
             SyncError::Reconcile(ReconcileError::PodsSkipped(_)) => "pods_skipped",
-            SyncError::Reconcile(_) => "invalid",
+            SyncError::Reconcile(_) | SyncError::Mirror(_) => "invalid",
             SyncError::Api {
                 source: kube::Error::Api(s),
                 ..
@@ -136,6 +154,9 @@ pub enum RunError {
     /// Invalid settings.
     #[error("invalid controller configuration: {0}")]
     Config(#[from] ReconcileError),
+    /// Invalid mirroring settings.
+    #[error("invalid mirroring configuration: {0}")]
+    MirrorConfig(#[from] MirrorError),
     /// The caches never synced before shutdown.
     #[error("shut down before the caches synced")]
     NotSynced,
@@ -163,6 +184,7 @@ pub(crate) struct Context {
     pub(crate) metrics: Metrics,
     pub(crate) slice_queue: WorkQueue<ServiceKey>,
     pub(crate) endpoints_queue: WorkQueue<ServiceKey>,
+    pub(crate) mirror_queue: WorkQueue<ServiceKey>,
     pub(crate) slice_tracker: Mutex<GenerationTracker>,
     pub(crate) slice_triggers: Mutex<TriggerTimeTracker>,
     pub(crate) slice_stats: Mutex<HashMap<ServiceKey, SyncStats>>,
@@ -175,6 +197,11 @@ pub(crate) struct Context {
     pub(crate) endpoints_stale: Mutex<StaleEndpointsTracker>,
     pub(crate) endpoints_triggers: Mutex<TriggerTimeTracker>,
     pub(crate) slice_recorder: Recorder,
+    pub(crate) mirror_recorder: Recorder,
+    /// The mirroring controller's own record of its slice writes (it manages other slices).
+    pub(crate) mirror_tracker: Mutex<GenerationTracker>,
+    pub(crate) mirror_stale_since: Mutex<HashMap<ServiceKey, tokio::time::Instant>>,
+    pub(crate) mirror_stats: Mutex<HashMap<ServiceKey, mirror_sync::Stats>>,
     pub(crate) endpoints_recorder: Recorder,
     pub(crate) heartbeats: Arc<Heartbeats>,
     /// Since when each Service's slice syncs have found the cache stale (see [`STALE_LIMIT`]).
@@ -192,6 +219,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) enum Which {
     Slices,
     Endpoints,
+    Mirroring,
 }
 
 impl Which {
@@ -199,6 +227,7 @@ impl Which {
         match self {
             Which::Slices => "endpoint_slice",
             Which::Endpoints => "endpoint",
+            Which::Mirroring => "endpoint_slice_mirroring",
         }
     }
 }
@@ -208,6 +237,7 @@ impl Context {
         match which {
             Which::Slices => &self.slice_queue,
             Which::Endpoints => &self.endpoints_queue,
+            Which::Mirroring => &self.mirror_queue,
         }
     }
 
@@ -215,6 +245,7 @@ impl Context {
         match which {
             Which::Slices => self.cfg.endpointslice,
             Which::Endpoints => self.cfg.endpoints,
+            Which::Mirroring => self.cfg.endpointslicemirroring,
         }
     }
 
@@ -313,12 +344,33 @@ impl Controllers {
                 }
             }
         }
+        if ctx.cfg.endpointslicemirroring {
+            // Every Endpoints to mirror, and the owner of every mirrored slice: slices whose
+            // Endpoints or Service went while no controller ran are removed by their sync.
+            let endpoints = ctx.caches.endpoints.state();
+            let mirrorable = endpoints.iter().filter(|ep| mirroring::should_mirror(ep));
+            let keys = mirrorable.filter_map(|ep| {
+                Some(ServiceKey::new(
+                    ep.metadata.namespace.as_ref()?,
+                    ep.metadata.name.as_ref()?,
+                ))
+            });
+            let slices = ctx.caches.slices.state();
+            let mirrored = slices.iter().filter(|s| ctx.cfg.mirroring.manages(s));
+            for key in keys.chain(mirrored.filter_map(|s| endpointslice::service_key_for_slice(s))) {
+                ctx.enqueue(Which::Mirroring, key, Duration::ZERO);
+            }
+        }
         let mut workers = Vec::new();
-        for which in [Which::Slices, Which::Endpoints] {
+        for which in [Which::Slices, Which::Endpoints, Which::Mirroring] {
             if !ctx.enabled(which) {
                 continue;
             }
-            for n in 0..ctx.cfg.workers.max(1) {
+            let count = match which {
+                Which::Mirroring => ctx.cfg.mirroring_workers,
+                _ => ctx.cfg.workers,
+            };
+            for n in 0..count.max(1) {
                 workers.push(tokio::spawn(worker(ctx.clone(), which, n, token.clone())));
             }
         }
@@ -337,6 +389,7 @@ async fn start(
     shutdown: CancellationToken,
 ) -> Result<Controllers, RunError> {
     cfg.slices.validate()?;
+    cfg.mirroring.validate()?;
     if cfg.endpointslice && cfg.slices.endpoint_hints {
         let ns = cfg.namespace.as_deref().unwrap_or("default");
         cfg.slices.endpoint_hints = apiserver_keeps_hints(&client, ns).await;
@@ -363,11 +416,16 @@ async fn start(
     let ctx = Arc::new(Context {
         slice_recorder: Recorder::new(client.clone(), reporter("endpoint-slice-controller")),
         endpoints_recorder: Recorder::new(client.clone(), reporter("endpoint-controller")),
+        mirror_recorder: Recorder::new(client.clone(), reporter(mirroring::EVENT_COMPONENT)),
+        mirror_tracker: Mutex::new(GenerationTracker::new()),
+        mirror_stale_since: Mutex::new(HashMap::new()),
+        mirror_stats: Mutex::new(HashMap::new()),
         client: client.clone(),
         caches: caches.clone(),
         metrics,
         slice_queue: WorkQueue::new(SLICE_BACKOFF).with_overall_limit(RETRY_BUCKET),
         endpoints_queue: WorkQueue::new(ENDPOINTS_BACKOFF).with_overall_limit(RETRY_BUCKET),
+        mirror_queue: WorkQueue::new(SLICE_BACKOFF).with_overall_limit(RETRY_BUCKET),
         slice_tracker: Mutex::new(GenerationTracker::new()),
         slice_triggers: Mutex::new(TriggerTimeTracker::new()),
         slice_stats: Mutex::new(HashMap::new()),
@@ -384,8 +442,8 @@ async fn start(
         services: services_w,
         pods: pods_w,
         nodes: ctx.cfg.endpointslice.then_some(nodes_w),
-        slices: ctx.cfg.endpointslice.then_some(slices_w),
-        endpoints: ctx.cfg.endpoints.then_some(endpoints_w),
+        slices: (ctx.cfg.endpointslice || ctx.cfg.endpointslicemirroring).then_some(slices_w),
+        endpoints: (ctx.cfg.endpoints || ctx.cfg.endpointslicemirroring).then_some(endpoints_w),
     };
     let dispatcher = tokio::spawn(dispatch::run(ctx.clone(), writers, shutdown.clone()));
 
@@ -397,10 +455,12 @@ async fn start(
         c.pods_by_ns.wait_until_ready().await;
         if ctx.cfg.endpointslice {
             let _ = c.nodes.wait_until_ready().await;
+        }
+        if ctx.cfg.endpointslice || ctx.cfg.endpointslicemirroring {
             let _ = c.slices.wait_until_ready().await;
             c.slices_by_ns.wait_until_ready().await;
         }
-        if ctx.cfg.endpoints {
+        if ctx.cfg.endpoints || ctx.cfg.endpointslicemirroring {
             let _ = c.endpoints.wait_until_ready().await;
         }
     };
@@ -503,6 +563,7 @@ async fn worker(ctx: Arc<Context>, which: Which, n: usize, token: CancellationTo
         let syncs = match which {
             Which::Slices => &ctx.metrics.slice_syncs,
             Which::Endpoints => &ctx.metrics.endpoints_syncs,
+            Which::Mirroring => &ctx.metrics.mirror.syncs,
         };
         match result {
             Ok(()) => {
@@ -523,6 +584,9 @@ async fn worker(ctx: Arc<Context>, which: Which, n: usize, token: CancellationTo
                 ctx.metrics.queue_retries.with_label_values(&[name]).inc();
                 let stale_for = match (&e, which) {
                     (SyncError::Stale(_), Which::Slices) => lock(&ctx.slice_stale_since)
+                        .get(&key)
+                        .map_or(Duration::ZERO, |since| since.elapsed()),
+                    (SyncError::Stale(_), Which::Mirroring) => lock(&ctx.mirror_stale_since)
                         .get(&key)
                         .map_or(Duration::ZERO, |since| since.elapsed()),
                     _ => Duration::ZERO,
@@ -550,6 +614,7 @@ async fn sync(ctx: &Context, which: Which, key: &ServiceKey) -> Result<(), SyncE
     match which {
         Which::Slices => slices_sync::sync(ctx, key).await,
         Which::Endpoints => endpoints_sync::sync(ctx, key).await,
+        Which::Mirroring => mirror_sync::sync(ctx, key).await,
     }
 }
 

@@ -1,11 +1,14 @@
 //! The controllers' Prometheus metrics, registered in the process's one registry.
 //!
 //! Names follow upstream where upstream has the series: the EndpointSlice controller's
-//! `endpoint_slice_controller_*` family and client-go's `workqueue_*{name}` (queue names
-//! `endpoint_slice` and `endpoint`). Portico's own series carry a `portico_` prefix.
+//! `endpoint_slice_controller_*` family, the mirroring controller's
+//! `endpoint_slice_mirroring_controller_*` family and client-go's `workqueue_*{name}` (queue
+//! names `endpoint_slice`, `endpoint` and `endpoint_slice_mirroring`). Portico's own series
+//! carry a `portico_` prefix.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, exponential_buckets,
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    exponential_buckets,
 };
 
 /// All series of both controllers.
@@ -21,12 +24,99 @@ pub struct Metrics {
     pub(crate) slice_syncs: IntCounterVec,
     pub(crate) endpoints_changes: IntCounterVec,
     pub(crate) endpoints_syncs: IntCounterVec,
+    pub(crate) mirror: MirrorMetrics,
     pub(crate) queue_depth: IntGaugeVec,
     pub(crate) queue_adds: IntCounterVec,
     pub(crate) queue_retries: IntCounterVec,
     pub(crate) work_duration: HistogramVec,
     pub(crate) reconcile_errors: IntCounterVec,
     pub(crate) watch_restarts: IntCounterVec,
+}
+
+/// The mirroring controller's series (upstream's `endpoint_slice_mirroring_controller_*`, and
+/// Portico's own count of syncs).
+#[derive(Clone)]
+pub(crate) struct MirrorMetrics {
+    pub(crate) endpoints_added_per_sync: Histogram,
+    pub(crate) endpoints_updated_per_sync: Histogram,
+    pub(crate) endpoints_removed_per_sync: Histogram,
+    pub(crate) addresses_skipped_per_sync: Histogram,
+    pub(crate) endpoints_sync_duration: Histogram,
+    pub(crate) endpoints_desired: IntGauge,
+    pub(crate) num_endpoint_slices: IntGauge,
+    pub(crate) desired_endpoint_slices: IntGauge,
+    pub(crate) changes: IntCounterVec,
+    pub(crate) syncs: IntCounterVec,
+}
+
+impl MirrorMetrics {
+    fn new() -> Result<Self, prometheus::Error> {
+        const SUBSYSTEM: &str = "endpoint_slice_mirroring_controller";
+        let per_sync = |name: &str, help: &str| {
+            Histogram::with_opts(
+                HistogramOpts::new(name, help)
+                    .subsystem(SUBSYSTEM)
+                    .buckets(exponential_buckets(2.0, 2.0, 15).unwrap_or_default()),
+            )
+        };
+        let gauge = |name: &str, help: &str| IntGauge::with_opts(Opts::new(name, help).subsystem(SUBSYSTEM));
+        Ok(MirrorMetrics {
+            endpoints_added_per_sync: per_sync(
+                "endpoints_added_per_sync",
+                "Number of endpoints added on each Endpoints sync",
+            )?,
+            endpoints_updated_per_sync: per_sync(
+                "endpoints_updated_per_sync",
+                "Number of endpoints updated on each Endpoints sync",
+            )?,
+            endpoints_removed_per_sync: per_sync(
+                "endpoints_removed_per_sync",
+                "Number of endpoints removed on each Endpoints sync",
+            )?,
+            addresses_skipped_per_sync: per_sync(
+                "addresses_skipped_per_sync",
+                "Number of addresses skipped on each Endpoints sync due to being invalid or exceeding MaxEndpointsPerSubset",
+            )?,
+            endpoints_sync_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "endpoints_sync_duration",
+                    "Duration of syncEndpoints() in seconds",
+                )
+                .subsystem(SUBSYSTEM)
+                .buckets(exponential_buckets(0.001, 2.0, 15).unwrap_or_default()),
+            )?,
+            endpoints_desired: gauge("endpoints_desired", "Number of endpoints desired")?,
+            num_endpoint_slices: gauge("num_endpoint_slices", "Number of EndpointSlices")?,
+            desired_endpoint_slices: gauge(
+                "desired_endpoint_slices",
+                "Number of EndpointSlices that would exist with perfect endpoint allocation",
+            )?,
+            changes: IntCounterVec::new(
+                Opts::new("changes", "Number of EndpointSlice changes").subsystem(SUBSYSTEM),
+                &["operation"],
+            )?,
+            syncs: IntCounterVec::new(
+                Opts::new(
+                    "portico_endpointslice_mirroring_controller_syncs_total",
+                    "Number of EndpointSlice mirroring syncs",
+                ),
+                &["result"],
+            )?,
+        })
+    }
+
+    fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.endpoints_added_per_sync.clone()))?;
+        registry.register(Box::new(self.endpoints_updated_per_sync.clone()))?;
+        registry.register(Box::new(self.endpoints_removed_per_sync.clone()))?;
+        registry.register(Box::new(self.addresses_skipped_per_sync.clone()))?;
+        registry.register(Box::new(self.endpoints_sync_duration.clone()))?;
+        registry.register(Box::new(self.endpoints_desired.clone()))?;
+        registry.register(Box::new(self.num_endpoint_slices.clone()))?;
+        registry.register(Box::new(self.desired_endpoint_slices.clone()))?;
+        registry.register(Box::new(self.changes.clone()))?;
+        registry.register(Box::new(self.syncs.clone()))
+    }
 }
 
 /// Registering failed: a series of the same name is already in the registry.
@@ -99,6 +189,7 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            mirror: MirrorMetrics::new()?,
             queue_depth: IntGaugeVec::new(
                 Opts::new("workqueue_depth", "Current depth of workqueue"),
                 &["name"],
@@ -150,6 +241,7 @@ impl Metrics {
         registry.register(Box::new(m.slice_syncs.clone()))?;
         registry.register(Box::new(m.endpoints_changes.clone()))?;
         registry.register(Box::new(m.endpoints_syncs.clone()))?;
+        m.mirror.register(registry)?;
         registry.register(Box::new(m.queue_depth.clone()))?;
         registry.register(Box::new(m.queue_adds.clone()))?;
         registry.register(Box::new(m.queue_retries.clone()))?;

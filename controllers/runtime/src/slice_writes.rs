@@ -50,7 +50,11 @@ impl SliceWriter<'_> {
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     // Our own earlier create under this name (cut off before its answer) landed,
                     // unless the cache shows someone else's slice holding the name.
-                    let held = self.ctx.caches.slices.get(&ObjectRef::new(name).within(&key.namespace));
+                    let held = self
+                        .ctx
+                        .caches
+                        .slices
+                        .get(&ObjectRef::new(name).within(&key.namespace));
                     let foreign = held.is_some_and(|h| !(self.manages)(self.ctx, &h));
                     let outcome = CreateOutcome::Exists { foreign };
                     lock(self.tracker).create_failed(key, name, outcome);
