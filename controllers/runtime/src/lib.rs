@@ -1,10 +1,11 @@
 //! The I/O edge of the controllers: watches, caches, work queues, workers and API writes.
 //!
-//! One set of trimmed caches serves both controllers. A single dispatcher task applies every
-//! watch event to its cache and turns it into Service keys, so it can compare an object with
-//! its cached predecessor (a pod's old labels, a slice's old owner) before replacing it. Each
-//! controller has its own [`WorkQueue`] and workers, as upstream, so one controller's
-//! backoff never delays the other's syncs.
+//! One set of trimmed caches serves the three controllers (EndpointSlice, Endpoints,
+//! EndpointSlice mirroring). A single dispatcher task applies every watch event to its cache
+//! and turns it into keys, so it can compare an object with its cached predecessor (a pod's
+//! old labels, a slice's old owner) before replacing it. Each controller has its own
+//! [`WorkQueue`] and workers, as upstream, so one controller's backoff never delays another's
+//! syncs.
 //!
 //! The decisions live in `portico-controllers`, a crate with no client; this crate only
 //! carries them out.
@@ -162,7 +163,7 @@ pub enum RunError {
     NotSynced,
 }
 
-/// The caches both controllers read.
+/// The caches the controllers read.
 #[derive(Clone)]
 pub(crate) struct Caches {
     pub(crate) services: Store<Service>,
@@ -266,18 +267,13 @@ impl Context {
             .set(q.len() as i64);
     }
 
-    /// Queues `key` for both controllers.
-    pub(crate) fn enqueue_both(&self, key: &ServiceKey, delay: Duration) {
-        self.enqueue(Which::Slices, key.clone(), delay);
-        self.enqueue(Which::Endpoints, key.clone(), delay);
-    }
-
-    /// Queues every cached Service for both controllers: after a (re)list, deletions that
-    /// happened while the watch was down produced no event of their own.
+    /// Queues every cached Service for the EndpointSlice and Endpoints controllers, when this
+    /// replica starts leading (relists are the routing's business).
     pub(crate) fn enqueue_all_services(&self) {
         for svc in self.caches.services.state() {
             if let Some(key) = ServiceKey::of_service(&svc) {
-                self.enqueue_both(&key, Duration::ZERO);
+                self.enqueue(Which::Slices, key.clone(), Duration::ZERO);
+                self.enqueue(Which::Endpoints, key, Duration::ZERO);
             }
         }
     }

@@ -11,7 +11,7 @@ use prometheus::{
     exponential_buckets,
 };
 
-/// All series of both controllers.
+/// All series of the controllers.
 #[derive(Clone)]
 pub struct Metrics {
     pub(crate) endpoints_added_per_sync: prometheus::Histogram,

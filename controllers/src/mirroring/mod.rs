@@ -17,14 +17,15 @@
 //! 4. `let plan = reconcile(&endpoints, &slices, &cfg)?;`
 //! 5. Record `plan.events` as Warning events on the Endpoints object (component
 //!    [`EVENT_COMPONENT`]), on every sync as upstream does; observe the counters.
-//! 6. Apply `create` (POST, `generateName` set), then `update` (PUT by name, with the
-//!    resourceVersion of the replaced slice as precondition), then `delete`. A create refused
-//!    because the namespace is terminating can be dropped; any other error: stop, requeue.
+//! 6. Name the creates with the tracker's `name_creates` (a create cut off mid-flight is sent
+//!    again under its name), then apply `create` (POST), then `update` (PUT by name, with
+//!    the resourceVersion of the replaced slice as precondition), then `delete`. A create
+//!    refused because the namespace is terminating can be dropped; any other error: stop,
+//!    requeue.
 //!
-//! Event handlers: an Endpoints event queues its key. A Service event queues its key when the
-//! Service has no selector, or when its selector appeared or went away. A slice event queues
-//! the key from its service-name label (old and new key if that label changed) when
-//! [`MirrorConfig::manages`] the slice (old or new version).
+//! Which watch events queue which keys is decided in [`crate::routing`] (its mirroring rules:
+//! Endpoints events, Services whose selector appears or goes, slices this controller manages,
+//! through its own [`crate::endpointslice::GenerationTracker`]).
 //!
 //! Behaviour follows kube-controller-manager's `endpointslicemirroring` controller (v1.33 to
 //! v1.37); the few deliberate differences are documented where they occur.
