@@ -147,6 +147,19 @@ impl RunArgs {
         cfg.mirroring
             .validate()
             .map_err(|e| anyhow::anyhow!("--mirroring-*: {e}"))?;
+        // Each controller would take the other's slices for its own: the mirroring one deletes
+        // its slices of every Service with a selector, the EndpointSlice one those of every
+        // Service without.
+        if cfg.endpointslice && cfg.endpointslicemirroring {
+            let slices = [Some(&cfg.slices.managed_by), cfg.slices.adopt_from.as_ref()];
+            let mirror = [Some(&cfg.mirroring.managed_by), cfg.mirroring.adopt_from.as_ref()];
+            if let Some(name) = slices.iter().flatten().find(|n| mirror.contains(&Some(**n))) {
+                anyhow::bail!(
+                    "--managed-by/--adopt-from and --mirroring-managed-by/--mirroring-adopt-from share {name:?}: \
+                     the EndpointSlice and mirroring controllers need manager names of their own"
+                );
+            }
+        }
         Ok(cfg)
     }
 }
@@ -414,6 +427,13 @@ mod tests {
         let t = T::parse_from(["t", "--controllers", "endpointslice,endpointslicemirroring"]);
         let cfg = t.run.runtime_config().unwrap();
         assert!(cfg.endpointslice && cfg.endpointslicemirroring && !cfg.endpoints);
+        let t = T::parse_from([
+            "t",
+            "--controllers=endpointslice,endpointslicemirroring",
+            "--mirroring-adopt-from=endpointslice-controller.portico",
+        ]);
+        let err = t.run.runtime_config().unwrap_err().to_string();
+        assert!(err.contains("manager names of their own"), "{err}");
         let t = T::parse_from(["t", "--mirroring-managed-by", "Not A Label"]);
         let err = t.run.runtime_config().unwrap_err().to_string();
         assert!(err.contains("--mirroring-"), "{err}");

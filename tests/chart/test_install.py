@@ -278,6 +278,8 @@ FORBIDDEN: list[Check] = [
     *_checks("create update delete", "", "pods", APP_NS),
     *_checks("create", "", "pods", APP_NS, "web-0", "exec"),
     *_checks("update patch delete", "", "nodes", "", "node-a"),
+    # The mirroring controller's rule: not granted while it is off (it is opt-in).
+    *_checks("update", "", "endpoints", APP_NS, "web", "finalizers"),
     # Slices and Endpoints are replaced, never patched, and never deleted in bulk.
     *_checks("patch deletecollection", "discovery.k8s.io", "endpointslices", APP_NS),
     *_checks("patch deletecollection", "", "endpoints", APP_NS),

@@ -37,6 +37,7 @@ def test_ci_values_files_exist() -> None:
         "monitoring-values.yaml",
         "network-values.yaml",
         "hostnetwork-values.yaml",
+        "mirroring-values.yaml",
     ):
         assert expected in names
 

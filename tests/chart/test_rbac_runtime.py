@@ -1,17 +1,19 @@
 """Portico run as the chart's ServiceAccount, against the test apiserver with RBAC on.
 
-The chart is installed with its defaults; then `portico run`, out of cluster, with the chart's
-own Deployment args (only the listen addresses, the certificate directory and the managed-by
-label changed, and three timings shortened, see PORTICO_TIMINGS) and a kubeconfig that
-impersonates the ServiceAccount. It must do all of its self-managed setup (TLS Secret, caBundle,
-Lease), serve its webhook and run its controllers without one refusal; and the same identity is
-refused what Portico never does. Every metric the chart's PrometheusRule and Grafana dashboard
-query must be on its /metrics.
+The chart is installed with its defaults plus the opt-in mirroring controller (VALUES); then
+`portico run`, out of cluster, with the chart's own Deployment args (only the listen addresses,
+the certificate directory and the managed-by label changed, and three timings shortened, see
+PORTICO_TIMINGS) and a kubeconfig that impersonates the ServiceAccount. It must do all of its
+self-managed setup (TLS Secret, caBundle, Lease), serve its webhook and run its controllers
+without one refusal; and the same identity is refused what Portico never does. Every metric
+the chart's PrometheusRule and Grafana dashboard query must be on its /metrics.
 
 `portico dev` (the harness) runs its own Portico too: ours writes its slices with its own
 `--managed-by` value, so the slices the test waits for can only be ours; and it allocates from
 the ranges the harness uses (the RangeAllocations are shared, cluster-wide: with the chart's
-default 10.96.0.0/12, whichever Portico came second would refuse every Service)."""
+default 10.96.0.0/12, whichever Portico came second would refuse every Service). The harness's
+Portico does not mirror (mirroring is opt-in), so mirrored slices can only be ours and keep the
+chart's default mirroring managed-by."""
 
 from __future__ import annotations
 
@@ -59,6 +61,12 @@ SA_GROUPS = ["system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}", "s
 TIMEOUT = 120
 READY_TIMEOUT = 60
 POD_IP = "10.244.77.7"
+# The chart's defaults, plus the opt-in EndpointSliceMirroring controller: its flags and RBAC
+# rules are exercised too.
+VALUES: dict[str, Any] = {"controllers": {"enabled": ["endpointslice", "endpoint", "endpointslicemirroring"]}}
+MIRROR_MANAGED_BY = "endpointslicemirroring-controller.portico"  # the chart's default
+MIRROR_SERVICE = "external"
+MIRROR_IP = "10.244.77.8"
 ALLOCATIONS = "/apis/portico.dev/v1alpha1/rangeallocations"
 # `portico dev`'s service range (src/dev.rs DEV_SERVICE_RANGE), when no allocation says otherwise.
 HARNESS_SERVICE_RANGE = os.environ.get("PORTICO_TEST_SERVICE_RANGE", "10.96.0.0/16")
@@ -79,7 +87,7 @@ def _config(kubeconfig: Path) -> helm.Config:
 
 def _install(kubeconfig: Path) -> dict[str, Any]:
     with _config(kubeconfig) as cfg:
-        return cfg.install(CHART_DIR, RELEASE, None, create_namespace=True, wait="hookOnly", timeout=TIMEOUT)
+        return cfg.install(CHART_DIR, RELEASE, VALUES, create_namespace=True, wait="hookOnly", timeout=TIMEOUT)
 
 
 def _uninstall(kubeconfig: Path) -> None:
@@ -213,7 +221,8 @@ def _readyz(port: int) -> bool:
 def portico(installed: None, kubeconfig: Path, kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portico]:
     tmp = tmp_path_factory.mktemp("rbac-runtime")
     sa_kubeconfig = _impersonating_kubeconfig(kubeconfig, tmp / "kubeconfig")
-    args = list(render(release=RELEASE, namespace=NAMESPACE).args)
+    args = list(render(VALUES, release=RELEASE, namespace=NAMESPACE).args)
+    assert f"--mirroring-managed-by={MIRROR_MANAGED_BY}" in args, args
     if args and args[0] == "run":
         args = args[1:]
     metrics, webhook = _free_port(), _free_port()
@@ -402,6 +411,55 @@ def test_controllers_work_under_the_service_account(portico: Portico, app: None,
     assert s["ports"][0]["port"] == 8080
     _wait("Endpoints with the pod's IP", lambda: _endpoints(kube), log=portico)
     time.sleep(1)  # a last reconcile or status write would show a refusal now
+    assert "forbidden" not in portico.output().lower(), portico.output()[-4000:]
+
+
+@pytest.fixture(scope="module")
+def hand_written(app: None, kube: Kube) -> None:
+    """A Service without a selector and its hand-written Endpoints: what the mirroring controller
+    mirrors. Created after Portico started, so the watch (not the start-up list) must bring it."""
+    _create(
+        kube,
+        f"/api/v1/namespaces/{APP_NS}/services",
+        {"metadata": {"name": MIRROR_SERVICE}, "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 9000}]}},
+    )
+    _create(
+        kube,
+        f"/api/v1/namespaces/{APP_NS}/endpoints",
+        {
+            "metadata": {"name": MIRROR_SERVICE, "labels": {"team": "edge"}},
+            "subsets": [{"addresses": [{"ip": MIRROR_IP}], "ports": [{"name": "http", "port": 9000, "protocol": "TCP"}]}],
+        },
+    )
+
+
+def _mirrored_slice(kube: Kube) -> dict[str, Any] | None:
+    selector = f"kubernetes.io/service-name={MIRROR_SERVICE},endpointslice.kubernetes.io/managed-by={MIRROR_MANAGED_BY}"
+    items = kube.get(f"/apis/discovery.k8s.io/v1/namespaces/{APP_NS}/endpointslices?labelSelector={selector}")["items"]
+    for s in items:
+        if any(MIRROR_IP in (e.get("addresses") or []) for e in s.get("endpoints") or []):
+            return s
+    return None
+
+
+def test_mirroring_works_under_the_service_account(portico: Portico, hand_written: None, kube: Kube) -> None:
+    """`endpointslicemirroring` enabled through the chart: the hand-written Endpoints of a
+    selector-less Service get a mirrored EndpointSlice, written as the chart's ServiceAccount."""
+    s = _wait("a mirrored EndpointSlice of the hand-written Endpoints", lambda: _mirrored_slice(kube), log=portico)
+    labels = s["metadata"]["labels"]
+    assert labels["kubernetes.io/service-name"] == MIRROR_SERVICE
+    assert labels["endpointslice.kubernetes.io/managed-by"] == MIRROR_MANAGED_BY
+    assert labels.get("team") == "edge"  # the Endpoints' own labels are mirrored
+    assert s["addressType"] == "IPv4"
+    assert s["ports"] == [{"name": "http", "port": 9000, "protocol": "TCP"}]
+    (owner,) = s["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"]) == ("Endpoints", MIRROR_SERVICE)
+    # Nobody else mirrors here: exactly one slice for the Endpoints.
+    others = kube.get(
+        f"/apis/discovery.k8s.io/v1/namespaces/{APP_NS}/endpointslices?labelSelector=kubernetes.io/service-name={MIRROR_SERVICE}"
+    )["items"]
+    assert [o["metadata"]["name"] for o in others] == [s["metadata"]["name"]]
+    time.sleep(1)  # a last sync or Event would show a refusal now
     assert "forbidden" not in portico.output().lower(), portico.output()[-4000:]
 
 

@@ -37,6 +37,11 @@ RUN_FLAGS = {
     "endpoint-updates-batch-period",
     "managed-by",
     "adopt-from",
+    "mirroring-concurrent-service-endpoint-syncs",
+    "mirroring-max-endpoints-per-subset",
+    "mirroring-endpointslice-updates-batch-period",
+    "mirroring-managed-by",
+    "mirroring-adopt-from",
     "kube-api-qps",
     "kube-api-burst",
     "webhook",
@@ -80,6 +85,21 @@ ENDPOINTSLICE_CONTROLLER = (
     | rules("", "services/finalizers", "update")
 )
 ENDPOINT_CONTROLLER = rules("", "endpoints", "get list watch create update delete")
+# The EndpointSliceMirroring controller: reads Endpoints, writes slices as the EndpointSlice
+# controller does (the same rule), owner-references the Endpoints with blockOwnerDeletion.
+MIRRORING_CONTROLLER = (
+    rules("", "endpoints", "get list watch")
+    | rules("discovery.k8s.io", "endpointslices", "get list watch create update delete")
+    | rules("", "endpoints/finalizers", "update")
+)
+MIRRORING_FLAGS = {
+    "mirroring-concurrent-service-endpoint-syncs",
+    "mirroring-max-endpoints-per-subset",
+    "mirroring-endpointslice-updates-batch-period",
+    "mirroring-managed-by",
+    "mirroring-adopt-from",
+}
+ALL_CONTROLLERS = ["endpointslice", "endpoint", "endpointslicemirroring"]
 ALLOCATION = rules("portico.dev", "rangeallocations", "get list watch create update") | rules(
     "portico.dev", "rangeallocations/status", "update"
 ) | rules(
@@ -344,6 +364,76 @@ def test_non_default_args() -> None:
     assert extra[-1] == "--log-level=debug"
 
 
+def test_mirroring_flags_only_when_enabled(default: Rendered) -> None:
+    """The mirroring controller is opt-in: its flags are passed only when it is in
+    controllers.enabled, and then carry the values (adoptFrom only when set)."""
+    assert not set(default.flags) & MIRRORING_FLAGS
+    assert "endpointslicemirroring" not in default.flags["controllers"].split(",")
+    # Settings alone do not turn it on.
+    tuned = render({"controllers": {"mirroring": {"concurrentServiceEndpointSyncs": 9, "adoptFrom": "x"}}})
+    assert not set(tuned.flags) & MIRRORING_FLAGS
+
+    on = render({"controllers": {"enabled": ALL_CONTROLLERS}}).flags
+    assert on["controllers"] == "endpointslice,endpoint,endpointslicemirroring"
+    assert {k: v for k, v in on.items() if k in MIRRORING_FLAGS} == {
+        "mirroring-concurrent-service-endpoint-syncs": "5",
+        "mirroring-max-endpoints-per-subset": "1000",
+        "mirroring-endpointslice-updates-batch-period": "0",
+        "mirroring-managed-by": "endpointslicemirroring-controller.portico",
+    }
+    # The other controllers' flags are unchanged by it.
+    assert {k: v for k, v in on.items() if k not in MIRRORING_FLAGS | {"controllers"}} == {
+        k: v for k, v in default.flags.items() if k != "controllers"
+    }
+
+    alone = render(
+        {
+            "controllers": {
+                "enabled": ["endpointslicemirroring"],
+                "mirroring": {
+                    "concurrentServiceEndpointSyncs": 50,
+                    "maxEndpointsPerSubset": 1,
+                    "endpointSliceUpdatesBatchPeriod": "1m30s",
+                    "managedBy": "mirror.example.com",
+                    "adoptFrom": "endpointslicemirroring-controller.k8s.io",
+                },
+            }
+        }
+    ).flags
+    assert alone["controllers"] == "endpointslicemirroring"
+    assert alone["mirroring-concurrent-service-endpoint-syncs"] == "50"
+    assert alone["mirroring-max-endpoints-per-subset"] == "1"
+    assert alone["mirroring-endpointslice-updates-batch-period"] == "1m30s"
+    assert alone["mirroring-managed-by"] == "mirror.example.com"
+    assert alone["mirroring-adopt-from"] == "endpointslicemirroring-controller.k8s.io"
+
+    ci_file = ci("mirroring-values.yaml").flags
+    assert ci_file["controllers"] == "endpointslice,endpoint,endpointslicemirroring"
+    assert ci_file["mirroring-concurrent-service-endpoint-syncs"] == "10"
+    assert ci_file["mirroring-max-endpoints-per-subset"] == "500"
+    assert ci_file["mirroring-endpointslice-updates-batch-period"] == "100ms"
+    assert ci_file["mirroring-adopt-from"] == "endpointslicemirroring-controller.k8s.io"
+    assert "adopt-from" not in ci_file  # the EndpointSlice controller's adoption is separate
+
+
+def test_mirroring_managed_by_must_differ_from_the_slice_controllers() -> None:
+    """With both running, one managed-by name would make each controller take the other's slices
+    for its own: refused before anything renders."""
+    same = {"controllers": {"enabled": ALL_CONTROLLERS, "mirroring": {"managedBy": "endpointslice-controller.portico"}}}
+    with pytest.raises(helm.HelmRenderError, match="controllers.managedBy and controllers.mirroring.managedBy are both"):
+        render(same)
+    # Harmless while either one is off.
+    render({"controllers": {"enabled": ["endpointslicemirroring"], "mirroring": {"managedBy": "endpointslice-controller.portico"}}})
+    render({"controllers": {"mirroring": {"managedBy": "endpointslice-controller.portico"}}})
+
+
+def test_mirroring_notes() -> None:
+    assert "endpointslicemirroring" not in render().files["portico/templates/NOTES.txt"]
+    notes = render({"controllers": {"enabled": ALL_CONTROLLERS}}).files["portico/templates/NOTES.txt"]
+    assert "Controllers: endpointslice, endpoint, endpointslicemirroring." in notes
+    assert "-endpointslicemirroring" in notes and "controllers.mirroring.adoptFrom" in notes
+
+
 def test_names_agree_across_objects(default: Rendered) -> None:
     """The names in the flags are the names of the objects and of the RBAC resourceNames."""
     f = default.flags
@@ -407,11 +497,43 @@ def test_rbac_follows_the_configuration() -> None:
     assert rbac_rules(off.one("ClusterRole")) == SERVICES_PODS | EVENTS | ENDPOINTSLICE_CONTROLLER | ENDPOINT_CONTROLLER
     assert rbac_rules(off.one("Role")) == lease(FULLNAME)
 
+    mirroring = ci("mirroring-values.yaml")  # all three controllers
+    assert rbac_rules(mirroring.one("ClusterRole")) == (
+        SERVICES_PODS | EVENTS | ENDPOINTSLICE_CONTROLLER | ENDPOINT_CONTROLLER | MIRRORING_CONTROLLER | ALLOCATION
+        | self_managed_certs(FULLNAME)
+    )
+
     neither = render({"webhook": {"enabled": False}, "leaderElection": {"enabled": False}})
     assert neither.maybe("Role") is None and neither.maybe("RoleBinding") is None
 
     none = render({"rbac": {"create": False}})
     assert not none.kinds() & {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+
+def test_mirroring_rbac_only_when_enabled(default: Rendered) -> None:
+    """The mirroring controller's rules come with it and with nothing else; they never widen
+    another controller's rule, and a rule both need is rendered once."""
+    assert ("", "endpoints/finalizers", "update", None) not in rbac_rules(default.one("ClusterRole"))
+    tuned = render({"controllers": {"mirroring": {"concurrentServiceEndpointSyncs": 9}}})
+    assert rbac_rules(tuned.one("ClusterRole")) == rbac_rules(default.one("ClusterRole"))
+
+    base = SERVICES_PODS | EVENTS | ALLOCATION | self_managed_certs(FULLNAME)
+    cases = {
+        ("endpointslicemirroring",): MIRRORING_CONTROLLER,
+        ("endpointslice", "endpointslicemirroring"): ENDPOINTSLICE_CONTROLLER | MIRRORING_CONTROLLER,
+        ("endpoint", "endpointslicemirroring"): ENDPOINT_CONTROLLER | MIRRORING_CONTROLLER,
+        tuple(ALL_CONTROLLERS): ENDPOINTSLICE_CONTROLLER | ENDPOINT_CONTROLLER | MIRRORING_CONTROLLER,
+    }
+    for enabled, controllers in cases.items():
+        role = render({"controllers": {"enabled": list(enabled)}}).one("ClusterRole")
+        assert rbac_rules(role) == base | controllers, enabled
+        # One rule per resource: the shared ones are not repeated.
+        resources = [(g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]]
+        assert len(resources) == len(set(resources)), (enabled, resources)
+    # Alone, it may only read Endpoints (the Endpoints controller's writes stay off).
+    alone = rbac_rules(render({"controllers": {"enabled": ["endpointslicemirroring"]}}).one("ClusterRole"))
+    assert not alone & rules("", "endpoints", "create update delete")
+    assert not alone & (rules("", "nodes", "get list watch") | rules("", "services/finalizers", "update"))
 
 
 def test_bindings_point_at_the_service_account() -> None:

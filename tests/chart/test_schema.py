@@ -19,6 +19,18 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("failure-policy", {"webhook": {"validating": {"failurePolicy": "Maybe"}}}, "/webhook/validating/failurePolicy"),
     ("timeout-over-30", {"webhook": {"timeoutSeconds": 31}}, "/webhook/timeoutSeconds"),
     ("unknown-controller", {"controllers": {"enabled": ["kube-proxy"]}}, "/controllers/enabled"),
+    ("mirroring-misspelt", {"controllers": {"enabled": ["endpointslice", "endpointmirroring"]}}, "/controllers/enabled"),
+    ("mirroring-twice", {"controllers": {"enabled": ["endpointslicemirroring", "endpointslicemirroring"]}}, "/controllers/enabled"),
+    ("mirroring-workers-zero", {"controllers": {"mirroring": {"concurrentServiceEndpointSyncs": 0}}}, "/controllers/mirroring/concurrentServiceEndpointSyncs"),
+    ("mirroring-workers-over-50", {"controllers": {"mirroring": {"concurrentServiceEndpointSyncs": 51}}}, "/controllers/mirroring/concurrentServiceEndpointSyncs"),
+    ("mirroring-subset-zero", {"controllers": {"mirroring": {"maxEndpointsPerSubset": 0}}}, "/controllers/mirroring/maxEndpointsPerSubset"),
+    ("mirroring-subset-over-1000", {"controllers": {"mirroring": {"maxEndpointsPerSubset": 1001}}}, "/controllers/mirroring/maxEndpointsPerSubset"),
+    ("mirroring-subset-text", {"controllers": {"mirroring": {"maxEndpointsPerSubset": "1000"}}}, "/controllers/mirroring/maxEndpointsPerSubset"),
+    ("mirroring-batch-bare-number", {"controllers": {"mirroring": {"endpointSliceUpdatesBatchPeriod": "5"}}}, "/controllers/mirroring/endpointSliceUpdatesBatchPeriod"),
+    ("mirroring-batch-words", {"controllers": {"mirroring": {"endpointSliceUpdatesBatchPeriod": "1 second"}}}, "/controllers/mirroring/endpointSliceUpdatesBatchPeriod"),
+    ("mirroring-managed-by-empty", {"controllers": {"mirroring": {"managedBy": ""}}}, "/controllers/mirroring/managedBy"),
+    ("mirroring-adopt-from-too-long", {"controllers": {"mirroring": {"adoptFrom": "x" * 64}}}, "/controllers/mirroring/adoptFrom"),
+    ("mirroring-typo", {"controllers": {"mirroring": {"maxEndpointsPerSlice": 100}}}, "maxEndpointsPerSlice"),
     ("three-ranges", {"allocation": {"serviceClusterIPRanges": ["10.0.0.0/16", "fd00::/108", "10.1.0.0/16"]}}, "/allocation/serviceClusterIPRanges"),
     ("not-a-cidr", {"allocation": {"serviceClusterIPRanges": ["10.96.0.0"]}}, "/allocation/serviceClusterIPRanges"),
     ("bad-duration", {"leaderElection": {"leaseDuration": "15 seconds"}}, "/leaderElection/leaseDuration"),
@@ -106,6 +118,22 @@ def test_good_overrides_are_accepted() -> None:
                 "global": {"imageRegistry": "mirror.example"},
             }
         )
+        chart.validate_schema(
+            {
+                "controllers": {
+                    "enabled": ["endpointslice", "endpoint", "endpointslicemirroring"],
+                    "mirroring": {
+                        "concurrentServiceEndpointSyncs": 50,
+                        "maxEndpointsPerSubset": 1,
+                        "endpointSliceUpdatesBatchPeriod": "0s",
+                        "managedBy": "mirror.example.com",
+                        "adoptFrom": "endpointslicemirroring-controller.k8s.io",
+                    },
+                }
+            }
+        )
+        for period in ("0", "500ms", "1m30s", "1.5s"):
+            chart.validate_schema({"controllers": {"mirroring": {"endpointSliceUpdatesBatchPeriod": period}}})
 
 
 def test_every_value_is_documented_in_the_chart_readme() -> None:

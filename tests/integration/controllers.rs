@@ -1156,3 +1156,62 @@ async fn a_create_cut_off_by_the_sync_timeout_leaves_no_duplicate() {
     );
     ctl.stop().await;
 }
+
+/// An Endpoints create the apiserver refuses (here a ResourceQuota allowing none) gets
+/// upstream's Warning, about the Endpoints object, with the apiserver's own message.
+#[tokio::test]
+async fn a_refused_endpoints_create_gets_upstreams_warning() {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    let ns = "ctl-endpoints-quota";
+    let Some((_cp, client)) = setup(ns).await else {
+        return;
+    };
+    let quotas = Api::<ResourceQuota>::namespaced(client.clone(), ns);
+    let quota: ResourceQuota = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "no-endpoints"},
+        "spec": {"hard": {"count/endpoints": "0"}},
+    }))
+    .expect("quota");
+    quotas.create(&PostParams::default(), &quota).await.expect("quota");
+    // No quota controller runs here: the status it would write is written by hand.
+    quotas
+        .patch_status(
+            "no-endpoints",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {
+                "hard": {"count/endpoints": "0"},
+                "used": {"count/endpoints": "0"},
+            }})),
+        )
+        .await
+        .expect("quota status");
+    let nodes = nodes(&client, ns).await;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &service("web", "web", IntOrString::Int(8080)))
+        .await
+        .expect("service");
+    pods(&client, ns, &nodes, "web", 0, 1).await;
+    let ctl = Controllers::start(&client, ns, |c| c.endpointslice = false);
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns);
+    let prefix = format!("Failed to create endpoint for service {ns}/web: ");
+    let event = eventually(30, "the FailedToCreateEndpoint Event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.reason.as_deref() == Some("FailedToCreateEndpoint"))
+    })
+    .await;
+    let note = event.note.clone().unwrap_or_default();
+    assert!(
+        note.starts_with(&format!(
+            "{prefix}endpoints \"web\" is forbidden: exceeded quota: no-endpoints"
+        )),
+        "the apiserver's message, as upstream's Event carries it: {note}"
+    );
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(event.reporting_controller.as_deref(), Some("endpoint-controller"));
+    let regarding = event.regarding.expect("regarding");
+    assert_eq!(
+        (regarding.kind.as_deref(), regarding.name.as_deref()),
+        (Some("Endpoints"), Some("web"))
+    );
+    ctl.stop().await;
+}

@@ -135,6 +135,9 @@ annotations:
 {{- if and .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled }}
 {{- fail "metrics.serviceMonitor.enabled and metrics.podMonitor.enabled are both true: choose one (each scrapes every pod, so every series would be ingested twice)" }}
 {{- end }}
+{{- if and (include "portico.controllerEnabled" (list . "endpointslice")) (include "portico.controllerEnabled" (list . "endpointslicemirroring")) (eq .Values.controllers.managedBy .Values.controllers.mirroring.managedBy) }}
+{{- fail (printf "controllers.managedBy and controllers.mirroring.managedBy are both %q: the EndpointSlice and mirroring controllers would take each other's slices for their own (the mirroring controller deletes its slices of every Service with a selector); give them different names" .Values.controllers.managedBy) }}
+{{- end }}
 {{- if and .Values.metrics.https.enabled (not .Values.webhook.enabled) }}
 {{- fail "metrics.https.enabled needs webhook.enabled: the metrics listener serves HTTPS with the webhook's serving certificate (--metrics-secure); turn the webhook on, or metrics.https off" }}
 {{- end }}

@@ -1,7 +1,6 @@
 //! One sync of the legacy Endpoints controller.
 
-use k8s_openapi::api::core::v1::{Endpoints, Pod};
-use kube::Resource;
+use k8s_openapi::api::core::v1::{Endpoints, ObjectReference, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -67,6 +66,11 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
         }
         Err(kube::Error::Api(s)) if verb == "create" && namespace_terminating(&s) => Ok(()),
         Err(source) => {
+            // Upstream's text: the apiserver's own message, as Go's error string gives it.
+            let cause = match &source {
+                kube::Error::Api(status) => status.message.clone(),
+                other => other.to_string(),
+            };
             let e = SyncError::Api {
                 verb,
                 kind: "Endpoints",
@@ -74,12 +78,14 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
                 source,
             };
             if !e.is_conflict() {
-                let reason = if verb == "create" {
-                    "FailedToCreateEndpoint"
+                let (reason, note) = if verb == "create" {
+                    (
+                        "FailedToCreateEndpoint",
+                        format!("Failed to create endpoint for service {key}: {cause}"),
+                    )
                 } else {
-                    "FailedToUpdateEndpoint"
+                    ("FailedToUpdateEndpoint", format!("Failed to update endpoint {key}: {cause}"))
                 };
-                let note = format!("Failed to {verb} endpoint for service {key}: {e}");
                 let ev = Event {
                     type_: EventType::Warning,
                     reason: reason.into(),
@@ -87,10 +93,14 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
                     action: "Sync".into(),
                     secondary: None,
                 };
-                // Upstream reports these on the Endpoints object; before it exists, on the Service.
-                let reference = match cached.as_deref() {
-                    Some(ep) => ep.object_ref(&()),
-                    None => svc.object_ref(&()),
+                // As upstream, about the Endpoints object, even one not created yet.
+                let reference = ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Endpoints".into()),
+                    namespace: Some(key.namespace.clone()),
+                    name: Some(key.name.clone()),
+                    uid: cached.as_deref().and_then(|ep| ep.metadata.uid.clone()),
+                    ..Default::default()
                 };
                 if let Err(pe) = ctx.endpoints_recorder.publish(&ev, &reference).await {
                     tracing::debug!(error = %pe, "could not publish event");
