@@ -1172,7 +1172,10 @@ async fn a_refused_endpoints_create_gets_upstreams_warning() {
         "spec": {"hard": {"count/endpoints": "0"}},
     }))
     .expect("quota");
-    quotas.create(&PostParams::default(), &quota).await.expect("quota");
+    quotas
+        .create(&PostParams::default(), &quota)
+        .await
+        .expect("quota");
     // No quota controller runs here: the status it would write is written by hand.
     quotas
         .patch_status(
@@ -1187,7 +1190,10 @@ async fn a_refused_endpoints_create_gets_upstreams_warning() {
         .expect("quota status");
     let nodes = nodes(&client, ns).await;
     Api::<Service>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &service("web", "web", IntOrString::Int(8080)))
+        .create(
+            &PostParams::default(),
+            &service("web", "web", IntOrString::Int(8080)),
+        )
         .await
         .expect("service");
     pods(&client, ns, &nodes, "web", 0, 1).await;
@@ -1196,7 +1202,9 @@ async fn a_refused_endpoints_create_gets_upstreams_warning() {
     let prefix = format!("Failed to create endpoint for service {ns}/web: ");
     let event = eventually(30, "the FailedToCreateEndpoint Event", || async {
         let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find(|e| e.reason.as_deref() == Some("FailedToCreateEndpoint"))
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("FailedToCreateEndpoint"))
     })
     .await;
     let note = event.note.clone().unwrap_or_default();

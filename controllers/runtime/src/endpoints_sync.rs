@@ -84,7 +84,10 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
                         format!("Failed to create endpoint for service {key}: {cause}"),
                     )
                 } else {
-                    ("FailedToUpdateEndpoint", format!("Failed to update endpoint {key}: {cause}"))
+                    (
+                        "FailedToUpdateEndpoint",
+                        format!("Failed to update endpoint {key}: {cause}"),
+                    )
                 };
                 let ev = Event {
                     type_: EventType::Warning,
