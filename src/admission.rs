@@ -57,11 +57,13 @@ pub struct WebhookArgs {
     pub webhook_cert_dir: Option<PathBuf>,
     /// Require a TLS client certificate signed by this CA (PEM) on the webhook: the apiserver
     /// presents one when its admission configuration gives it a kubeconfig for Portico (see
-    /// the README, "Only the apiserver gets in").
+    /// the README, "Only the apiserver gets in"). Re-read like the serving certificate: new
+    /// connections are verified against the file's current CA set.
     #[arg(long, env = "PORTICO_WEBHOOK_CLIENT_CA_FILE")]
     pub webhook_client_ca_file: Option<PathBuf>,
     /// Require `Authorization: Bearer <token>` on reviews, the token read from this file (the
-    /// apiserver sends one the same way). Probes and metrics stay open.
+    /// apiserver sends one the same way). Probes and metrics stay open. Re-read like the serving
+    /// certificate: a new token replaces the previous one at once.
     #[arg(long, env = "PORTICO_WEBHOOK_CLIENT_TOKEN_FILE")]
     pub webhook_client_token_file: Option<PathBuf>,
     /// Reviews judged at once; more wait within their time budget, then get 503.

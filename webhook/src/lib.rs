@@ -3,7 +3,8 @@
 //! [`validation`] holds the pure rules. Around them:
 //! * [`server`]: the HTTPS server (axum + hyper + rustls): `/validate`, `/mutate`, `/healthz`,
 //!   `/readyz`, `/metrics`, graceful shutdown;
-//! * [`tls`]: the serving certificate, reloaded when its files change (Secret symlink swaps too);
+//! * [`tls`]: the serving certificate and client CA, reloaded when their files change (Secret
+//!   symlink swaps too);
 //! * [`review`]: the AdmissionReview v1 envelope, decoded leniently, answered with the uid echoed;
 //! * [`admission`]: dispatch of a review to the [`Validator`] or a [`Mutate`] implementation;
 //! * [`allocation_adapter`]: `/mutate` for Services through `portico-allocation`'s

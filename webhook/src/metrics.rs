@@ -6,7 +6,7 @@
 //! | `portico_webhook_request_duration_seconds` | histogram | `webhook`, `operation`, `kind`, `result` |
 //! | `portico_webhook_requests_in_flight` | gauge | |
 //! | `portico_webhook_warnings_total` | counter | `webhook`, `kind` |
-//! | `portico_webhook_tls_reloads_total` | counter | `result` (`success`, `failure`) |
+//! | `portico_webhook_tls_reloads_total` | counter | `file`, `result` (`success`, `failure`) |
 //!
 //! `webhook` is the endpoint (`validate`, `mutate`); `result` is `allowed`, `denied`, `error` (a
 //! review answered with 400/5xx) or `malformed` (a body that is not an AdmissionReview, HTTP 400).
@@ -14,6 +14,10 @@
 //! without them `unknown`), so a hostile client cannot blow up the label cardinality. No label
 //! carries an object's name or namespace. Latency buckets start at 100 µs: a validation review is
 //! expected to take well under a millisecond, and they end at 10 s, beyond any `timeoutSeconds`.
+//! A reload is counted when a followed file's content changed: `success` when it was taken,
+//! `failure` when it was unusable and the previous one was kept (the client CA and token also
+//! count a file turning unreadable); `file` is `serving_certificate`, `client_ca` or
+//! `client_token`.
 
 use std::time::Duration;
 
@@ -86,9 +90,10 @@ impl Metrics {
         let tls_reloads = IntCounterVec::new(
             Opts::new(
                 "portico_webhook_tls_reloads_total",
-                "Serving certificate reloads after the files changed, by outcome.",
+                "Reloads of the serving certificate, client CA and client token after their files \
+                 changed, by file and outcome.",
             ),
-            &["result"],
+            &["file", "result"],
         )?;
         let cert_expiry = IntGaugeVec::new(
             Opts::new(
@@ -143,11 +148,38 @@ impl Metrics {
             .set(not_after_unix);
     }
 
-    /// Records a certificate reload attempt.
+    /// Records a serving certificate reload attempt.
     pub fn tls_reload(&self, ok: bool) {
+        self.file_reload(ReloadedFile::ServingCertificate, ok);
+    }
+
+    /// Records a reload attempt of `file` after its content changed.
+    pub fn file_reload(&self, file: ReloadedFile, ok: bool) {
         self.tls_reloads
-            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .with_label_values(&[file.label(), if ok { "success" } else { "failure" }])
             .inc();
+    }
+}
+
+/// A file the webhook follows: the `file` label of `portico_webhook_tls_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadedFile {
+    /// The serving certificate and its key (`serving_certificate`).
+    ServingCertificate,
+    /// The CA client certificates are verified against (`client_ca`).
+    ClientCa,
+    /// The bearer token reviews must carry (`client_token`).
+    ClientToken,
+}
+
+impl ReloadedFile {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ReloadedFile::ServingCertificate => "serving_certificate",
+            ReloadedFile::ClientCa => "client_ca",
+            ReloadedFile::ClientToken => "client_token",
+        }
     }
 }
 
@@ -205,6 +237,7 @@ mod tests {
         );
         drop(m.in_flight());
         m.tls_reload(true);
+        m.file_reload(ReloadedFile::ClientCa, false);
         let mut out = Vec::new();
         prometheus::TextEncoder::new()
             .encode(&registry.gather(), &mut out)
@@ -221,7 +254,12 @@ mod tests {
         );
         assert!(text.contains("portico_webhook_request_duration_seconds_bucket"));
         assert!(text.contains("portico_webhook_requests_in_flight 0"));
-        assert!(text.contains(r#"portico_webhook_tls_reloads_total{result="success"} 1"#));
+        assert!(
+            text.contains(
+                r#"portico_webhook_tls_reloads_total{file="serving_certificate",result="success"} 1"#
+            )
+        );
+        assert!(text.contains(r#"portico_webhook_tls_reloads_total{file="client_ca",result="failure"} 1"#));
         assert!(
             Metrics::register(&registry).is_err(),
             "a second registration is refused"

@@ -7,15 +7,20 @@
 //! (8 MiB by default: an UPDATE review carries two objects of up to 3 MiB each); larger ones get
 //! 413, which the apiserver counts as a failed call.
 //!
+//! Client authentication ([`WebhookConfig::client_ca_file`], [`WebhookConfig::client_token_file`])
+//! follows its files like the serving certificate: both are re-read every
+//! [`WebhookConfig::reload_interval`], a changed usable file applies to the next handshake (CA) or
+//! request (token), and a changed unusable one is logged and counted while the previous one stays.
+//!
 //! Shutdown: when the shutdown future completes, `/readyz` turns 503, the listener closes,
 //! connections finish their in-flight request and close, and after
 //! [`WebhookConfig::drain_timeout`] whatever is left is dropped.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -34,8 +39,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{Endpoint, Handlers, budget_from_query};
 use crate::error::Error;
-use crate::metrics::Metrics;
-use crate::tls::CertStore;
+use crate::metrics::{Metrics, ReloadedFile};
+use crate::tls::{CertStore, ClientCa};
 
 /// Where and how the webhook serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +51,8 @@ pub struct WebhookConfig {
     pub cert_file: PathBuf,
     /// Its private key, PEM (`tls.key`).
     pub key_file: PathBuf,
-    /// How often the two files are checked for a new certificate. Default 5 s.
+    /// How often the two files are checked for a new certificate, and the client CA and token
+    /// files for new content. Default 5 s.
     pub reload_interval: Duration,
     /// Largest accepted request body. Default 8 MiB.
     pub max_body_bytes: usize,
@@ -69,10 +75,12 @@ pub struct WebhookConfig {
     /// would otherwise hold its connection and review slot). Default 10 s; 408 after.
     pub body_read_timeout: Duration,
     /// Who may call: with a CA (PEM file), a TLS client certificate it signed is required (the
-    /// apiserver presents one through its admission configuration's kubeconfig).
+    /// apiserver presents one through its admission configuration's kubeconfig). Re-read like
+    /// the serving certificate: new handshakes verify against the CA set current then.
     pub client_ca_file: Option<PathBuf>,
     /// With a token (file holding it), reviews need `Authorization: Bearer <token>` (the
-    /// apiserver sends one the same way); 401 otherwise. Probes and metrics stay open.
+    /// apiserver sends one the same way); 401 otherwise. Probes and metrics stay open. Re-read
+    /// like the serving certificate: a changed non-empty token replaces the previous one at once.
     pub client_token_file: Option<PathBuf>,
 }
 
@@ -104,7 +112,7 @@ struct Gate {
     slots: Arc<tokio::sync::Semaphore>,
     max_body_bytes: usize,
     body_read_timeout: Duration,
-    token: Option<Arc<[u8]>>,
+    token: Option<Arc<ClientToken>>,
 }
 
 impl Gate {
@@ -117,23 +125,9 @@ impl Gate {
         }
     }
 
-    fn of(config: &WebhookConfig) -> Result<Self, Error> {
+    fn of(config: &WebhookConfig, metrics: &Metrics) -> Result<Self, Error> {
         let token = match &config.client_token_file {
-            Some(path) => {
-                let raw = std::fs::read(path).map_err(|source| Error::File {
-                    action: "cannot read",
-                    path: path.clone(),
-                    source,
-                })?;
-                let token = raw.trim_ascii().to_vec();
-                if token.is_empty() {
-                    return Err(Error::Config(format!(
-                        "the client token file {} is empty",
-                        path.display()
-                    )));
-                }
-                Some(Arc::from(token))
-            }
+            Some(path) => Some(Arc::new(ClientToken::load(path, metrics.clone())?)),
             None => None,
         };
         Ok(Gate {
@@ -146,13 +140,81 @@ impl Gate {
 
     /// Whether `headers` carry the token (compared in constant time), when one is required.
     fn authorized(&self, headers: &axum::http::HeaderMap) -> bool {
-        let Some(want) = &self.token else { return true };
+        let Some(token) = &self.token else { return true };
         let Some(got) = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         else {
             return false;
         };
+        token.matches(got)
+    }
+}
+
+/// The bearer token reviews must carry, followed by path like the serving certificate: a changed
+/// non-empty token replaces the previous one at once (which then stops working); an empty or
+/// unreadable file is logged and counted (`client_token` failure) and the previous token stays.
+struct ClientToken {
+    file: PathBuf,
+    current: RwLock<Arc<[u8]>>,
+    /// Hash of the content (or read error) last looked at, to notice the next change.
+    seen: Mutex<u64>,
+    metrics: Metrics,
+}
+
+impl ClientToken {
+    /// Reads the token; fails if the file is unreadable or empty.
+    fn load(file: &Path, metrics: Metrics) -> Result<Self, Error> {
+        let (hash, raw) = crate::tls::read_followed(file);
+        let token = Self::parse(file, &raw?)?;
+        Ok(ClientToken {
+            file: file.to_owned(),
+            current: RwLock::new(token),
+            seen: Mutex::new(hash),
+            metrics,
+        })
+    }
+
+    fn parse(file: &Path, raw: &[u8]) -> Result<Arc<[u8]>, Error> {
+        let token = raw.trim_ascii();
+        if token.is_empty() {
+            return Err(Error::Config(format!(
+                "the client token file {} is empty",
+                file.display()
+            )));
+        }
+        Ok(Arc::from(token))
+    }
+
+    /// Re-reads the file and switches to its token if its content changed and it is not empty.
+    /// `Ok(true)`: switched; `Ok(false)`: unchanged; `Err`: changed but unusable (the previous
+    /// token stays; the same content is not retried).
+    fn reload(&self) -> Result<bool, Error> {
+        let (hash, raw) = crate::tls::read_followed(&self.file);
+        if !crate::tls::changed(&self.seen, hash) {
+            return Ok(false);
+        }
+        let outcome = raw.and_then(|raw| Self::parse(&self.file, &raw));
+        self.metrics
+            .file_reload(ReloadedFile::ClientToken, outcome.is_ok());
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = outcome?;
+        Ok(true)
+    }
+
+    fn reload_logged(&self) {
+        crate::tls::log_reload("client token", &self.file, self.reload());
+    }
+
+    /// Whether `got` is the current token, compared in constant time.
+    fn matches(&self, got: &[u8]) -> bool {
+        let want = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         got.len() == want.len() && got.iter().zip(want.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 }
@@ -323,6 +385,8 @@ pub struct Server {
     local_addr: SocketAddr,
     config: WebhookConfig,
     certs: Arc<CertStore>,
+    client_ca: Option<Arc<ClientCa>>,
+    token: Option<Arc<ClientToken>>,
     acceptor: TlsAcceptor,
     router: Router,
     ready: Arc<AtomicBool>,
@@ -338,23 +402,25 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Loads the serving certificate, registers the metrics in `registry` and binds the listener.
-    /// Fails on unusable certificate files, a metrics registry that already has them, or an
-    /// address that cannot be bound.
+    /// Loads the serving certificate (and the client CA and token, when configured), registers
+    /// the metrics in `registry` and binds the listener. Fails on unusable certificate, CA or
+    /// token files, a metrics registry that already has them, or an address that cannot be bound.
     pub async fn bind(config: WebhookConfig, handlers: Handlers, registry: &Registry) -> Result<Self, Error> {
         let metrics = Metrics::register(registry)?;
         let certs = CertStore::load(&config.cert_file, &config.key_file)?.with_metrics(metrics.clone());
         let ready = Arc::new(AtomicBool::new(false));
+        let gate = Gate::of(&config, &metrics)?;
+        let token = gate.token.clone();
         let router = router(AppState {
             handlers,
             metrics,
             registry: registry.clone(),
             ready: ready.clone(),
             max_handler_time: config.max_handler_time,
-            gate: Gate::of(&config)?,
+            gate,
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
-        Self::bind_with(config, router, certs, ready).await
+        Self::bind_with(config, router, certs, token, ready).await
     }
 
     /// Serves another router with the same TLS, certificate reloading, timeouts and drain
@@ -364,16 +430,21 @@ impl Server {
         config.client_ca_file = None;
         let certs = CertStore::load(&config.cert_file, &config.key_file)?;
         let router = router.layer(DefaultBodyLimit::max(config.max_body_bytes));
-        Self::bind_with(config, router, certs, Arc::new(AtomicBool::new(false))).await
+        Self::bind_with(config, router, certs, None, Arc::new(AtomicBool::new(false))).await
     }
 
     async fn bind_with(
         config: WebhookConfig,
         router: Router,
         certs: Arc<CertStore>,
+        token: Option<Arc<ClientToken>>,
         ready: Arc<AtomicBool>,
     ) -> Result<Self, Error> {
-        let acceptor = TlsAcceptor::from(certs.server_config(config.client_ca_file.as_deref())?);
+        let client_ca = match &config.client_ca_file {
+            Some(file) => Some(certs.client_ca(file)?),
+            None => None,
+        };
+        let acceptor = TlsAcceptor::from(certs.server_config(client_ca.clone())?);
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Bind {
@@ -386,6 +457,8 @@ impl Server {
             local_addr,
             config,
             certs,
+            client_ca,
+            token,
             acceptor,
             router,
             ready,
@@ -409,17 +482,32 @@ impl Server {
             local_addr,
             config,
             certs,
+            client_ca,
+            token,
             acceptor,
             router,
             ready,
         } = self;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut reloader = tokio::spawn(certs.clone().watch(config.reload_interval, {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-        }));
+        // One task follows the serving certificate, the client CA and the token.
+        let mut reloader = tokio::spawn(crate::tls::every(
+            config.reload_interval,
+            {
+                let mut rx = stop_rx.clone();
+                async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                }
+            },
+            move || {
+                certs.reload_logged();
+                if let Some(ca) = &client_ca {
+                    ca.reload_logged();
+                }
+                if let Some(token) = &token {
+                    token.reload_logged();
+                }
+            },
+        ));
         let service = TowerToHyperService::new(router);
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())

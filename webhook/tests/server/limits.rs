@@ -1,6 +1,7 @@
 //! What keeps the real HTTPS server serving under hostile or broken clients: a body-read
 //! timeout, a cap on reviews in flight and on open connections, and client authentication (a
-//! TLS client certificate or a bearer token, as the apiserver presents to webhooks).
+//! TLS client certificate or a bearer token, as the apiserver presents to webhooks), whose CA and
+//! token files are followed through rotations like the serving certificate.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::fixtures::review;
+use crate::volume::publish;
 
 /// A mutator that takes its time: holds a review slot.
 struct Slow(Duration);
@@ -34,7 +36,7 @@ impl Mutate for Slow {
 struct Running {
     addr: std::net::SocketAddr,
     ca: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -71,7 +73,7 @@ async fn start(tune: impl FnOnce(&mut WebhookConfig, &std::path::Path)) -> Runni
     Running {
         addr,
         ca: ca.pem().to_owned(),
-        _dir: dir,
+        dir,
         stop: Some(stop_tx),
     }
 }
@@ -261,4 +263,231 @@ async fn a_client_certificate_from_the_client_ca_is_required_when_configured() {
     );
     let mut s = connect(&tls, server.addr).await.unwrap();
     assert_eq!(send(&mut s, "/validate", "", &body).await, Some(200));
+}
+
+/// A client certificate (PEM certificate and key).
+type ClientCert = (String, String);
+
+/// Polls `check` every 50 ms until it holds; fails after 10 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within 10s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The status of one review sent on a new connection with `client` and `extra` headers, or
+/// `None` when the handshake or the connection failed.
+async fn answer(server: &Running, client: Option<&ClientCert>, extra: &str) -> Option<u16> {
+    let tls = connector(&server.ca, client.cloned());
+    let mut s = connect(&tls, server.addr).await.ok()?;
+    send(&mut s, "/validate", extra, &a_review("CREATE")).await
+}
+
+/// `/metrics` of `server`, fetched with `client`.
+async fn metrics(server: &Running, client: Option<&ClientCert>) -> String {
+    let tls = connector(&server.ca, client.cloned());
+    let mut s = connect(&tls, server.addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8(out).unwrap()
+}
+
+fn reloads(file: &str, result: &str, n: u32) -> String {
+    format!(r#"portico_webhook_tls_reloads_total{{file="{file}",result="{result}"}} {n}"#)
+}
+
+/// A server requiring client certificates from `ca`, whose file is published in `client-ca/` and
+/// checked every 100 ms.
+async fn start_with_client_ca(ca: &DevCa) -> Running {
+    let pem = ca.pem().to_owned();
+    start(move |c, dir| {
+        publish(&dir.join("client-ca"), "..1", &[("ca.crt", &pem)]);
+        c.client_ca_file = Some(dir.join("client-ca").join("ca.crt"));
+        c.reload_interval = Duration::from_millis(100);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_rotated_client_ca_applies_to_new_handshakes() {
+    let (old_ca, new_ca) = (
+        DevCa::new("apiserver-clients-1").unwrap(),
+        DevCa::new("apiserver-clients-2").unwrap(),
+    );
+    let old_client = old_ca.issue_client("kube-apiserver").unwrap();
+    let new_client = new_ca.issue_client("kube-apiserver").unwrap();
+    let server = start_with_client_ca(&old_ca).await;
+    assert_eq!(answer(&server, Some(&old_client), "").await, Some(200));
+    assert_eq!(answer(&server, Some(&new_client), "").await, None);
+    // A keep-alive connection authenticated by the old CA, answered once before the rotation.
+    let mut kept = crate::tls::http(
+        connect(&connector(&server.ca, Some(old_client.clone())), server.addr)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        crate::tls::request(&mut kept, "POST", "/validate", a_review("CREATE"))
+            .await
+            .0,
+        200
+    );
+
+    let dir = server.dir.path().join("client-ca");
+    publish(&dir, "..2", &[("ca.crt", new_ca.pem())]);
+    eventually("a client certificate from the new CA is accepted", async || {
+        answer(&server, Some(&new_client), "").await == Some(200)
+    })
+    .await;
+    assert_eq!(
+        answer(&server, Some(&old_client), "").await,
+        None,
+        "the old CA is no longer trusted for new connections"
+    );
+    assert_eq!(
+        crate::tls::request(&mut kept, "POST", "/validate", a_review("CREATE"))
+            .await
+            .0,
+        200,
+        "an established connection carries on"
+    );
+    assert!(
+        metrics(&server, Some(&new_client))
+            .await
+            .contains(&reloads("client_ca", "success", 1))
+    );
+
+    // A bundle of both CAs (an overlap during a rotation) lets both in.
+    let both = format!("{}\n{}", old_ca.pem(), new_ca.pem());
+    publish(&dir, "..3", &[("ca.crt", &both)]);
+    eventually("the bundle's old CA is accepted again", async || {
+        answer(&server, Some(&old_client), "").await == Some(200)
+    })
+    .await;
+    assert_eq!(answer(&server, Some(&new_client), "").await, Some(200));
+}
+
+#[tokio::test]
+async fn an_unusable_client_ca_keeps_the_previous_one() {
+    let (old_ca, new_ca) = (
+        DevCa::new("apiserver-clients-1").unwrap(),
+        DevCa::new("apiserver-clients-2").unwrap(),
+    );
+    let old_client = old_ca.issue_client("kube-apiserver").unwrap();
+    let new_client = new_ca.issue_client("kube-apiserver").unwrap();
+    let server = start_with_client_ca(&old_ca).await;
+    let dir = server.dir.path().join("client-ca");
+
+    publish(&dir, "..2", &[("ca.crt", "garbage\n")]);
+    eventually("the garbage CA file is counted as a failed reload", async || {
+        metrics(&server, Some(&old_client))
+            .await
+            .contains(&reloads("client_ca", "failure", 1))
+    })
+    .await;
+    assert_eq!(
+        answer(&server, Some(&old_client), "").await,
+        Some(200),
+        "the previous CA stays"
+    );
+    assert_eq!(answer(&server, Some(&new_client), "").await, None);
+
+    // The file is still followed: the next good CA is taken.
+    publish(&dir, "..3", &[("ca.crt", new_ca.pem())]);
+    eventually("a client certificate from the new CA is accepted", async || {
+        answer(&server, Some(&new_client), "").await == Some(200)
+    })
+    .await;
+    assert_eq!(answer(&server, Some(&old_client), "").await, None);
+}
+
+/// A server requiring the bearer token `s3cret`, whose file is published in `token/` and checked
+/// every 100 ms.
+async fn start_with_token() -> Running {
+    start(|c, dir| {
+        publish(&dir.join("token"), "..1", &[("token", "s3cret\n")]);
+        c.client_token_file = Some(dir.join("token").join("token"));
+        c.reload_interval = Duration::from_millis(100);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_rotated_token_replaces_the_previous_one() {
+    let server = start_with_token().await;
+    let (old, new) = (
+        "Authorization: Bearer s3cret\r\n",
+        "Authorization: Bearer n3w-s3cret\r\n",
+    );
+    assert_eq!(answer(&server, None, old).await, Some(200));
+    assert_eq!(answer(&server, None, new).await, Some(401));
+
+    publish(
+        &server.dir.path().join("token"),
+        "..2",
+        &[("token", "n3w-s3cret\n")],
+    );
+    eventually("the new token is accepted", async || {
+        answer(&server, None, new).await == Some(200)
+    })
+    .await;
+    assert_eq!(
+        answer(&server, None, old).await,
+        Some(401),
+        "the old token stops working"
+    );
+    assert!(
+        metrics(&server, None)
+            .await
+            .contains(&reloads("client_token", "success", 1))
+    );
+}
+
+#[tokio::test]
+async fn an_empty_or_unreadable_token_file_keeps_the_previous_token() {
+    let server = start_with_token().await;
+    let dir = server.dir.path().join("token");
+    let old = "Authorization: Bearer s3cret\r\n";
+
+    publish(&dir, "..2", &[("token", "\n")]);
+    eventually("the empty token file is counted as a failed reload", async || {
+        metrics(&server, None)
+            .await
+            .contains(&reloads("client_token", "failure", 1))
+    })
+    .await;
+    assert_eq!(
+        answer(&server, None, old).await,
+        Some(200),
+        "the previous token stays"
+    );
+    assert_eq!(
+        answer(&server, None, "Authorization: Bearer \r\n").await,
+        Some(401)
+    );
+
+    // A generation without the file: `token` dangles.
+    publish(&dir, "..3", &[]);
+    eventually(
+        "the unreadable token file is counted as a failed reload",
+        async || {
+            metrics(&server, None)
+                .await
+                .contains(&reloads("client_token", "failure", 2))
+        },
+    )
+    .await;
+    assert_eq!(answer(&server, None, old).await, Some(200));
+
+    publish(&dir, "..4", &[("token", "n3w-s3cret")]);
+    eventually("the next token is taken", async || {
+        answer(&server, None, "Authorization: Bearer n3w-s3cret\r\n").await == Some(200)
+    })
+    .await;
+    assert_eq!(answer(&server, None, old).await, Some(401));
 }

@@ -20,24 +20,10 @@ use tokio_rustls::client::TlsStream;
 
 use crate::fixtures::{pod, review};
 
-/// Writes `cert`/`key` the way the kubelet publishes a Secret: files in a timestamped directory,
-/// `..data` pointing at it, and `tls.crt`/`tls.key` pointing through `..data`. Swapping `..data`
-/// atomically replaces both.
+/// Writes `cert`/`key` the way the kubelet publishes a Secret (`tls.crt`/`tls.key` through
+/// `..data`), so that swapping `..data` atomically replaces both.
 fn publish(dir: &Path, generation: &str, cert: &str, key: &str) {
-    let data = dir.join(generation);
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("tls.crt"), cert).unwrap();
-    std::fs::write(data.join("tls.key"), key).unwrap();
-    let tmp = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(generation, &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    for f in ["tls.crt", "tls.key"] {
-        let link = dir.join(f);
-        if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(Path::new("..data").join(f), &link).unwrap();
-        }
-    }
+    crate::volume::publish(dir, generation, &[("tls.crt", cert), ("tls.key", key)]);
 }
 
 fn connector(cas: &[&str]) -> TlsConnector {
@@ -68,9 +54,9 @@ fn served_cert(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
         .into_owned()
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+pub(crate) type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-async fn http(stream: TlsStream<TcpStream>) -> Sender {
+pub(crate) async fn http(stream: TlsStream<TcpStream>) -> Sender {
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
@@ -78,7 +64,7 @@ async fn http(stream: TlsStream<TcpStream>) -> Sender {
     sender
 }
 
-async fn request(sender: &mut Sender, method: &str, path: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+pub(crate) async fn request(sender: &mut Sender, method: &str, path: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
     sender.ready().await.unwrap();
     let req = hyper::Request::builder()
         .method(method)
@@ -169,7 +155,8 @@ async fn serves_reviews_over_tls_and_reloads_a_swapped_certificate() {
     let (_, metrics) = request(&mut fresh, "GET", "/metrics", vec![]).await;
     let metrics = String::from_utf8(metrics).unwrap();
     assert!(
-        metrics.contains(r#"portico_webhook_tls_reloads_total{result="success"} 1"#),
+        metrics
+            .contains(r#"portico_webhook_tls_reloads_total{file="serving_certificate",result="success"} 1"#),
         "{metrics}"
     );
 
