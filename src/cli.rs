@@ -37,7 +37,7 @@ pub enum Command {
     /// Print the CustomResourceDefinitions Portico uses, as YAML.
     Crds,
     /// Show allocation ranges, repair findings and controller health.
-    Status(crate::status::StatusArgs),
+    Status(crate::install_report::StatusArgs),
     /// Print the version, the commit and toolchain it was built from, and the Kubernetes API.
     Version(crate::version::VersionArgs),
 }
@@ -73,7 +73,7 @@ impl Command {
                 print!("---\n{}", serde_saphyr::to_string(&crd)?);
                 Ok(())
             }
-            Command::Status(args) => crate::status::run(args).await,
+            Command::Status(args) => crate::install_report::run(args).await,
             Command::Version(args) => crate::version::run(args),
         }
     }

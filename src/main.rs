@@ -1,13 +1,13 @@
 //! `portico`: one binary for Portico's controllers, webhook and tools.
 
-mod admission;
 mod cli;
 mod dev;
+mod install_report;
 mod observe;
 mod run;
 mod signals;
-mod status;
 mod version;
+mod webhook_wiring;
 
 use clap::Parser;
 

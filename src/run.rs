@@ -103,7 +103,7 @@ pub struct RunArgs {
           env = "PORTICO_KUBE_API_BURST")]
     pub kube_api_burst: u32,
     #[command(flatten)]
-    pub webhook: crate::admission::WebhookArgs,
+    pub webhook: crate::webhook_wiring::WebhookArgs,
 }
 
 impl RunArgs {
@@ -223,7 +223,7 @@ pub struct Portico {
     pub metrics_addr: std::net::SocketAddr,
     pub webhook_addr: Option<std::net::SocketAddr>,
     leading: tokio::task::JoinHandle<anyhow::Result<()>>,
-    webhook: Option<crate::admission::Running>,
+    webhook: Option<crate::webhook_wiring::Running>,
     observe: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// Stops the observability endpoints: last, so probes see the drain (`/readyz` 503).
     observe_stop: CancellationToken,
@@ -312,7 +312,10 @@ pub async fn start(
         |c| -> std::sync::Arc<dyn portico_webhook::PodIndex> { std::sync::Arc::new(c.pods_by_namespace()) },
     );
     let mut webhook = if args.webhook.webhook {
-        Some(crate::admission::start(client.clone(), &args.webhook, pods, &registry, shutdown.clone()).await?)
+        Some(
+            crate::webhook_wiring::start(client.clone(), &args.webhook, pods, &registry, shutdown.clone())
+                .await?,
+        )
     } else {
         None
     };

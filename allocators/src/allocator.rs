@@ -3,8 +3,8 @@
 //! [`PortAllocator`](crate::PortAllocator) are this type over [`IpRange`](crate::IpRange) and
 //! [`PortRange`](crate::PortRange).
 
+use crate::allocator_error::{AllocError, SnapshotError};
 use crate::bitmap::{Band, BandStats, OffsetAllocator};
-use crate::error::{AllocError, SnapshotError};
 use crate::snapshot::Snapshot;
 
 /// A range of allocatable values, numbered `0..size` by offset.

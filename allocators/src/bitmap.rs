@@ -4,7 +4,7 @@ use std::fmt;
 
 use roaring::RoaringBitmap;
 
-use crate::error::SnapshotError;
+use crate::allocator_error::SnapshotError;
 use crate::free_search::FreeSearch;
 
 /// The two subranges of KEP-3070 (ClusterIP) and KEP-3668 (NodePort).

@@ -8,8 +8,8 @@ use std::str::FromStr;
 use ipnet::IpNet;
 
 use crate::allocator::{Allocator, ValueRange};
+use crate::allocator_error::{AllocError, RangeError, SnapshotError};
 use crate::bitmap::Band;
-use crate::error::{AllocError, RangeError, SnapshotError};
 
 /// Largest supported number of host bits: offsets must fit the 32-bit roaring bitmap.
 const MAX_HOST_BITS: u8 = 32;

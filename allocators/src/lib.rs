@@ -9,8 +9,8 @@
 #![warn(missing_docs)]
 
 mod allocator;
+mod allocator_error;
 mod bitmap;
-mod error;
 pub mod field;
 mod free_search;
 mod ip;
@@ -19,8 +19,8 @@ mod refusal;
 mod snapshot;
 
 pub use allocator::{Allocator, ValueRange};
+pub use allocator_error::{AllocError, RangeError, SnapshotError};
 pub use bitmap::{Band, BandStats};
-pub use error::{AllocError, RangeError, SnapshotError};
 pub use ip::{IpAllocator, IpRange, parse_ipv4_sloppy, parse_service_ip};
 pub use port::{PortAllocator, PortRange};
 pub use refusal::{Refusal, Request};

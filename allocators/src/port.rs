@@ -4,8 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::allocator::{Allocator, ValueRange};
+use crate::allocator_error::{AllocError, RangeError, SnapshotError};
 use crate::bitmap::Band;
-use crate::error::{AllocError, RangeError, SnapshotError};
 
 /// An inclusive port range, `30000-32767` by default.
 ///

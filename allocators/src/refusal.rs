@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use crate::error::AllocError;
+use crate::allocator_error::AllocError;
 use crate::field::{BadValue, FieldError, invalid_message};
 use crate::ip::parse_service_ip;
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::SnapshotError;
+use crate::allocator_error::SnapshotError;
 
 /// What an allocator persists, like upstream's `RangeAllocation`: the range it covers (the CIDR,
 /// e.g. `10.0.0.0/16`, or the port range, e.g. `30000-32767`) and the used offsets as a

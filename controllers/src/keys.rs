@@ -30,7 +30,7 @@ pub const ANNOTATION_LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/l
 /// on a slice it would describe an object kubectl never applied.
 pub const ANNOTATION_LAST_APPLIED_CONFIG: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// Annotation set on an Endpoints object whose addresses were truncated to
-/// [`crate::endpoints::MAX_CAPACITY`].
+/// [`crate::legacy_endpoints::MAX_CAPACITY`].
 pub const ANNOTATION_OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
 /// Value of [`ANNOTATION_OVER_CAPACITY`] when addresses were dropped.
 pub const OVER_CAPACITY_TRUNCATED: &str = "truncated";

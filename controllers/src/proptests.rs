@@ -15,10 +15,10 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use proptest::prelude::*;
 
-use crate::endpoints::{self, EndpointsAction};
+use crate::address_family::AddressType;
+use crate::builders::*;
 use crate::endpointslice::{Config, NodeZoneMap, reconcile};
-use crate::fixtures::*;
-use crate::ip::AddressType;
+use crate::legacy_endpoints::{self, EndpointsAction};
 
 #[derive(Debug, Clone)]
 struct PodSpec {
@@ -306,18 +306,18 @@ proptest! {
         let s = build_svc(&svc_a);
         let mut pods: Vec<Pod> = specs.iter().enumerate().map(|(i, p)| build_pod(i, p)).collect();
         pods.extend((0..extra_ready).map(|i| pod(&format!("x{i}")).ips(&[&ip4(500 + i)]).build()));
-        let d = endpoints::desired(&s, &refs(&pods), None).unwrap();
+        let d = legacy_endpoints::desired(&s, &refs(&pods), None).unwrap();
         let total: usize = d
             .subsets
             .iter()
             .flatten()
             .map(|s| s.addresses.as_ref().map_or(0, Vec::len) + s.not_ready_addresses.as_ref().map_or(0, Vec::len))
             .sum();
-        prop_assert!(total <= endpoints::MAX_CAPACITY * 3);
-        let EndpointsAction::Create(created) = endpoints::reconcile(&s, &refs(&pods), None, Some(&t(1))).unwrap() else {
+        prop_assert!(total <= legacy_endpoints::MAX_CAPACITY * 3);
+        let EndpointsAction::Create(created) = legacy_endpoints::reconcile(&s, &refs(&pods), None, Some(&t(1))).unwrap() else {
             panic!("expected create");
         };
-        prop_assert_eq!(endpoints::reconcile(&s, &refs(&pods), Some(&created), None).unwrap(), EndpointsAction::Unchanged);
+        prop_assert_eq!(legacy_endpoints::reconcile(&s, &refs(&pods), Some(&created), None).unwrap(), EndpointsAction::Unchanged);
         // Each ready, selected, running pod with a numeric port appears exactly once.
         if svc_a.ports == 1 && svc_a.families == 0 && !svc_a.pnra {
             let ips: Vec<&str> = d.subsets.iter().flatten().flat_map(|s| s.addresses.iter().flatten()).map(|a| a.ip.as_str()).collect();
@@ -337,13 +337,13 @@ proptest! {
         let pods: Vec<Pod> = (0..ready + not_ready)
             .map(|i| pod(&format!("p{i:04}")).ips(&[&ip4(i)]).ready(i < ready).build())
             .collect();
-        let d = endpoints::desired(&s, &refs(&pods), None).unwrap();
+        let d = legacy_endpoints::desired(&s, &refs(&pods), None).unwrap();
         let (r, n): (usize, usize) = d.subsets.iter().flatten().fold((0, 0), |(r, n), s| {
             (r + s.addresses.as_ref().map_or(0, Vec::len), n + s.not_ready_addresses.as_ref().map_or(0, Vec::len))
         });
         prop_assert_eq!(r + n, (ready + not_ready).min(1000));
         prop_assert_eq!(r, ready.min(1000), "ready addresses are kept first");
-        prop_assert_eq!(endpoints::is_truncated(&d), ready + not_ready > 1000);
+        prop_assert_eq!(legacy_endpoints::is_truncated(&d), ready + not_ready > 1000);
     }
 }
 
@@ -543,7 +543,7 @@ proptest! {
         if let Ok(plan) = reconcile(&s, &refs(&pods), &nodes(), &existing, &c, Some(&t(0))) {
             prop_assert!(plan.create.iter().chain(&plan.update).all(|s| s.endpoints.len() <= max));
         }
-        let _ = endpoints::reconcile(&s, &refs(&pods), None, None);
+        let _ = legacy_endpoints::reconcile(&s, &refs(&pods), None, None);
         let mut tracker = crate::endpointslice::GenerationTracker::new();
         for sl in &slices {
             tracker.record_write(sl);

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::pod::ready_transition_time;
-use crate::service::ServiceKey;
+use crate::pod_predicates::ready_transition_time;
+use crate::service_predicates::ServiceKey;
 
 /// Formats a trigger time as the annotation expects: RFC 3339 in UTC with nanoseconds and
 /// trailing zeros dropped (Go's `RFC3339Nano`), e.g. `2024-05-01T10:00:00.5Z`.
@@ -94,7 +94,7 @@ impl TriggerTimeTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::*;
+    use crate::builders::*;
 
     #[test]
     fn new_service_without_pods_is_its_creation_time() {

@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 
-use crate::pod::is_ready;
-use crate::service::{ServiceKey, selects};
+use crate::pod_predicates::is_ready;
+use crate::service_predicates::{ServiceKey, selects};
 
 /// What changed between two versions of a pod, as far as endpoints are concerned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub struct PodChange {
 }
 
 fn ips(p: &Pod) -> Vec<&str> {
-    crate::pod::pod_ips(p).collect()
+    crate::pod_predicates::pod_ips(p).collect()
 }
 
 fn terminal(p: &Pod) -> bool {
@@ -102,7 +102,7 @@ pub fn services_for_pod_update<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::*;
+    use crate::builders::*;
 
     fn keys(names: &[&str]) -> BTreeSet<ServiceKey> {
         names.iter().map(|n| ServiceKey::new("default", *n)).collect()

@@ -197,6 +197,30 @@ async fn hand_written_endpoints_are_mirrored_capped_and_removed_when_a_selector_
     })
     .await;
 
+    // A second selector-less Service goes away: so does its mirror.
+    services
+        .create(&PostParams::default(), &selectorless("cache"))
+        .await
+        .expect("service");
+    eps.create(
+        &PostParams::default(),
+        &endpoints("cache", std::iter::once("10.3.0.1".to_owned())),
+    )
+    .await
+    .expect("endpoints");
+    eventually(30, "the cache mirror", || async {
+        (mirrored(&client, ns, "cache").await.len() == 1).then_some(())
+    })
+    .await;
+    services
+        .delete("cache", &Default::default())
+        .await
+        .expect("delete the Service");
+    eventually(30, "the cache mirror removed with its Service", || async {
+        mirrored(&client, ns, "cache").await.is_empty().then_some(())
+    })
+    .await;
+
     shutdown.cancel();
     let _ = handle.await;
 }

@@ -658,7 +658,10 @@ async fn an_apiserver_outage_is_retried_within_upstreams_limits() {
     // backoff alone retries each Service at 1, 3, 7 and 15 s: about 200 + 800 failures.)
     let most = N as f64 + 100.0 + 10.0 * 30.0;
     let (_, failed) = round("--kube-api-qps=0").await;
-    assert!(failed >= N as f64, "every Service's sync ran and failed: {failed}");
+    assert!(
+        failed >= N as f64,
+        "every Service's sync ran and failed: {failed}"
+    );
     assert!(
         failed <= most,
         "{failed} failed syncs in 30 s: retries over 10 per second, burst 100"

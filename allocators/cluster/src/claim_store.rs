@@ -29,8 +29,8 @@ use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+use super::allocation_metrics::AllocationMetrics;
 use super::crd::{self, RangeAllocation, RangeAllocationStatus, Recovery};
-use super::metrics::AllocationMetrics;
 use super::range_state::{Pool, RangeState};
 
 /// Most jobs run in one write.

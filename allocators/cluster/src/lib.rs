@@ -35,7 +35,7 @@
 //!   admission, [`ServiceAllocator::start`] opens the stores and the watches.
 //! * [`repair`]: the periodic report of what the holdings show (duplicates, values outside
 //!   every range, lapsed claims), with upstream's Events.
-//! * [`metrics`]: Prometheus gauges and counters, registered on a caller-supplied registry.
+//! * [`allocation_metrics`]: Prometheus gauges and counters, registered on a caller-supplied registry.
 //!
 //! # Values a Service gives up
 //!
@@ -57,12 +57,12 @@
 
 #![warn(missing_docs)]
 
+pub mod allocation_metrics;
 pub mod claim_store;
 pub mod cluster_watch;
 pub mod crd;
 pub mod holdings;
 pub mod ip_pool;
-pub mod metrics;
 pub mod plan;
 pub mod range_state;
 pub mod repair;
@@ -73,13 +73,13 @@ use std::time::Duration;
 
 use portico_allocators::{IpRange, PortRange, RangeError};
 
+pub use allocation_metrics::AllocationMetrics;
 pub use claim_store::{ClaimStore, MemoryStore, Mode, ObjectStore, Range, StoreFailure};
 pub use crd::{
     CRD_NAME, FIELD_MANAGER, RangeAllocation, RangeAllocationSpec, RangeAllocationStatus, Recovery,
     RepairFinding, RepairSummary, crd, install_crds,
 };
 pub use ip_pool::{IpPool, OutsideError};
-pub use metrics::AllocationMetrics;
 pub use plan::{
     Assignment, IpClaim, IpFamily, Operation, PortClaim, ServicePlan, Value, Want, apply_patch, plan_service,
 };

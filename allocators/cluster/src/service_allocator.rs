@@ -10,10 +10,10 @@ use kube::Client;
 use portico_allocators::field::invalid_message;
 use portico_allocators::{IpRange, PortAllocator, Refusal};
 
+use super::allocation_metrics::AllocationMetrics;
 use super::claim_store::{MemoryStore, ObjectStore, Range, expiry};
 use super::cluster_watch::{self, ClusterView};
 use super::ip_pool::IpPool;
-use super::metrics::AllocationMetrics;
 use super::plan::{Assignment, IpFamily, Operation, Value, Want, held_values, plan_service, review_name};
 use super::range_state::{Pool, RangeKind, RangeState};
 use super::{AllocationConfig, AllocationError};

@@ -7,7 +7,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use crate::slice_writes::namespace_terminating;
 use crate::{Context, SyncError, cached_service, lock, selected_pods};
-use portico_controllers::endpoints::{EndpointsAction, is_leftover_candidate, reconcile};
+use portico_controllers::legacy_endpoints::{EndpointsAction, is_leftover_candidate, reconcile};
 use portico_controllers::{ServiceKey, is_service_handled};
 
 pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncError> {

@@ -12,12 +12,12 @@
 
 mod cache;
 pub mod client_limit;
+mod controller_metrics;
 mod dispatch;
 mod endpoints_sync;
 mod index;
 pub mod leader;
 pub mod liveness;
-mod metrics;
 mod mirror_sync;
 pub mod queue;
 mod retry;
@@ -35,15 +35,15 @@ use kube::runtime::reflector::{self, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use self::controller_metrics::{Metrics, MetricsError};
 use self::index::ByNamespace;
 pub use self::liveness::Heartbeats;
-pub use self::metrics::{Metrics, MetricsError};
 pub use self::queue::{Backoff, Bucket, WorkQueue};
 pub(crate) use self::retry::STALE_LIMIT;
 use self::retry::{ENDPOINTS_BACKOFF, Loudness, RETRY_BUCKET, Retry, SLICE_BACKOFF, error_policy};
 use portico_controllers::ReconcileError;
-use portico_controllers::endpoints::StaleEndpointsTracker;
 use portico_controllers::endpointslice::{self, GenerationTracker, SyncStats};
+use portico_controllers::legacy_endpoints::StaleEndpointsTracker;
 use portico_controllers::mirroring::{self, MirrorConfig, MirrorError};
 use portico_controllers::{ServiceKey, TriggerTimeTracker};
 
@@ -332,7 +332,7 @@ impl Controllers {
             // Endpoints whose Service is gone (deleted while no controller ran) are removed by
             // their sync; upstream's leftover check at start-up.
             for ep in ctx.caches.endpoints.state() {
-                if portico_controllers::endpoints::is_leftover_candidate(&ep)
+                if portico_controllers::legacy_endpoints::is_leftover_candidate(&ep)
                     && let (Some(ns), Some(name)) =
                         (ep.metadata.namespace.as_ref(), ep.metadata.name.as_ref())
                 {

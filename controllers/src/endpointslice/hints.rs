@@ -94,7 +94,7 @@ pub(crate) fn apply(slice: &mut EndpointSlice, mode: HintMode) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::*;
+    use crate::builders::*;
 
     #[test]
     fn modes() {

@@ -7,11 +7,11 @@ use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 
 use super::Config;
-use crate::ip::AddressType;
+use crate::address_family::AddressType;
 use crate::keys::{
     ANNOTATION_LAST_CHANGE_TRIGGER_TIME, LABEL_HEADLESS, LABEL_MANAGED_BY, LABEL_SERVICE_NAME,
 };
-use crate::service::{ServiceId, is_service_ip_set};
+use crate::service_predicates::{ServiceId, is_service_ip_set};
 use crate::trigger_time::format_trigger_time;
 
 const RESERVED_LABELS: [&str; 3] = [LABEL_SERVICE_NAME, LABEL_MANAGED_BY, LABEL_HEADLESS];
@@ -154,7 +154,7 @@ pub(crate) fn is_same_placeholder(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::*;
+    use crate::builders::*;
 
     fn id(s: &Service) -> ServiceId {
         ServiceId::of(s).unwrap()

@@ -47,7 +47,7 @@
 
 mod hints;
 mod metadata;
-mod pods;
+mod pod_endpoints;
 mod ports;
 mod reconcile;
 mod topology;
@@ -65,9 +65,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 pub use self::hints::topology_auto;
 pub use self::topology::{AutoHints, topology_inputs, zone_cpu_shares};
 pub use self::tracker::{CreateOutcome, GenerationTracker};
-use crate::error::{ReconcileError, SkippedPod};
 use crate::keys::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE};
-use crate::service::ServiceKey;
+use crate::reconcile_error::{ReconcileError, SkippedPod};
+use crate::service_predicates::ServiceKey;
 
 /// Default for `--max-endpoints-per-slice`.
 pub const DEFAULT_MAX_ENDPOINTS_PER_SLICE: usize = 100;

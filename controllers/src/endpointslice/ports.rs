@@ -3,7 +3,7 @@
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointPort;
 
-use crate::pod::{DEFAULT_PROTOCOL, find_port};
+use crate::pod_predicates::{DEFAULT_PROTOCOL, find_port};
 
 /// The ports of `svc` as resolved on `pod`, in canonical order (see [`PortKey`]).
 ///
@@ -61,7 +61,7 @@ pub(crate) fn port_key(ports: Option<&[EndpointPort]>) -> PortKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::*;
+    use crate::builders::*;
 
     #[test]
     fn resolution_and_grouping() {

@@ -10,14 +10,14 @@ use super::hints::{self, HintMode};
 use super::metadata::{
     desired_labels, is_same_placeholder, labels_changed, new_slice, owned_by, set_trigger_time,
 };
-use super::pods::{EndpointKey, address_types, build_endpoint, endpoint_key, equal_beyond_key};
+use super::pod_endpoints::{EndpointKey, address_types, build_endpoint, endpoint_key, equal_beyond_key};
 use super::ports::{PortKey, endpoint_ports, port_key};
 use super::topology::{self, AutoHints};
 use super::{Config, NodeZone, NodeZones, SlicePlan};
-use crate::error::{ReconcileError, SkippedPod};
-use crate::ip::AddressType;
-use crate::pod::{node_name, should_be_in_endpoints};
-use crate::service::{ServiceId, is_service_handled, publish_not_ready, selects};
+use crate::address_family::AddressType;
+use crate::pod_predicates::{node_name, should_be_in_endpoints};
+use crate::reconcile_error::{ReconcileError, SkippedPod};
+use crate::service_predicates::{ServiceId, is_service_handled, publish_not_ready, selects};
 
 /// Everything about the Service the per-type passes need, computed once.
 struct Ctx<'a> {

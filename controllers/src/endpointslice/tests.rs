@@ -1,11 +1,11 @@
 //! Scenario tests of the EndpointSlice reconcile, run against the in-memory apiserver of
-//! `crate::fixtures` so that multi-step scenarios (sync, apply, change, sync) are realistic.
+//! `crate::builders` so that multi-step scenarios (sync, apply, change, sync) are realistic.
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::*;
-use crate::fixtures::*;
+use crate::builders::*;
 use crate::keys::*;
 
 fn cfg() -> Config {

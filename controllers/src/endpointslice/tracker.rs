@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::service_key_for_slice;
-use crate::service::ServiceKey;
+use crate::service_predicates::ServiceKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expected {
@@ -287,7 +287,7 @@ impl GenerationTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::*;
+    use crate::builders::*;
 
     fn gen_slice(s: &Service, name: &str, generation: i64) -> EndpointSlice {
         let mut sl = slice(name, s, "m").build();

@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::{self as core, EndpointAddress, EndpointSubset};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
 
 use super::repack::repack;
-use crate::ip::{AddressType, parse_ip_sloppy};
-use crate::pod::DEFAULT_PROTOCOL;
+use crate::address_family::{AddressType, parse_ip_sloppy};
+use crate::pod_predicates::DEFAULT_PROTOCOL;
 
 type NormPort = (String, Option<i32>, String, Option<String>);
 

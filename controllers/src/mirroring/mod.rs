@@ -46,9 +46,9 @@ use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::endpointslice;
-use crate::error::ReconcileError;
 use crate::keys::{ANNOTATION_LEADER, LABEL_SERVICE_NAME, LABEL_SKIP_MIRROR};
-use crate::service::ServiceKey;
+use crate::reconcile_error::ReconcileError;
+use crate::service_predicates::ServiceKey;
 
 /// Default manager name written to `endpointslice.kubernetes.io/managed-by` on mirrored slices.
 /// Deliberately not kube-controller-manager's ([`crate::keys::UPSTREAM_MIRRORING_MANAGER`]), so

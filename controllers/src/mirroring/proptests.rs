@@ -16,7 +16,7 @@ use proptest::prelude::*;
 
 use super::testutil::*;
 use super::*;
-use crate::ip::{AddressType, canonical_ip};
+use crate::address_family::{AddressType, canonical_ip};
 use crate::keys::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME};
 
 /// Address texts: several spellings of the same IPs, IPv6, and garbage.

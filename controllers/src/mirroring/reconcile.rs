@@ -12,7 +12,7 @@ use super::{
     MirrorConfig, MirrorError, MirrorEvent, MirrorPlan, REASON_INVALID_IP_ADDRESS, REASON_TOO_MANY_ADDRESSES,
     mirrored_slices,
 };
-use crate::service::ServiceKey;
+use crate::service_predicates::ServiceKey;
 
 pub(super) fn reconcile(
     endpoints: &Endpoints,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset};
 
-use crate::pod::DEFAULT_PROTOCOL;
+use crate::pod_predicates::DEFAULT_PROTOCOL;
 
 /// A port as repacking tells ports apart: by value, with an unset name read as `""` and an
 /// unset protocol as `TCP` (the apiserver's default). `None` stands for "no port": addresses

@@ -7,7 +7,7 @@ use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointPort, Endpoint
 
 use super::testutil::*;
 use super::*;
-use crate::fixtures::svc;
+use crate::builders::svc;
 use crate::keys::*;
 
 fn cfg() -> MirrorConfig {
@@ -927,7 +927,7 @@ fn mirrored_slices_selection() {
         s
     };
     let mut deleting = renamed("web-deleting");
-    deleting.metadata.deletion_timestamp = Some(crate::fixtures::t(0));
+    deleting.metadata.deletion_timestamp = Some(crate::builders::t(0));
     let mut adopted = renamed("web-adopted");
     adopted
         .metadata

@@ -9,7 +9,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{MirrorConfig, MirrorPlan, reconcile};
-use crate::fixtures::t;
+use crate::builders::t;
 
 pub fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs

@@ -28,7 +28,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::endpointslice::{self, GenerationTracker, service_key_for_slice, topology_auto, topology_inputs};
 use crate::keys::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME};
 use crate::mirroring::{MirrorConfig, service_wants_mirror, should_mirror};
-use crate::service::ServiceKey;
+use crate::service_predicates::ServiceKey;
 use crate::triggers::{services_for_pod, services_for_pod_update};
 
 /// Upstream's `endpointSliceChangeMinSyncDelay`: slice events are mostly echoes of our own

@@ -9,8 +9,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::*;
+use crate::builders::*;
 use crate::endpointslice::DEFAULT_MANAGED_BY as OURS;
-use crate::fixtures::*;
 use crate::keys::{
     ANNOTATION_LEADER, ANNOTATION_TOPOLOGY_MODE, LABEL_SKIP_MIRROR, LABEL_TOPOLOGY_ZONE,
     UPSTREAM_ENDPOINTSLICE_MANAGER, UPSTREAM_MIRRORING_MANAGER,

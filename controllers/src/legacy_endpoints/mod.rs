@@ -32,12 +32,12 @@ use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 pub use self::tracker::StaleEndpointsTracker;
-use crate::error::ReconcileError;
 use crate::keys::{
     ANNOTATION_LAST_CHANGE_TRIGGER_TIME, ANNOTATION_LEADER, ANNOTATION_OVER_CAPACITY,
     ENDPOINTS_MANAGED_BY_VALUE, LABEL_ENDPOINTS_MANAGED_BY, LABEL_HEADLESS, OVER_CAPACITY_TRUNCATED,
 };
-use crate::service::{ServiceId, is_service_handled, is_service_ip_set};
+use crate::reconcile_error::ReconcileError;
+use crate::service_predicates::{ServiceId, is_service_handled, is_service_ip_set};
 use crate::trigger_time::format_trigger_time;
 
 /// Most addresses (ready plus not ready) an Endpoints object may carry; beyond this it is

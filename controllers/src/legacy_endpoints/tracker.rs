@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::Endpoints;
 
-use crate::service::ServiceKey;
+use crate::service_predicates::ServiceKey;
 
 /// Remembers, per Endpoints object, the resourceVersion our last write replaced. If the cache
 /// still shows that version, it has not seen our write, and a sync based on it could revert

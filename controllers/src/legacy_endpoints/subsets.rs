@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Pod, Service};
 
-use crate::ip::{AddressType, family_of_loose, ip_sort_key, parse_ip_sloppy};
-use crate::pod::{
+use crate::address_family::{AddressType, family_of_loose, ip_sort_key, parse_ip_sloppy};
+use crate::pod_predicates::{
     DEFAULT_PROTOCOL, find_port, hostname_for, is_ready, node_name, pod_ips, should_be_in_endpoints,
     target_ref,
 };
-use crate::service::{is_cluster_ip_none, is_service_ip_set, publish_not_ready, selects};
+use crate::service_predicates::{is_cluster_ip_none, is_service_ip_set, publish_not_ready, selects};
 
 /// The single address of a pod in a legacy Endpoints object: the first pod IP of the
 /// Service's primary family (`ipFamilies[0]`; without ipFamilies, the family of the cluster IP,
@@ -218,7 +218,7 @@ pub(crate) fn subsets_equal(a: Option<&[EndpointSubset]>, b: Option<&[EndpointSu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::*;
+    use crate::builders::*;
 
     fn ips(v: &Option<Vec<EndpointAddress>>) -> Vec<&str> {
         v.iter().flatten().map(|a| a.ip.as_str()).collect()

@@ -3,7 +3,7 @@
 use k8s_openapi::api::core::v1::{Endpoints, Pod};
 
 use super::*;
-use crate::fixtures::*;
+use crate::builders::*;
 
 fn apply(action: EndpointsAction, current: Option<Endpoints>) -> Option<Endpoints> {
     match action {

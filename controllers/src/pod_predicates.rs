@@ -129,7 +129,7 @@ pub(crate) fn find_port(pod: &Pod, svc_port: &ServicePort) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::*;
+    use crate::builders::*;
 
     #[test]
     fn inclusion_table() {

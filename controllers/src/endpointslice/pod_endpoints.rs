@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
 
-use crate::ip::{AddressType, canonical_ip, family_of_loose, parse_ip_sloppy};
+use crate::address_family::{AddressType, canonical_ip, family_of_loose, parse_ip_sloppy};
 use crate::natural::NaturalString;
-use crate::pod::{hostname_for, is_ready, is_terminating, node_name, pod_ips, target_ref};
-use crate::service::{is_service_ip_set, publish_not_ready};
+use crate::pod_predicates::{hostname_for, is_ready, is_terminating, node_name, pod_ips, target_ref};
+use crate::service_predicates::{is_service_ip_set, publish_not_ready};
 
 /// The address types a Service gets slices for: its `spec.ipFamilies` (unknown entries
 /// ignored); when that is empty (objects from old apiservers), the family of the cluster IP,
@@ -119,7 +119,7 @@ pub(crate) fn equal_beyond_key(a: &Endpoint, b: &Endpoint) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::*;
+    use crate::builders::*;
 
     #[test]
     fn address_types_table() {
