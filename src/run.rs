@@ -144,13 +144,13 @@ impl RunArgs {
             }
         }
         cfg.slices.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-        cfg.mirroring
-            .validate()
-            .map_err(|e| anyhow::anyhow!("--mirroring-*: {e}"))?;
-        // Each controller would take the other's slices for its own: the mirroring one deletes
-        // its slices of every Service with a selector, the EndpointSlice one those of every
-        // Service without.
-        if cfg.endpointslice && cfg.endpointslicemirroring {
+        if cfg.endpointslicemirroring {
+            cfg.mirroring
+                .validate()
+                .map_err(|e| anyhow::anyhow!("--mirroring-*: {e}"))?;
+            // The mirror deletes its slices of every Service with a selector: a name of the
+            // EndpointSlice controller's (the one configured here, whether it runs in this
+            // process or not) would have it delete that controller's slices.
             let slices = [Some(&cfg.slices.managed_by), cfg.slices.adopt_from.as_ref()];
             let mirror = [Some(&cfg.mirroring.managed_by), cfg.mirroring.adopt_from.as_ref()];
             if let Some(name) = slices.iter().flatten().find(|n| mirror.contains(&Some(**n))) {
@@ -436,8 +436,24 @@ mod tests {
             "--mirroring-adopt-from=endpointslice-controller.portico",
         ]);
         let err = t.run.runtime_config().unwrap_err().to_string();
+        assert!(err.contains("manager name"), "{err}");
+        let t = T::parse_from([
+            "t",
+            "--controllers=endpointslicemirroring",
+            "--managed-by=mine",
+            "--mirroring-managed-by=mine",
+        ]);
+        let err = t.run.runtime_config().unwrap_err().to_string();
         assert!(err.contains("manager names of their own"), "{err}");
-        let t = T::parse_from(["t", "--mirroring-managed-by", "Not A Label"]);
+        // Mirroring off: its settings are not its business.
+        let t = T::parse_from(["t", "--mirroring-managed-by=endpointslice-controller.portico"]);
+        assert!(t.run.runtime_config().is_ok());
+        let t = T::parse_from([
+            "t",
+            "--controllers=endpointslicemirroring",
+            "--mirroring-managed-by",
+            "Not A Label",
+        ]);
         let err = t.run.runtime_config().unwrap_err().to_string();
         assert!(err.contains("--mirroring-"), "{err}");
     }

@@ -419,12 +419,21 @@ def test_mirroring_flags_only_when_enabled(default: Rendered) -> None:
 def test_mirroring_managed_by_must_differ_from_the_slice_controllers() -> None:
     """With both running, one managed-by name would make each controller take the other's slices
     for its own: refused before anything renders."""
-    same = {"controllers": {"enabled": ALL_CONTROLLERS, "mirroring": {"managedBy": "endpointslice-controller.portico"}}}
-    with pytest.raises(helm.HelmRenderError, match="controllers.managedBy and controllers.mirroring.managedBy are both"):
-        render(same)
-    # Harmless while either one is off.
-    render({"controllers": {"enabled": ["endpointslicemirroring"], "mirroring": {"managedBy": "endpointslice-controller.portico"}}})
+    refused = [
+        {"mirroring": {"managedBy": "endpointslice-controller.portico"}},
+        {"mirroring": {"adoptFrom": "endpointslice-controller.k8s.io"}},
+        {"managedBy": "mine", "mirroring": {"managedBy": "mine"}},
+        {"adoptFrom": "theirs", "mirroring": {"adoptFrom": "theirs"}},
+        {"adoptFrom": "theirs", "mirroring": {"managedBy": "theirs"}},
+    ]
+    for values in refused:
+        for enabled in (ALL_CONTROLLERS, ["endpointslicemirroring"]):
+            with pytest.raises(helm.HelmRenderError, match="an EndpointSlice controller's manager name"):
+                render({"controllers": {"enabled": enabled, **values}})
+    # Harmless while mirroring is off; distinct names are fine.
     render({"controllers": {"mirroring": {"managedBy": "endpointslice-controller.portico"}}})
+    render({"controllers": {"enabled": ALL_CONTROLLERS, "adoptFrom": "endpointslice-controller.k8s.io",
+                            "mirroring": {"adoptFrom": "endpointslicemirroring-controller.k8s.io"}}})
 
 
 def test_mirroring_notes() -> None:

@@ -183,6 +183,28 @@ async fn hand_written_endpoints_are_mirrored_capped_and_removed_when_a_selector_
         (Some("Endpoints"), Some("db"))
     );
 
+    // 1,700 addresses: the Event says 700 now (a changed message is a new Event, as upstream's
+    // recorder makes it, not a repeat of the first).
+    let bigger = endpoints(
+        "db",
+        (0..1700).map(|i| format!("10.2.{}.{}", i / 250, i % 250 + 1)),
+    );
+    eps.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"subsets": bigger.subsets})),
+    )
+    .await
+    .expect("1700 addresses");
+    let want = "A max of 1000 addresses can be mirrored to EndpointSlices per Endpoints subset. 700 addresses were skipped";
+    eventually(30, "the Event for 1,700 addresses", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("TooManyAddressesToMirror") && e.note.as_deref() == Some(want)
+        })
+    })
+    .await;
+
     // The Service gains a selector: the mirror goes.
     services
         .patch(

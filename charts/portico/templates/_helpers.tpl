@@ -135,8 +135,14 @@ annotations:
 {{- if and .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled }}
 {{- fail "metrics.serviceMonitor.enabled and metrics.podMonitor.enabled are both true: choose one (each scrapes every pod, so every series would be ingested twice)" }}
 {{- end }}
-{{- if and (include "portico.controllerEnabled" (list . "endpointslice")) (include "portico.controllerEnabled" (list . "endpointslicemirroring")) (eq .Values.controllers.managedBy .Values.controllers.mirroring.managedBy) }}
-{{- fail (printf "controllers.managedBy and controllers.mirroring.managedBy are both %q: the EndpointSlice and mirroring controllers would take each other's slices for their own (the mirroring controller deletes its slices of every Service with a selector); give them different names" .Values.controllers.managedBy) }}
+{{- if include "portico.controllerEnabled" (list . "endpointslicemirroring") }}
+{{- $slices := list .Values.controllers.managedBy "endpointslice-controller.k8s.io" "endpointslice-controller.portico" }}
+{{- with .Values.controllers.adoptFrom }}{{ $slices = append $slices . }}{{ end }}
+{{- range $key, $name := dict "controllers.mirroring.managedBy" .Values.controllers.mirroring.managedBy "controllers.mirroring.adoptFrom" .Values.controllers.mirroring.adoptFrom }}
+{{- if and $name (has $name $slices) }}
+{{- fail (printf "%s is %q, an EndpointSlice controller's manager name (controllers.managedBy, controllers.adoptFrom, or upstream's or Portico's default): the mirroring controller deletes its slices of every Service with a selector, so it would delete that controller's slices; give it a name of its own" $key $name) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if and .Values.metrics.https.enabled (not .Values.webhook.enabled) }}
 {{- fail "metrics.https.enabled needs webhook.enabled: the metrics listener serves HTTPS with the webhook's serving certificate (--metrics-secure); turn the webhook on, or metrics.https off" }}

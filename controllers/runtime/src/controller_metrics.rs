@@ -251,3 +251,37 @@ impl Metrics {
         Ok(m)
     }
 }
+
+/// The three cluster-wide gauges of a slice-managing controller (`endpoints_desired`,
+/// `desired_endpoint_slices`, `num_endpoint_slices`), kept equal to the sum over keys of what
+/// each key's last sync found.
+pub(crate) struct SliceGauges {
+    gauges: [IntGauge; 3],
+    last: std::sync::Mutex<std::collections::HashMap<portico_controllers::ServiceKey, [usize; 3]>>,
+}
+
+impl SliceGauges {
+    pub(crate) fn new(endpoints_desired: &IntGauge, desired_slices: &IntGauge, slices: &IntGauge) -> Self {
+        SliceGauges {
+            gauges: [endpoints_desired.clone(), desired_slices.clone(), slices.clone()],
+            last: Default::default(),
+        }
+    }
+
+    /// Records a key's share, `[endpoints desired, slices desired, slices]`; `None` when the
+    /// key is gone.
+    pub(crate) fn record(&self, key: &portico_controllers::ServiceKey, now: Option<[usize; 3]>) {
+        let before = {
+            let mut last = crate::lock(&self.last);
+            match now {
+                Some(v) => last.insert(key.clone(), v),
+                None => last.remove(key),
+            }
+        }
+        .unwrap_or_default();
+        let now = now.unwrap_or_default();
+        for ((gauge, n), b) in self.gauges.iter().zip(now).zip(before) {
+            gauge.add(n as i64 - b as i64);
+        }
+    }
+}

@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::{Endpoints, ObjectReference, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::slice_writes::namespace_terminating;
@@ -66,11 +66,6 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
         }
         Err(kube::Error::Api(s)) if verb == "create" && namespace_terminating(&s) => Ok(()),
         Err(source) => {
-            // Upstream's text: the apiserver's own message, as Go's error string gives it.
-            let cause = match &source {
-                kube::Error::Api(status) => status.message.clone(),
-                other => other.to_string(),
-            };
             let e = SyncError::Api {
                 verb,
                 kind: "Endpoints",
@@ -78,6 +73,7 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
                 source,
             };
             if !e.is_conflict() {
+                let cause = e.cause();
                 let (reason, note) = if verb == "create" {
                     (
                         "FailedToCreateEndpoint",
@@ -89,13 +85,6 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
                         format!("Failed to update endpoint {key}: {cause}"),
                     )
                 };
-                let ev = Event {
-                    type_: EventType::Warning,
-                    reason: reason.into(),
-                    note: Some(note),
-                    action: "Sync".into(),
-                    secondary: None,
-                };
                 // As upstream, about the Endpoints object, even one not created yet.
                 let reference = ObjectReference {
                     api_version: Some("v1".into()),
@@ -105,9 +94,9 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
                     uid: cached.as_deref().and_then(|ep| ep.metadata.uid.clone()),
                     ..Default::default()
                 };
-                if let Err(pe) = ctx.endpoints_recorder.publish(&ev, &reference).await {
-                    tracing::debug!(error = %pe, "could not publish event");
-                }
+                ctx.endpoints_events
+                    .publish(&reference, EventType::Warning, reason, "Sync", note)
+                    .await;
             }
             Err(e)
         }

@@ -15,6 +15,7 @@ pub mod client_limit;
 mod controller_metrics;
 mod dispatch;
 mod endpoints_sync;
+mod events;
 mod index;
 pub mod leader;
 pub mod liveness;
@@ -30,19 +31,23 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use self::controller_metrics::SliceGauges;
 pub use self::controller_metrics::{Metrics, MetricsError};
+use self::events::EventSink;
 use self::index::ByNamespace;
 pub use self::liveness::Heartbeats;
 pub use self::queue::{Backoff, Bucket, WorkQueue};
 pub(crate) use self::retry::STALE_LIMIT;
-use self::retry::{ENDPOINTS_BACKOFF, Loudness, RETRY_BUCKET, Retry, SLICE_BACKOFF, error_policy};
+use self::retry::{
+    ENDPOINTS_BACKOFF, Loudness, MIRROR_BACKOFF, RETRY_BUCKET, Retry, SLICE_BACKOFF, error_policy,
+};
 use portico_controllers::ReconcileError;
-use portico_controllers::endpointslice::{self, GenerationTracker, SyncStats};
+use portico_controllers::endpointslice::{self, GenerationTracker};
 use portico_controllers::legacy_endpoints::StaleEndpointsTracker;
 use portico_controllers::mirroring::{self, MirrorConfig, MirrorError};
 use portico_controllers::{ServiceKey, TriggerTimeTracker};
@@ -84,7 +89,8 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             endpointslice: true,
             endpoints: true,
-            endpointslicemirroring: true,
+            // Opt-in, as on the command line (see `portico run --help`).
+            endpointslicemirroring: false,
             workers: 5,
             batch_period: Duration::ZERO,
             slices: endpointslice::Config::default(),
@@ -144,6 +150,25 @@ impl SyncError {
         }
     }
 
+    /// The failure as upstream's Events word it: an API error is the apiserver's own message
+    /// (Go's error string of a status error), anything else its description.
+    pub(crate) fn cause(&self) -> String {
+        match self {
+            SyncError::Api {
+                source: kube::Error::Api(status),
+                ..
+            } => status.message.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// A failure that fixes itself and is retried without a Warning: a cache behind our own
+    /// writes (upstream has no Event for it either), or a write conflict (upstream warns;
+    /// Portico does not, on purpose: see the README).
+    pub(crate) fn is_expected(&self) -> bool {
+        self.is_conflict() || matches!(self, SyncError::Stale(_))
+    }
+
     pub(crate) fn is_conflict(&self) -> bool {
         matches!(self, SyncError::Api { source: kube::Error::Api(s), .. } if s.code == 409)
     }
@@ -188,7 +213,7 @@ pub(crate) struct Context {
     pub(crate) mirror_queue: WorkQueue<ServiceKey>,
     pub(crate) slice_tracker: Mutex<GenerationTracker>,
     pub(crate) slice_triggers: Mutex<TriggerTimeTracker>,
-    pub(crate) slice_stats: Mutex<HashMap<ServiceKey, SyncStats>>,
+    pub(crate) slice_gauges: SliceGauges,
     /// Services whose slices carry topology-aware hints, with the address types hinted: for
     /// upstream's enabled/disabled Events, and requeued when Nodes change their CPU shares.
     pub(crate) hinted: Mutex<HashMap<ServiceKey, BTreeSet<String>>>,
@@ -197,13 +222,13 @@ pub(crate) struct Context {
     pub(crate) zone_shares: std::sync::RwLock<Option<BTreeMap<String, f64>>>,
     pub(crate) endpoints_stale: Mutex<StaleEndpointsTracker>,
     pub(crate) endpoints_triggers: Mutex<TriggerTimeTracker>,
-    pub(crate) slice_recorder: Recorder,
-    pub(crate) mirror_recorder: Recorder,
+    pub(crate) slice_events: EventSink,
+    pub(crate) mirror_events: EventSink,
     /// The mirroring controller's own record of its slice writes (it manages other slices).
     pub(crate) mirror_tracker: Mutex<GenerationTracker>,
     pub(crate) mirror_stale_since: Mutex<HashMap<ServiceKey, tokio::time::Instant>>,
-    pub(crate) mirror_stats: Mutex<HashMap<ServiceKey, mirror_sync::Stats>>,
-    pub(crate) endpoints_recorder: Recorder,
+    pub(crate) mirror_gauges: SliceGauges,
+    pub(crate) endpoints_events: EventSink,
     pub(crate) heartbeats: Arc<Heartbeats>,
     /// Since when each Service's slice syncs have found the cache stale (see [`STALE_LIMIT`]).
     pub(crate) slice_stale_since: Mutex<HashMap<ServiceKey, tokio::time::Instant>>,
@@ -410,21 +435,29 @@ async fn start(
         instance: Some(cfg.instance.clone()),
     };
     let ctx = Arc::new(Context {
-        slice_recorder: Recorder::new(client.clone(), reporter("endpoint-slice-controller")),
-        endpoints_recorder: Recorder::new(client.clone(), reporter("endpoint-controller")),
-        mirror_recorder: Recorder::new(client.clone(), reporter(mirroring::EVENT_COMPONENT)),
+        slice_events: EventSink::new(client.clone(), reporter("endpoint-slice-controller")),
+        endpoints_events: EventSink::new(client.clone(), reporter("endpoint-controller")),
+        mirror_events: EventSink::new(client.clone(), reporter(mirroring::EVENT_COMPONENT)),
         mirror_tracker: Mutex::new(GenerationTracker::new()),
         mirror_stale_since: Mutex::new(HashMap::new()),
-        mirror_stats: Mutex::new(HashMap::new()),
+        slice_gauges: SliceGauges::new(
+            &metrics.endpoints_desired,
+            &metrics.desired_endpoint_slices,
+            &metrics.num_endpoint_slices,
+        ),
+        mirror_gauges: SliceGauges::new(
+            &metrics.mirror.endpoints_desired,
+            &metrics.mirror.desired_endpoint_slices,
+            &metrics.mirror.num_endpoint_slices,
+        ),
         client: client.clone(),
         caches: caches.clone(),
         metrics,
         slice_queue: WorkQueue::new(SLICE_BACKOFF).with_overall_limit(RETRY_BUCKET),
         endpoints_queue: WorkQueue::new(ENDPOINTS_BACKOFF).with_overall_limit(RETRY_BUCKET),
-        mirror_queue: WorkQueue::new(SLICE_BACKOFF).with_overall_limit(RETRY_BUCKET),
+        mirror_queue: WorkQueue::new(MIRROR_BACKOFF).with_overall_limit(RETRY_BUCKET),
         slice_tracker: Mutex::new(GenerationTracker::new()),
         slice_triggers: Mutex::new(TriggerTimeTracker::new()),
-        slice_stats: Mutex::new(HashMap::new()),
         hinted: Mutex::new(HashMap::new()),
         zone_shares: std::sync::RwLock::new(None),
         endpoints_stale: Mutex::new(StaleEndpointsTracker::new()),

@@ -1,9 +1,9 @@
 //! What happens to a Service key after a sync: the controllers' `error_policy`.
 //!
 //! Upstream's discipline, per controller queue: a failing key is retried with exponential
-//! backoff per key (1 s, or 5 ms for the Endpoints controller, doubling to 1000 s) under an
-//! overall bucket of 10 retries a second in bursts of 100, so an outage does not turn every
-//! Service into a retry loop in lockstep. Upstream gives up on a key after 15 failures;
+//! backoff per key (EndpointSlice: 1 s doubling to 1000 s; Endpoints: from 5 ms to 1000 s;
+//! mirroring: 1 s to 100 s) under an overall bucket of 10 retries a second in bursts of 100,
+//! so an outage does not turn every Service into a retry loop in lockstep. Upstream gives up on a key after 15 failures;
 //! Portico keeps it at the 1000 s ceiling instead, since a dropped key is a Service nobody
 //! reconciles until something else about it changes.
 
@@ -12,10 +12,16 @@ use std::time::Duration;
 use crate::SyncError;
 use crate::queue::{Backoff, Bucket};
 
-/// Per-key backoff of the EndpointSlice controller's queue (and the mirroring controller's).
+/// Per-key backoff of the EndpointSlice controller's queue.
 pub(crate) const SLICE_BACKOFF: Backoff = Backoff {
     base: Duration::from_secs(1),
     max: Duration::from_secs(1000),
+};
+
+/// Per-key backoff of the mirroring controller's queue.
+pub(crate) const MIRROR_BACKOFF: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    max: Duration::from_secs(100),
 };
 
 /// Per-key backoff of the Endpoints controller's queue.
@@ -138,6 +144,10 @@ mod tests {
             (Duration::from_secs(1), Duration::from_secs(1000))
         );
         assert_eq!(ENDPOINTS_BACKOFF.base, Duration::from_millis(5));
+        assert_eq!(
+            (MIRROR_BACKOFF.base, MIRROR_BACKOFF.max),
+            (Duration::from_secs(1), Duration::from_secs(100))
+        );
         assert_eq!((RETRY_BUCKET.qps, RETRY_BUCKET.burst), (10.0, 100));
     }
 }

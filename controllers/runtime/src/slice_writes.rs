@@ -6,7 +6,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
 use prometheus::IntCounterVec;
+use std::collections::HashMap;
 use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::Service;
+use tokio::time::Instant;
 
 use crate::{Context, SyncError, lock};
 use portico_controllers::ServiceKey;
@@ -55,7 +59,11 @@ impl SliceWriter<'_> {
                         .caches
                         .slices
                         .get(&ObjectRef::new(name).within(&key.namespace));
-                    let foreign = held.is_some_and(|h| !(self.manages)(self.ctx, &h));
+                    // A slice of ours on its way out (held by a finalizer) keeps the name too,
+                    // and for as long as someone else decides: draw a fresh one.
+                    let foreign = held.is_some_and(|h| {
+                        !(self.manages)(self.ctx, &h) || h.metadata.deletion_timestamp.is_some()
+                    });
                     let outcome = CreateOutcome::Exists { foreign };
                     lock(self.tracker).create_failed(key, name, outcome);
                     if foreign {
@@ -94,7 +102,14 @@ impl SliceWriter<'_> {
             };
             match api.delete(&name, &dp).await {
                 Ok(_) => changes.with_label_values(&["delete"]).inc(),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                // Gone already: if the cache saw it go, no deletion event is left to settle a
+                // record, so none is made.
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    let cached = self.ctx.caches.slices.get(&ObjectRef::from_obj(slice));
+                    if cached.is_none() {
+                        continue;
+                    }
+                }
                 Err(source) => return Err(api_error("delete", slice, source)),
             }
             lock(self.tracker).expect_deletion(slice);
@@ -124,4 +139,32 @@ fn api_error(verb: &'static str, slice: &EndpointSlice, source: kube::Error) -> 
         name,
         source,
     }
+}
+
+/// Refuses to sync from a cache that has not caught up with the controller's own writes
+/// (`SyncError::Stale`, polled again soon), unless it has stayed behind for
+/// [`crate::STALE_LIMIT`]: then the record of those writes is dropped and the sync goes on from
+/// the cache, since a write can be undone in a way no event explains.
+pub(crate) fn stale_gate(
+    tracker: &Mutex<GenerationTracker>,
+    stale_since: &Mutex<HashMap<ServiceKey, Instant>>,
+    key: &ServiceKey,
+    svc: &Service,
+    existing: &[&EndpointSlice],
+) -> Result<(), SyncError> {
+    if lock(tracker).is_stale(svc, existing) {
+        let now = Instant::now();
+        let since = *lock(stale_since).entry(key.clone()).or_insert(now);
+        if now.duration_since(since) < crate::STALE_LIMIT {
+            return Err(SyncError::Stale("EndpointSlice"));
+        }
+        tracing::warn!(
+            key = %key,
+            "the cache stayed behind this controller's own slice writes for {:?}; forgetting them and syncing from the cache",
+            crate::STALE_LIMIT
+        );
+        lock(tracker).delete_service(key);
+    }
+    lock(stale_since).remove(key);
+    Ok(())
 }

@@ -7,13 +7,13 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
 use kube::api::Api;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
-use crate::slice_writes::SliceWriter;
+use crate::slice_writes::{SliceWriter, stale_gate};
 use crate::{Context, SyncError, cached_service, lock, selected_pods};
 use portico_controllers::endpointslice::{
-    AutoHints, NodeZone, NodeZones, SyncStats, node_zone, reconcile, slices_for_service, topology_auto,
+    AutoHints, NodeZone, NodeZones, node_zone, reconcile, slices_for_service, topology_auto,
 };
 use portico_controllers::generated_name::generated_name;
 use portico_controllers::keys::LABEL_SERVICE_NAME;
@@ -34,20 +34,7 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
         .slices_by_ns
         .filter(&key.namespace, |s| belongs_to(s, key));
     let existing = slices_for_service(&svc, cached.iter().map(AsRef::as_ref), &ctx.cfg.slices);
-    if lock(&ctx.slice_tracker).is_stale(&svc, &existing) {
-        let now = tokio::time::Instant::now();
-        let since = *lock(&ctx.slice_stale_since).entry(key.clone()).or_insert(now);
-        if now.duration_since(since) < crate::STALE_LIMIT {
-            return Err(SyncError::Stale("EndpointSlice"));
-        }
-        tracing::warn!(
-            service = %key,
-            "the cache stayed behind this controller's own slice writes for {:?}; forgetting them and syncing from the cache",
-            crate::STALE_LIMIT
-        );
-        lock(&ctx.slice_tracker).delete_service(key);
-    }
-    lock(&ctx.slice_stale_since).remove(key);
+    stale_gate(&ctx.slice_tracker, &ctx.slice_stale_since, key, &svc, &existing)?;
     let trigger = lock(&ctx.slice_triggers).compute(&svc, &pods);
     let mut plan = reconcile(
         &svc,
@@ -57,7 +44,9 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
         &ctx.cfg.slices,
         trigger.as_ref(),
     )?;
-    record_stats(ctx, key, Some(&plan.metrics));
+    let stats = &plan.metrics;
+    let share = [stats.desired_endpoints, stats.desired_slices, stats.actual_slices];
+    ctx.slice_gauges.record(key, Some(share));
     let m = &ctx.metrics;
     m.endpoints_added_per_sync
         .observe(plan.metrics.endpoints_added as f64);
@@ -89,9 +78,9 @@ pub(crate) async fn sync(ctx: &Context, key: &ServiceKey) -> Result<(), SyncErro
         .apply(&plan.create, &plan.update, &plan.delete)
         .await;
     if let Err(e) = &result
-        && !e.is_conflict()
+        && !e.is_expected()
     {
-        let note = format!("Error updating Endpoint Slices for Service {key}: {e}");
+        let note = format!("Error updating Endpoint Slices for Service {key}: {}", e.cause());
         warn_event(ctx, &svc, "FailedToUpdateEndpointSlices", note).await;
     }
     result?;
@@ -186,7 +175,7 @@ async fn service_gone(ctx: &Context, api: &Api<EndpointSlice>, key: &ServiceKey)
     lock(&ctx.slice_tracker).delete_service(key);
     lock(&ctx.slice_stale_since).remove(key);
     lock(&ctx.slice_triggers).delete_service(key);
-    record_stats(ctx, key, None);
+    ctx.slice_gauges.record(key, None);
     let ours = ctx
         .caches
         .slices
@@ -206,39 +195,13 @@ fn slice_writer<'a>(ctx: &'a Context, api: &'a Api<EndpointSlice>, key: &'a Serv
     }
 }
 
-/// Keeps the cluster-wide gauges equal to the sum over Services of their last sync.
-fn record_stats(ctx: &Context, key: &ServiceKey, stats: Option<&SyncStats>) {
-    let old = {
-        let mut map = lock(&ctx.slice_stats);
-        match stats {
-            Some(s) => map.insert(key.clone(), s.clone()),
-            None => map.remove(key),
-        }
-    }
-    .unwrap_or_default();
-    let new = stats.cloned().unwrap_or_default();
-    let d = |n: usize, o: usize| n as i64 - o as i64;
-    let m = &ctx.metrics;
-    m.endpoints_desired
-        .add(d(new.desired_endpoints, old.desired_endpoints));
-    m.desired_endpoint_slices
-        .add(d(new.desired_slices, old.desired_slices));
-    m.num_endpoint_slices.add(d(new.actual_slices, old.actual_slices));
-}
-
 async fn warn_event(ctx: &Context, svc: &Arc<Service>, reason: &str, note: String) {
     publish_event(ctx, svc, EventType::Warning, reason, note).await;
 }
 
 async fn publish_event(ctx: &Context, svc: &Arc<Service>, type_: EventType, reason: &str, note: String) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Sync".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.slice_recorder.publish(&ev, &svc.object_ref(&())).await {
-        tracing::debug!(error = %e, "could not publish event");
-    }
+    let regarding = svc.object_ref(&());
+    ctx.slice_events
+        .publish(&regarding, type_, reason, "Sync", note)
+        .await;
 }

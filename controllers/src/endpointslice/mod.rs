@@ -63,6 +63,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 pub use self::hints::topology_auto;
+pub(crate) use self::pod_endpoints::equal_beyond_key;
 pub use self::topology::{AutoHints, topology_inputs, zone_cpu_shares};
 pub use self::tracker::{CreateOutcome, GenerationTracker};
 use crate::keys::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE};

@@ -210,7 +210,21 @@ impl GenerationTracker {
         let Some(state) = self.services.get_mut(&key) else {
             return true;
         };
-        !matches!(state.slices.remove(id), Some(Expected::Deleted))
+        let ours = matches!(state.slices.remove(id), Some(Expected::Deleted));
+        self.forget_if_empty(&key);
+        !ours
+    }
+
+    /// Drops a Service's record once nothing is left in it: a deleted Service's last slices
+    /// going must not leave an entry behind for ever.
+    fn forget_if_empty(&mut self, key: &ServiceKey) {
+        if self
+            .services
+            .get(key)
+            .is_some_and(|s| s.slices.is_empty() && s.pending.is_empty())
+        {
+            self.services.remove(key);
+        }
     }
 
     /// Forgets a slice under the Service it was listed for (`old`: the slice as it was), when it
@@ -224,6 +238,7 @@ impl GenerationTracker {
         if let Some(state) = self.services.get_mut(&key) {
             state.slices.remove(id);
         }
+        self.forget_if_empty(&key);
     }
 
     /// Whether the cache is behind our own writes for this Service: a listed slice is one we
@@ -451,5 +466,25 @@ mod tests {
         let mut after = vec![new_slice()];
         tr.name_creates(&key, &[], &mut after, &mut fresh);
         assert_eq!(after[0].metadata.name.as_deref(), Some("web-6"));
+    }
+
+    #[test]
+    fn a_record_emptied_by_deletions_is_dropped() {
+        let s = svc("web").build();
+        let key = ServiceKey::new("default", "web");
+        let mut tr = GenerationTracker::new();
+        let a = gen_slice(&s, "a", 1);
+        // A deleted Service's slices: deleted by us, then their deletion events arrive.
+        tr.delete_service(&key);
+        tr.expect_deletion(&a);
+        assert!(tr.services.contains_key(&key));
+        assert!(!tr.handle_deletion(&a));
+        assert!(
+            tr.services.is_empty(),
+            "nothing left for a Service nobody syncs again"
+        );
+        tr.record_write(&a);
+        tr.slice_left(&a);
+        assert!(tr.services.is_empty());
     }
 }

@@ -102,22 +102,9 @@ pub(super) fn endpoint_id(ep: &Endpoint) -> EndpointId {
     }
 }
 
-/// Whether two endpoints of the same identity agree on the rest that matters: nodeName, zone,
-/// the three conditions (unset differs from `false`; an absent `conditions` is all unset) and
-/// the targetRef apart from its resourceVersion. Hints are not compared, as upstream.
-pub(super) fn equal_beyond_id(a: &Endpoint, b: &Endpoint) -> bool {
-    let cond = |e: &Endpoint| {
-        let c = e.conditions.clone().unwrap_or_default();
-        (c.ready, c.serving, c.terminating)
-    };
-    let target = |e: &Endpoint| {
-        e.target_ref.clone().map(|mut t| {
-            t.resource_version = None;
-            t
-        })
-    };
-    a.node_name == b.node_name && a.zone == b.zone && cond(a) == cond(b) && target(a) == target(b)
-}
+/// Endpoints of the same identity that agree on everything else a slice shows: the EndpointSlice
+/// controller's rule, shared.
+pub(super) use crate::endpointslice::equal_beyond_key as equal_beyond_id;
 
 /// The endpoints wanted in one slice, in the order they were added.
 #[derive(Debug, Default)]

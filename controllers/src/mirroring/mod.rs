@@ -46,7 +46,10 @@ use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::endpointslice;
-use crate::keys::{ANNOTATION_LEADER, LABEL_SERVICE_NAME, LABEL_SKIP_MIRROR};
+use crate::keys::{
+    ANNOTATION_LEADER, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, LABEL_SKIP_MIRROR,
+    UPSTREAM_ENDPOINTSLICE_MANAGER,
+};
 use crate::reconcile_error::ReconcileError;
 use crate::service_predicates::ServiceKey;
 
@@ -114,12 +117,29 @@ impl MirrorConfig {
         self.as_slice_config().validate().map_err(|e| match e {
             ReconcileError::InvalidConfig(m) => MirrorError::InvalidConfig(m),
             other => MirrorError::InvalidConfig(other.to_string()),
-        })
+        })?;
+        // The mirror deletes its slices of every Service that has a selector: with an
+        // EndpointSlice controller's name it would delete that controller's slices, for good.
+        let slice_managers = [UPSTREAM_ENDPOINTSLICE_MANAGER, endpointslice::DEFAULT_MANAGED_BY];
+        for name in std::iter::once(&self.managed_by).chain(&self.adopt_from) {
+            if slice_managers.contains(&name.as_str()) {
+                return Err(MirrorError::InvalidConfig(format!(
+                    "{name:?} is an EndpointSlice controller's manager name, not a mirroring one"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Whether a slice is ours to manage: its managed-by label is our name or the adopted one.
     pub fn manages(&self, slice: &EndpointSlice) -> bool {
-        self.as_slice_config().manages(slice)
+        // Called for every slice of a namespace on every sync: no Config is built here.
+        let label = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_MANAGED_BY));
+        label.is_some_and(|m| *m == self.managed_by || self.adopt_from.as_ref() == Some(m))
     }
 
     /// A label selector for the slices mirrored from the Endpoints `endpoints_name` (ours and

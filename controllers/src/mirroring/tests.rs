@@ -986,6 +986,22 @@ fn config_table() {
         ),
         ("adopt upstream", adopt_cfg(), true),
         (
+            "adopt the EndpointSlice controller's slices",
+            MirrorConfig {
+                adopt_from: Some(crate::keys::UPSTREAM_ENDPOINTSLICE_MANAGER.into()),
+                ..cfg()
+            },
+            false,
+        ),
+        (
+            "Portico's EndpointSlice manager name",
+            MirrorConfig {
+                managed_by: crate::endpointslice::DEFAULT_MANAGED_BY.into(),
+                ..cfg()
+            },
+            false,
+        ),
+        (
             "adopt garbage",
             MirrorConfig {
                 adopt_from: Some("-x".into()),
