@@ -447,12 +447,27 @@ impl Api {
         self.counter.to_string()
     }
 
-    /// Applies a plan: creates, then updates, then deletes; panics on anything the real
-    /// apiserver would refuse (missing generateName, update of an unknown name, stale RV).
+    /// Applies a plan: creates, then updates, then deletes.
     pub fn apply(&mut self, plan: &SlicePlan) -> Vec<EndpointSlice> {
+        self.apply_writes(&plan.create, &plan.update, &plan.delete)
+    }
+
+    /// Applies writes in the order given; panics on anything the real apiserver would refuse
+    /// (a create with a name, a resourceVersion or no generateName; an update of an unknown
+    /// name, with a stale resourceVersion or another addressType; a delete of an unknown name).
+    pub fn apply_writes(
+        &mut self,
+        create: &[EndpointSlice],
+        update: &[EndpointSlice],
+        delete: &[EndpointSlice],
+    ) -> Vec<EndpointSlice> {
         let mut written = Vec::new();
-        for c in &plan.create {
+        for c in create {
             assert!(c.metadata.name.is_none(), "create carries a name");
+            assert!(
+                c.metadata.resource_version.is_none(),
+                "create carries a resourceVersion"
+            );
             let prefix = c
                 .metadata
                 .generate_name
@@ -469,7 +484,7 @@ impl Api {
             self.slices.push(s);
             self.writes += 1;
         }
-        for u in &plan.update {
+        for u in update {
             let name = u.metadata.name.clone().expect("update without name");
             let idx = self
                 .slices
@@ -484,10 +499,13 @@ impl Api {
                     "409 Conflict on {name}"
                 );
             }
+            assert_eq!(
+                u.address_type, cur.address_type,
+                "addressType is immutable ({name})"
+            );
             let mut s = u.clone();
             let spec_changed = s.endpoints != cur.endpoints
                 || s.ports != cur.ports
-                || s.address_type != cur.address_type
                 || s.metadata.labels != cur.metadata.labels;
             s.metadata.uid = cur.metadata.uid.clone();
             s.metadata.resource_version = Some(self.bump());
@@ -496,7 +514,7 @@ impl Api {
             self.slices[idx] = s;
             self.writes += 1;
         }
-        for d in &plan.delete {
+        for d in delete {
             let before = self.slices.len();
             self.slices.retain(|s| s.metadata.name != d.metadata.name);
             assert_eq!(

@@ -85,6 +85,19 @@ fn service(name: &str, app: &str, target: IntOrString) -> Service {
     svc
 }
 
+/// Service `web` (port 8080) with `n` Ready pods over this test's three Nodes.
+async fn web_with_pods(client: &kube::Client, ns: &str, n: usize) {
+    let nodes = nodes(client, ns).await;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &service("web", "web", IntOrString::Int(8080)),
+        )
+        .await
+        .expect("service");
+    pods(client, ns, &nodes, "web", 0, n).await;
+}
+
 fn pod_ip(i: usize) -> String {
     format!("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256)
 }
@@ -1042,15 +1055,7 @@ async fn a_pod_on_a_missing_node_is_skipped_with_upstreams_warning() {
     let Some((_cp, client)) = setup(ns).await else {
         return;
     };
-    let nodes = nodes(&client, ns).await;
-    Api::<Service>::namespaced(client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &service("web", "web", IntOrString::Int(8080)),
-        )
-        .await
-        .expect("service");
-    pods(&client, ns, &nodes, "web", 0, 2).await;
+    web_with_pods(&client, ns, 2).await;
     TestPod::new("web-ghost")
         .label("app", "web")
         .node(&format!("{ns}-no-such-node"))
@@ -1107,15 +1112,7 @@ async fn a_create_cut_off_by_the_sync_timeout_leaves_no_duplicate() {
     let Some((_cp, client)) = setup(ns).await else {
         return;
     };
-    let nodes = nodes(&client, ns).await;
-    Api::<Service>::namespaced(client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &service("web", "web", IntOrString::Int(8080)),
-        )
-        .await
-        .expect("service");
-    pods(&client, ns, &nodes, "web", 0, 3).await;
+    web_with_pods(&client, ns, 3).await;
     let held = Arc::new(AtomicBool::new(false));
     let real = client.clone();
     let slow_first_create = tower::service_fn(move |req: http::Request<kube::client::Body>| {
@@ -1188,15 +1185,7 @@ async fn a_refused_endpoints_create_gets_upstreams_warning() {
         )
         .await
         .expect("quota status");
-    let nodes = nodes(&client, ns).await;
-    Api::<Service>::namespaced(client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &service("web", "web", IntOrString::Int(8080)),
-        )
-        .await
-        .expect("service");
-    pods(&client, ns, &nodes, "web", 0, 1).await;
+    web_with_pods(&client, ns, 1).await;
     let ctl = Controllers::start(&client, ns, |c| c.endpointslice = false);
     let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns);
     let prefix = format!("Failed to create endpoint for service {ns}/web: ");

@@ -185,7 +185,7 @@ proptest! {
                 prop_assert!(!extra.iter().any(|f| f.metadata.name == s.metadata.name), "foreign slice in plan");
             }
         }
-        api.apply(&plan);
+        api.apply_mirror(&plan);
         let again = reconcile(&ep_after, &api.refs(), &cfg).unwrap();
         prop_assert!(again.is_empty(), "not converged: {:#?}", again);
 

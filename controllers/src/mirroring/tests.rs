@@ -445,7 +445,7 @@ fn port_change_recycles_the_slice_keeping_its_name() {
     );
     assert_eq!(p.update[0].metadata.generate_name, None);
     assert_eq!(p.endpoints_added, 2, "the new port set counts as new endpoints");
-    api.apply(&p);
+    api.apply_mirror(&p);
     assert_eq!(port_numbers(&api.slices[0]), vec![8080]);
     assert!(plan(&moved, &api, &cfg()).is_empty());
 
@@ -472,7 +472,7 @@ fn recycling_matches_each_create_with_its_own_address_type() {
     assert_eq!(counts(&p), (1, 1, 0));
     assert_eq!(p.create[0].address_type, "IPv4");
     assert_eq!(p.update[0].address_type, "IPv6");
-    api.apply(&p);
+    api.apply_mirror(&p);
     assert!(plan(&ep, &api, &cfg()).is_empty());
 }
 
@@ -619,7 +619,7 @@ fn labels_and_annotations_are_mirrored_and_filtered() {
         assert_eq!(counts(&p), (0, usize::from(writes), 0), "{name}");
         if writes {
             let mut after = api.clone();
-            after.apply(&p);
+            after.apply_mirror(&p);
             assert!(plan(&changed, &after, &cfg()).is_empty(), "{name}: converges");
         }
     }
@@ -684,7 +684,7 @@ fn extra_and_stale_slices_are_deleted() {
         vec!["web-1", "web-fqdn", "web-zzz"],
         "the first slice of a key by name is kept (web-0); then stale keys, in key order"
     );
-    api.apply(&p);
+    api.apply_mirror(&p);
     assert!(
         plan(&ep, &api, &cfg()).is_empty(),
         "the kept twin is already right"
@@ -911,7 +911,7 @@ fn foreign_slices_are_never_touched() {
     let mut all = Api::with([api.slices.clone(), foreign].concat());
     let p = plan(&endpoints("web").build(), &all, &cfg());
     assert_eq!(p.delete, api.slices);
-    all.apply(&p);
+    all.apply_mirror(&p);
     assert_eq!(all.slices.len(), 4);
 }
 

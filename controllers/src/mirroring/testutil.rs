@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{MirrorConfig, MirrorPlan, reconcile};
@@ -111,92 +110,25 @@ impl EpB {
     }
 }
 
-/// An in-memory apiserver for EndpointSlices.
-#[derive(Default, Clone, Debug)]
-pub struct Api {
-    pub slices: Vec<EndpointSlice>,
-    counter: u64,
+/// The crate's in-memory apiserver ([`crate::builders::Api`]), taking mirroring plans.
+pub use crate::builders::Api;
+
+/// Mirroring plans on the in-memory apiserver.
+pub trait MirrorApi {
+    /// Applies a plan the way the real apiserver would.
+    fn apply_mirror(&mut self, plan: &MirrorPlan);
+    /// Reconciles, applies, and checks that reconciling the result plans no write.
+    fn sync(&mut self, ep: &Endpoints, cfg: &MirrorConfig) -> MirrorPlan;
 }
 
-impl Api {
-    pub fn with(slices: Vec<EndpointSlice>) -> Self {
-        Api {
-            slices,
-            counter: 1000,
-        }
+impl MirrorApi for Api {
+    fn apply_mirror(&mut self, plan: &MirrorPlan) {
+        self.apply_writes(&plan.create, &plan.update, &plan.delete);
     }
 
-    pub fn refs(&self) -> Vec<&EndpointSlice> {
-        self.slices.iter().collect()
-    }
-
-    fn bump(&mut self) -> String {
-        self.counter += 1;
-        self.counter.to_string()
-    }
-
-    /// Applies a plan; panics on what the apiserver would refuse (a create with a name or
-    /// without generateName, an update of an unknown slice or with a stale resourceVersion,
-    /// an address type change, a delete of an unknown slice).
-    pub fn apply(&mut self, plan: &MirrorPlan) {
-        for c in &plan.create {
-            assert!(c.metadata.name.is_none(), "create carries a name");
-            assert!(
-                c.metadata.resource_version.is_none(),
-                "create carries a resourceVersion"
-            );
-            let prefix = c
-                .metadata
-                .generate_name
-                .clone()
-                .expect("create without generateName");
-            let id = self.bump();
-            let mut s = c.clone();
-            s.metadata.name = Some(format!("{prefix}{id}"));
-            s.metadata.generate_name = None;
-            s.metadata.uid = Some(format!("uid-slice-{id}"));
-            s.metadata.resource_version = Some(id);
-            self.slices.push(s);
-        }
-        for u in &plan.update {
-            let name = u.metadata.name.clone().expect("update without name");
-            assert!(u.metadata.generate_name.is_none(), "update carries generateName");
-            let idx = self
-                .slices
-                .iter()
-                .position(|s| s.metadata.name.as_deref() == Some(&name))
-                .unwrap_or_else(|| panic!("update of unknown slice {name}"));
-            let cur = &self.slices[idx];
-            assert_eq!(
-                u.metadata.resource_version, cur.metadata.resource_version,
-                "409 Conflict on {name}"
-            );
-            assert_eq!(
-                u.address_type, cur.address_type,
-                "addressType is immutable ({name})"
-            );
-            let uid = cur.metadata.uid.clone();
-            let mut s = u.clone();
-            s.metadata.uid = uid;
-            s.metadata.resource_version = Some(self.bump());
-            self.slices[idx] = s;
-        }
-        for d in &plan.delete {
-            let before = self.slices.len();
-            self.slices.retain(|s| s.metadata.name != d.metadata.name);
-            assert_eq!(
-                before,
-                self.slices.len() + 1,
-                "delete of unknown slice {:?}",
-                d.metadata.name
-            );
-        }
-    }
-
-    /// Reconciles, applies, and checks that reconciling the result plans no write.
-    pub fn sync(&mut self, ep: &Endpoints, cfg: &MirrorConfig) -> MirrorPlan {
+    fn sync(&mut self, ep: &Endpoints, cfg: &MirrorConfig) -> MirrorPlan {
         let plan = reconcile(ep, &self.refs(), cfg).expect("reconcile");
-        self.apply(&plan);
+        self.apply_mirror(&plan);
         let again = reconcile(ep, &self.refs(), cfg).expect("reconcile");
         assert!(again.is_empty(), "not converged after one pass: {again:#?}");
         plan
