@@ -20,7 +20,7 @@ pub fn t(secs: i64) -> Time {
     Time(Timestamp::from_second(1_700_000_000 + secs).unwrap())
 }
 
-fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -2,20 +2,12 @@
 //! plans the way the real one would (names from `generateName`, resourceVersion bumps and
 //! optimistic-concurrency checks).
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{MirrorConfig, MirrorPlan, reconcile};
+pub use crate::builders::map;
 use crate::builders::t;
-
-pub fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 /// An address without targetRef.
 pub fn addr(ip: &str) -> EndpointAddress {
