@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench allocation_rate                       # 1,000 creates, 16 clients, 3 rounds
 //! cargo bench --bench allocation_rate -- --creates 300 --clients 8 --rounds 1
+//! cargo bench --bench allocation_rate -- --modes alone,p1,p1-lb,p2,p2-first   # where 2 replicas' cost goes
 //! ```
 //!
 //! Per mode: creates/s, p50/p99 latency, failures (with the first messages), and how long a
@@ -39,6 +40,11 @@ enum Mode {
     /// what calling any webhook costs the apiserver, the floor under every webhook design.
     NoOpWebhook,
     Portico(usize),
+    /// Diagnostics for the two-replica figures: one replica reached through the balancer (the
+    /// balancer's own cost), and two replicas with the apiserver calling only the first (what a
+    /// second replica's watches cost, with no review reaching it).
+    BalancedOne,
+    SecondIdle,
 }
 
 impl Mode {
@@ -48,7 +54,21 @@ impl Mode {
             Mode::NoOpWebhook => "no-op webhook (floor)".to_owned(),
             Mode::Portico(1) => "with Portico, 1 replica".to_owned(),
             Mode::Portico(n) => format!("with Portico, {n} replicas"),
+            Mode::BalancedOne => "Portico, 1 behind the balancer".to_owned(),
+            Mode::SecondIdle => "Portico, 2, only 1st called".to_owned(),
         }
+    }
+
+    fn parse(s: &str) -> Option<Mode> {
+        Some(match s {
+            "alone" => Mode::Alone,
+            "noop" => Mode::NoOpWebhook,
+            "p1" => Mode::Portico(1),
+            "p2" => Mode::Portico(2),
+            "p1-lb" => Mode::BalancedOne,
+            "p2-first" => Mode::SecondIdle,
+            _ => return None,
+        })
     }
 }
 
@@ -60,8 +80,9 @@ struct Outcome {
     recreate: Result<Duration, String>,
     /// Portico's own view: mutating reviews answered and their mean duration.
     webhook: Option<(f64, Duration)>,
-    /// CPU seconds during the creates: kube-apiserver, etcd, Portico (all replicas).
-    cpu: (f64, f64, f64),
+    /// CPU seconds during the creates: kube-apiserver, etcd, Portico (all replicas), and this
+    /// process (the clients, and the balancer when there is one).
+    cpu: (f64, f64, f64, f64),
     /// The most frequent API requests during the creates (`verb resource code`, count).
     requests: Vec<(String, u64)>,
 }
@@ -135,7 +156,23 @@ async fn balancer(backends: Vec<SocketAddr>) -> SocketAddr {
     addr
 }
 
-async fn start_portico(cp: &ControlPlane, replicas: usize, allocation: bool) -> (Replicas, SocketAddr) {
+/// How the apiserver reaches the replicas.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// The one replica directly, or every replica through the round-robin balancer.
+    Each,
+    /// Through the balancer even when there is one replica.
+    Balanced,
+    /// The first replica only.
+    First,
+}
+
+async fn start_portico(
+    cp: &ControlPlane,
+    replicas: usize,
+    allocation: bool,
+    reach: Reach,
+) -> (Replicas, SocketAddr) {
     let dir = cp.dir().join("bench-webhook");
     let certs = write_dev_certs(&dir, &["127.0.0.1", "localhost"]).expect("certificates");
     let mut children = Vec::new();
@@ -172,10 +209,10 @@ async fn start_portico(cp: &ControlPlane, replicas: usize, allocation: bool) -> 
         children.push(child);
         addrs.push(SocketAddr::from(([127, 0, 0, 1], port)));
     }
-    let url_addr = if replicas == 1 {
-        addrs[0]
-    } else {
-        balancer(addrs.clone()).await
+    let url_addr = match reach {
+        Reach::First => addrs[0],
+        Reach::Each if replicas == 1 => addrs[0],
+        Reach::Each | Reach::Balanced => balancer(addrs.clone()).await,
     };
     // Registered only once every replica listens: with `Fail`, a create before would fail.
     for addr in &addrs {
@@ -243,8 +280,10 @@ async fn run(mode: Mode, creates: usize, clients: usize) -> Outcome {
         .expect("namespace");
     let _replicas = match mode {
         Mode::Alone => None,
-        Mode::NoOpWebhook => Some(start_portico(&cp, 1, false).await),
-        Mode::Portico(n) => Some(start_portico(&cp, n, true).await),
+        Mode::NoOpWebhook => Some(start_portico(&cp, 1, false, Reach::Each).await),
+        Mode::Portico(n) => Some(start_portico(&cp, n, true, Reach::Each).await),
+        Mode::BalancedOne => Some(start_portico(&cp, 1, true, Reach::Balanced).await),
+        Mode::SecondIdle => Some(start_portico(&cp, 2, true, Reach::First).await),
     };
     let api: Api<Service> = Api::namespaced(client.clone(), NS);
     wait_until_served(&api).await;
@@ -261,6 +300,7 @@ async fn run(mode: Mode, creates: usize, clients: usize) -> Outcome {
                 .iter()
                 .map(|p| portico_testenv::cpu_seconds(*p))
                 .sum::<f64>(),
+            portico_testenv::cpu_seconds(std::process::id()),
         )
     };
     let cpu_before = cpu_now();
@@ -342,6 +382,7 @@ async fn run(mode: Mode, creates: usize, clients: usize) -> Outcome {
         cpu_after.0 - cpu_before.0,
         cpu_after.1 - cpu_before.1,
         cpu_after.2 - cpu_before.2,
+        cpu_after.3 - cpu_before.3,
     );
     let mut latencies = Vec::new();
     let mut failures = Vec::new();
@@ -444,13 +485,24 @@ async fn main() {
         "allocation_rate: {creates} NodePort creates, {clients} clients, {version}, fresh control plane per mode\n"
     );
     let rounds = arg("--rounds", 3).max(1);
-    let modes = [Mode::Alone, Mode::NoOpWebhook, Mode::Portico(1), Mode::Portico(2)];
+    let modes: Vec<Mode> = match std::env::args().skip_while(|a| a != "--modes").nth(1) {
+        Some(list) => list
+            .split(',')
+            .map(|m| {
+                Mode::parse(m)
+                    .unwrap_or_else(|| panic!("unknown mode {m}: alone, noop, p1, p2, p1-lb or p2-first"))
+            })
+            .collect(),
+        None => vec![Mode::Alone, Mode::NoOpWebhook, Mode::Portico(1), Mode::Portico(2)],
+    };
+    let alone = modes.iter().position(|m| *m == Mode::Alone);
+    let noop = modes.iter().position(|m| *m == Mode::NoOpWebhook);
     // Rounds of every mode in turn: this machine's speed drifts by tens of percent between runs,
     // so each ratio is taken within a round and the median over rounds reported.
     let mut outcomes: Vec<Vec<Outcome>> = Vec::new();
     for round in 1..=rounds {
         let mut this = Vec::new();
-        for mode in modes {
+        for &mode in &modes {
             let o = run(mode, creates, clients).await;
             println!(
                 "round {round}  {:<28} {:>7.1} creates/s  p50 {:>7}  p99 {:>7}  failures {:>3}  delete→recreate {}",
@@ -465,8 +517,8 @@ async fn main() {
                 }
             );
             println!(
-                "    CPU during the creates: kube-apiserver {:.1} s, etcd {:.1} s, Portico {:.1} s",
-                o.cpu.0, o.cpu.1, o.cpu.2
+                "    CPU during the creates: kube-apiserver {:.1} s, etcd {:.1} s, Portico {:.1} s, bench (clients, balancer) {:.1} s",
+                o.cpu.0, o.cpu.1, o.cpu.2, o.cpu.3
             );
             let top: Vec<String> = o.requests.iter().map(|(k, n)| format!("{k}: {n}")).collect();
             println!("    API requests: {}", top.join(", "));
@@ -508,13 +560,21 @@ async fn main() {
             ))),
         );
     }
-    println!(
-        "\nany webhook at all: rate {:.2}x of alone, p99 {:.2}x (the bound for every webhook design on this machine)",
-        ratio(1, 0, &rate),
-        ratio(1, 0, &p99)
-    );
-    for (i, mode) in modes.iter().enumerate().skip(2) {
-        let (r, p) = (ratio(i, 0, &rate), ratio(i, 0, &p99));
+    let Some(alone) = alone else {
+        return;
+    };
+    if let Some(noop) = noop {
+        println!(
+            "\nany webhook at all: rate {:.2}x of alone, p99 {:.2}x (the bound for every webhook design on this machine)",
+            ratio(noop, alone, &rate),
+            ratio(noop, alone, &p99)
+        );
+    }
+    for (i, mode) in modes.iter().enumerate() {
+        if i == alone || Some(i) == noop {
+            continue;
+        }
+        let (r, p) = (ratio(i, alone, &rate), ratio(i, alone, &p99));
         let failures: usize = outcomes.iter().map(|o| o[i].failures.len()).sum();
         let recreate_ok = outcomes.iter().all(|o| o[i].recreate.is_ok());
         println!(
@@ -528,11 +588,13 @@ async fn main() {
             if failures == 0 { "met" } else { "MISSED" },
             if recreate_ok { "met" } else { "MISSED" },
         );
-        println!(
-            "{:<28} against the no-op webhook: rate {:.2}x, p99 {:.2}x",
-            "",
-            ratio(i, 1, &rate),
-            ratio(i, 1, &p99)
-        );
+        if let Some(noop) = noop {
+            println!(
+                "{:<28} against the no-op webhook: rate {:.2}x, p99 {:.2}x",
+                "",
+                ratio(i, noop, &rate),
+                ratio(i, noop, &p99)
+            );
+        }
     }
 }
