@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use crate::admission::Mutate;
 use crate::review::{AdmissionRequest, RawObject, Verdict};
 use crate::status;
-use crate::validation::json::{Named, Obj, Text, named};
+use crate::validation::json::{Obj, Text};
 
 /// A Service admission, decoded from a review.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,12 +94,6 @@ struct PortDoc {
     protocol: Option<String>,
     #[serde(rename = "nodePort")]
     node_port: Option<i32>,
-}
-
-named!(ServiceDoc => "Service", MetaDoc => "ObjectMeta", SpecDoc => "ServiceSpec");
-
-impl Named for PortDoc {
-    const NAME: &'static str = "ServicePort";
 }
 
 /// The first three strings of a list, the others type-checked and dropped: the planner passes

@@ -68,7 +68,7 @@ impl<'a> RawObject<'a> {
 
     /// The object decoded as `T`, which may borrow from it.
     pub fn decode<'b, T: Deserialize<'b>>(&'b self) -> serde_json::Result<T> {
-        T::deserialize(self.raw())
+        crate::validation::json::decode(self.raw())
     }
 
     /// An owned copy, independent of the body.

@@ -27,21 +27,18 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::Operation;
 use kube::runtime::reflector::Store;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::review::{AdmissionRequest, ObjectHead, RawObject, Verdict};
 use crate::status;
+use crate::validation::endpoints::EndpointsObject;
 use crate::validation::findings::{Findings, Known, MAX_CAUSES};
 use crate::validation::json::{self, Obj};
 use crate::validation::names::PortRef;
+use crate::validation::pod::PodObject;
 use crate::validation::service::{PortDoc, SpecDoc, check_spec_doc, read_service};
 use crate::validation::target_port::{TargetPortWarnings, selector_matches};
 use crate::validation::workload::check_workload_spec;
-use crate::validation::{
-    DecodeError, Options, ServiceIpIndex, WorkloadKind, controller_managed_raw,
-    validate_endpoint_slice_raw_into, validate_endpoints_raw_into,
-};
+use crate::validation::{DecodeError, Options, ServiceIpIndex, WorkloadKind};
 
 /// The pods a Service could select, for the `targetPort` warning. Implemented for a kube-runtime
 /// reflector [`Store<Pod>`] (see [`crate::pods::pod_store`]); any cache will do.
@@ -87,6 +84,59 @@ impl Target {
             _ => {}
         }
         WorkloadKind::from_group_kind(group, kind).map(Target::Workload)
+    }
+}
+
+/// What the rules read of an object, found in one pass over it.
+enum Read<'a> {
+    /// A Service: `kind` and `metadata` raw, `spec` decoded (its ports left raw), or why the
+    /// object does not read as a Service.
+    Service(Result<(ObjectHead<'a>, SpecDoc<'a>), DecodeError>),
+    /// A Pod read in one pass, its spec decoded.
+    Pod(PodObject<'a>),
+    /// A pod-bearing kind: its members are [`RawObject::head`], its pod spec is read later.
+    Workload(WorkloadKind),
+    /// An Endpoints or an EndpointSlice.
+    Endpoints(EndpointsObject<'a>),
+}
+
+impl<'a> Read<'a> {
+    fn of(target: Target, object: &'a RawObject<'_>) -> Self {
+        match target {
+            Target::Service => Read::Service(read_service(object.raw()).map(|o| {
+                let head = ObjectHead {
+                    kind: o.kind,
+                    metadata: o.metadata,
+                    spec: None,
+                };
+                (head, o.spec.map(|s| s.0).unwrap_or_default())
+            })),
+            Target::Workload(WorkloadKind::Pod) => match PodObject::read(object.raw()) {
+                Some(pod) => Read::Pod(pod),
+                None => Read::Workload(WorkloadKind::Pod),
+            },
+            Target::Workload(kind) => Read::Workload(kind),
+            Target::Endpoints => Read::Endpoints(EndpointsObject::read(object.raw(), false)),
+            Target::EndpointSlice => Read::Endpoints(EndpointsObject::read(object.raw(), true)),
+        }
+    }
+
+    /// The members every review reads: found by the read, or in a pass of their own.
+    fn head(&self, object: &'a RawObject<'_>) -> ObjectHead<'a> {
+        match self {
+            Read::Service(Ok((head, _))) => *head,
+            Read::Service(Err(_)) | Read::Workload(_) => object.head(),
+            Read::Pod(pod) => ObjectHead {
+                kind: pod.kind,
+                metadata: pod.metadata,
+                spec: None,
+            },
+            Read::Endpoints(e) => ObjectHead {
+                kind: e.kind(),
+                metadata: e.metadata(),
+                spec: None,
+            },
+        }
     }
 }
 
@@ -156,22 +206,10 @@ impl Validator {
                 req.kind.kind
             )));
         };
-        // The members the rules read, found in one pass over the object (a Service's `spec`
-        // decoded in the same pass).
-        let (head, service) = match target {
-            Target::Service => match read_service(object.raw()) {
-                Ok(o) => {
-                    let head = ObjectHead {
-                        kind: o.kind,
-                        metadata: o.metadata,
-                        spec: None,
-                    };
-                    (head, Some(Ok(o.spec.map(|s| s.0).unwrap_or_default())))
-                }
-                Err(e) => (object.head(), Some(Err(e))),
-            },
-            _ => (object.head(), None),
-        };
+        // The members the rules read, found in one pass over the object (with a Service's
+        // `spec` decoded, an Endpoints' lists found, in the same pass).
+        let read = Read::of(target, object);
+        let head = read.head(object);
         if let Some(kind) = head.kind()
             && *kind != *req.kind.kind
         {
@@ -186,23 +224,16 @@ impl Validator {
         {
             return Verdict::allow();
         }
-        // The endpoint rules read the object where it lies in the body, as the others do.
-        let value = match target {
-            Target::Endpoints | Target::EndpointSlice => Some(object.raw()),
-            _ => None,
-        };
-        if let Some(v) = value
-            && controller_managed_raw(v, req.namespace.as_deref())
+        if let Read::Endpoints(e) = &read
+            && e.controller_managed(req.namespace.as_deref())
         {
             return Verdict::allow();
         }
-        let service = match service {
-            Some(Ok(spec)) => Some(spec),
-            Some(Err(e)) => return Verdict::deny(status::bad_request(decode_message(&e))),
-            None => None,
-        };
+        if let Read::Service(Err(e)) = &read {
+            return Verdict::deny(status::bad_request(decode_message(e)));
+        }
         let mut findings = Findings::capped(MAX_CAUSES);
-        if let Err(e) = self.errors(target, &head, service.as_ref(), value, &mut findings) {
+        if let Err(e) = self.errors(&read, &head, &mut findings) {
             return Verdict::deny(status::bad_request(decode_message(&e)));
         }
         let (errs, more) = if req.operation == Operation::Update && !findings.is_empty() {
@@ -211,15 +242,15 @@ impl Validator {
             let known = self.known_errors(target, req.old_object.as_ref());
             let mut fresh = Findings::except(MAX_CAUSES, &known);
             // It decoded a moment ago, so it decodes again.
-            match self.errors(target, &head, service.as_ref(), value, &mut fresh) {
+            match self.errors(&read, &head, &mut fresh) {
                 Ok(_) => fresh.into_parts(),
                 Err(_) => findings.into_parts(),
             }
         } else {
             findings.into_parts()
         };
-        let warnings = match &service {
-            Some(spec) => self.service_warnings(req, &head, spec),
+        let warnings = match &read {
+            Read::Service(Ok((_, spec))) => self.service_warnings(req, &head, spec),
             _ => Vec::new(),
         };
         let verdict = if errs.is_empty() {
@@ -236,32 +267,20 @@ impl Validator {
         verdict.with_warnings(warnings)
     }
 
-    /// Reports the violations of an object into `sink`: `head` holds its members, `service` the
-    /// decoded `spec` of a Service, `value` the raw object for the endpoint rules.
+    /// Reports the violations of an object into `sink`, from what was read of it (`head`: its
+    /// members).
     fn errors(
         &self,
-        target: Target,
+        read: &Read<'_>,
         head: &ObjectHead<'_>,
-        service: Option<&SpecDoc<'_>>,
-        value: Option<&RawValue>,
         sink: &mut Findings<'_>,
     ) -> Result<(), DecodeError> {
-        match target {
-            Target::Service => match service {
-                Some(spec) => check_spec_doc(spec, &self.options, sink),
-                None => check_spec_doc(&SpecDoc::default(), &self.options, sink),
-            },
-            Target::Workload(kind) => check_workload_spec(kind, head.spec, &self.options, sink),
-            Target::Endpoints | Target::EndpointSlice => {
-                let Some(value) = value else { return Ok(()) };
-                let services = self.service_ips.as_deref();
-                let mut push = |e| sink.push(e);
-                if target == Target::Endpoints {
-                    validate_endpoints_raw_into(value, services, &mut push)
-                } else {
-                    validate_endpoint_slice_raw_into(value, services, &mut push)
-                }
-            }
+        match read {
+            Read::Service(Ok((_, spec))) => check_spec_doc(spec, &self.options, sink),
+            Read::Service(Err(e)) => Err(DecodeError::new(&e.path, &e.source)),
+            Read::Pod(pod) => pod.check(&self.options, sink),
+            Read::Workload(kind) => check_workload_spec(*kind, head.spec, &self.options, sink),
+            Read::Endpoints(e) => e.check(self.service_ips.as_deref(), sink),
         }
     }
 
@@ -270,22 +289,13 @@ impl Validator {
         let Some(old) = old else {
             return Known::default();
         };
-        let value = match target {
-            Target::Endpoints | Target::EndpointSlice => Some(old.raw()),
-            _ => None,
-        };
-        let (head, service) = match target {
-            Target::Service => match read_service(old.raw()) {
-                Ok(o) => (
-                    ObjectHead::default(),
-                    Some(o.spec.map(|s| s.0).unwrap_or_default()),
-                ),
-                Err(_) => return Known::default(),
-            },
-            _ => (old.head(), None),
-        };
+        let read = Read::of(target, old);
+        if let Read::Service(Err(_)) = read {
+            return Known::default();
+        }
+        let head = read.head(old);
         let mut sink = Findings::record();
-        match self.errors(target, &head, service.as_ref(), value, &mut sink) {
+        match self.errors(&read, &head, &mut sink) {
             Ok(_) => sink.into_known(),
             Err(_) => Known::default(),
         }
@@ -323,7 +333,7 @@ impl Validator {
         if json::count_members(selector).is_none_or(|n| n == 0 || n > most_labels) {
             return Vec::new();
         }
-        let Ok(selector) = BTreeMap::<String, String>::deserialize(selector) else {
+        let Ok(selector) = json::decode::<BTreeMap<String, String>>(selector) else {
             return Vec::new();
         };
         let selected: Vec<&Pod> = pods

@@ -42,14 +42,15 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use portico_allocators::parse_ipv4_sloppy;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::findings::Findings;
+use super::json::{self, Text};
 use super::{BadValue, DecodeError, FieldError};
 
 /// Label the Endpoints controllers set (`endpoint-controller`, Portico's own value).
@@ -105,57 +106,110 @@ where
 /// Parses an address as Go's `netutils.ParseIPSloppy` does (IPv4 parts may have leading zeros,
 /// read as decimal) and returns IPv4-mapped IPv6 addresses as IPv4, as Go's `To4` sees them.
 pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
-    let ip = if s.contains(':') {
-        match s.parse::<Ipv6Addr>() {
-            Ok(v6) => v6,
-            Err(_) => {
-                // An embedded IPv4 tail with leading zeros: rewrite it and parse again.
-                let (head, tail) = s.rsplit_once(':')?;
-                if !tail.contains('.') {
-                    return None;
-                }
-                format!("{head}:{}", parse_ipv4_sloppy(tail)?).parse().ok()?
+    if let Some(v4) = parse_ipv4(s) {
+        return Some(IpAddr::V4(v4));
+    }
+    if !s.contains(':') {
+        return None;
+    }
+    let ip = match s.parse::<Ipv6Addr>() {
+        Ok(v6) => v6,
+        Err(_) => {
+            // An embedded IPv4 tail with leading zeros: rewrite it and parse again.
+            let (head, tail) = s.rsplit_once(':')?;
+            if !tail.contains('.') {
+                return None;
             }
+            format!("{head}:{}", parse_ipv4(tail)?).parse().ok()?
         }
-    } else {
-        return parse_ipv4_sloppy(s).map(IpAddr::V4);
     };
     Some(ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4))
 }
 
-/// Upstream's `ValidateEndpointIP` for a parsed address: the message of the special range `ip`
-/// is in, if any. `raw` is the address as written (the unspecified message quotes it).
-fn special_range(ip: IpAddr, raw: &str) -> Option<String> {
-    let (unspecified, loopback, link_local, ll_multicast) = match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            (
-                v4.is_unspecified(),
-                v4.is_loopback(),
-                o[0] == 169 && o[1] == 254,
-                o[0] == 224 && o[1] == 0 && o[2] == 0,
-            )
+/// `portico_allocators::parse_ipv4_sloppy` (`ParseIPSloppy` for IPv4) in one pass over the
+/// bytes, without splitting or parsing numbers: every address of an 8 MB list comes through
+/// here. The same grammar: four parts separated by dots, each of ASCII digits (leading zeros
+/// read as decimal) worth at most 255.
+fn parse_ipv4(s: &str) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let (mut part, mut value, mut digits) = (0, 0u32, 0);
+    for &c in s.as_bytes() {
+        match c {
+            b'0'..=b'9' => {
+                value = value * 10 + u32::from(c - b'0');
+                if value > 255 {
+                    return None;
+                }
+                digits += 1;
+            }
+            b'.' if digits > 0 && part < 3 => {
+                octets[part] = value as u8;
+                (part, value, digits) = (part + 1, 0, 0);
+            }
+            _ => return None,
         }
-        IpAddr::V6(v6) => {
-            let s0 = v6.segments()[0];
-            (
-                v6.is_unspecified(),
-                v6.is_loopback(),
-                s0 & 0xffc0 == 0xfe80,
-                s0 & 0xff0f == 0xff02,
-            )
+    }
+    if digits == 0 || part != 3 {
+        return None;
+    }
+    octets[3] = value as u8;
+    Some(Ipv4Addr::from(octets))
+}
+
+/// Upstream's special ranges (`ValidateEndpointIP`): the one an address is in decides its
+/// message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Special {
+    Unspecified,
+    Loopback,
+    LinkLocal,
+    LinkLocalMulticast,
+}
+
+impl Special {
+    /// The special range of a parsed address, if any, tested in upstream's order.
+    fn of(ip: IpAddr) -> Option<Self> {
+        let (unspecified, loopback, link_local, ll_multicast) = match ip {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                (
+                    v4.is_unspecified(),
+                    v4.is_loopback(),
+                    o[0] == 169 && o[1] == 254,
+                    o[0] == 224 && o[1] == 0 && o[2] == 0,
+                )
+            }
+            IpAddr::V6(v6) => {
+                let s0 = v6.segments()[0];
+                (
+                    v6.is_unspecified(),
+                    v6.is_loopback(),
+                    s0 & 0xffc0 == 0xfe80,
+                    s0 & 0xff0f == 0xff02,
+                )
+            }
+        };
+        if unspecified {
+            Some(Special::Unspecified)
+        } else if loopback {
+            Some(Special::Loopback)
+        } else if link_local {
+            Some(Special::LinkLocal)
+        } else if ll_multicast {
+            Some(Special::LinkLocalMulticast)
+        } else {
+            None
         }
-    };
-    if unspecified {
-        Some(format!("{UNSPECIFIED} ({raw})"))
-    } else if loopback {
-        Some(LOOPBACK.to_owned())
-    } else if link_local {
-        Some(LINK_LOCAL.to_owned())
-    } else if ll_multicast {
-        Some(LINK_LOCAL_MULTICAST.to_owned())
-    } else {
-        None
+    }
+
+    /// Upstream's message; `raw` is the address as written (the unspecified message quotes it).
+    fn detail(self, raw: &str) -> String {
+        match self {
+            Special::Unspecified => format!("{UNSPECIFIED} ({raw})"),
+            Special::Loopback => LOOPBACK.to_owned(),
+            Special::LinkLocal => LINK_LOCAL.to_owned(),
+            Special::LinkLocalMulticast => LINK_LOCAL_MULTICAST.to_owned(),
+        }
     }
 }
 
@@ -166,20 +220,29 @@ pub fn validate_endpoint_ip(
     field: &str,
     services: Option<&dyn ServiceIpIndex>,
 ) -> Vec<FieldError> {
+    let mut sink = Findings::all();
+    check_endpoint_ip(raw, || field.to_owned(), services, &mut sink);
+    sink.into_vec()
+}
+
+/// [`validate_endpoint_ip`] reporting into `sink`: `field` is only rendered, and the error only
+/// built, for an error the sink keeps (an 8 MB list of loopback addresses is that many errors).
+fn check_endpoint_ip(
+    raw: &str,
+    field: impl Fn() -> String,
+    services: Option<&dyn ServiceIpIndex>,
+    sink: &mut Findings<'_>,
+) {
     let Some(ip) = parse_ip_sloppy(raw) else {
-        return Vec::new();
+        return;
     };
     let value = || BadValue::Str(raw.to_owned());
-    if let Some(detail) = special_range(ip, raw) {
-        return vec![FieldError::invalid(field, value(), detail)];
+    if let Some(special) = Special::of(ip) {
+        sink.report(|| FieldError::invalid(field(), value(), special.detail(raw)));
+        return;
     }
-    match services.and_then(|s| s.service_with_cluster_ip(ip)) {
-        Some(svc) => vec![FieldError::invalid(
-            field,
-            value(),
-            format!("{CLUSTER_IP} ({svc})"),
-        )],
-        None => Vec::new(),
+    if let Some(svc) = services.and_then(|s| s.service_with_cluster_ip(ip)) {
+        sink.report(|| FieldError::invalid(field(), value(), format!("{CLUSTER_IP} ({svc})")));
     }
 }
 
@@ -202,12 +265,13 @@ struct MetaTop<'a> {
     metadata: Option<MetaView<'a>>,
 }
 
+/// A subset, its address lists left raw: they are read one address at a time.
 #[derive(Deserialize)]
 struct SubsetView<'a> {
     #[serde(borrow, default)]
-    addresses: Option<Vec<AddressView<'a>>>,
+    addresses: Option<&'a RawValue>,
     #[serde(borrow, default, rename = "notReadyAddresses")]
-    not_ready_addresses: Option<Vec<AddressView<'a>>>,
+    not_ready_addresses: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -216,10 +280,32 @@ struct AddressView<'a> {
     ip: Cow<'a, str>,
 }
 
+/// The subsets as one piece, lists and all: what serde_json is given to phrase a decode error
+/// exactly as it always has (with the position in `subsets`), once reading them one by one
+/// failed.
+#[derive(Deserialize)]
+struct SubsetWhole<'a> {
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
+    addresses: Option<Vec<AddressView<'a>>>,
+    #[serde(borrow, default, rename = "notReadyAddresses")]
+    #[allow(dead_code)]
+    not_ready_addresses: Option<Vec<AddressView<'a>>>,
+}
+
+/// An endpoint of a slice, its addresses left raw: they are read one at a time.
 #[derive(Deserialize)]
 struct EndpointView<'a> {
     #[serde(borrow)]
-    addresses: Vec<Cow<'a, str>>,
+    addresses: &'a RawValue,
+}
+
+/// An endpoint as serde_json is given it to phrase a decode error exactly as it always has.
+#[derive(Deserialize)]
+struct EndpointWhole<'a> {
+    #[serde(borrow)]
+    #[allow(dead_code)]
+    addresses: Vec<Text<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -258,13 +344,14 @@ pub fn controller_managed(object: &Value, namespace: Option<&str>) -> bool {
 
 /// [`controller_managed`] for an object given as raw JSON (a slice of the review body).
 pub fn controller_managed_raw(object: &RawValue, namespace: Option<&str>) -> bool {
-    let meta = serde_json::from_str::<MetaTop<'_>>(object.get())
+    let meta = json::decode::<MetaTop<'_>>(object)
         .ok()
         .and_then(|t| t.metadata)
         .unwrap_or_default();
     managed(&meta, namespace)
 }
 
+/// A decode error at `path`, serde_json's error as it is (position included).
 fn decode_error(path: &str) -> impl FnOnce(serde_json::Error) -> DecodeError + '_ {
     move |source| DecodeError {
         path: path.to_owned(),
@@ -272,43 +359,13 @@ fn decode_error(path: &str) -> impl FnOnce(serde_json::Error) -> DecodeError + '
     }
 }
 
-/// The list in raw JSON: absent or `null` is empty.
-fn raw_list<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>, key: &str) -> Result<Vec<T>, DecodeError> {
-    match raw {
-        None => Ok(Vec::new()),
-        Some(raw) => serde_json::from_str::<Option<Vec<T>>>(raw.get())
-            .map(Option::unwrap_or_default)
-            .map_err(decode_error(key)),
-    }
-}
-
-fn subsets_errors(
-    subsets: &[SubsetView<'_>],
-    services: Option<&dyn ServiceIpIndex>,
-    sink: &mut dyn FnMut(FieldError),
-) {
-    for (i, subset) in subsets.iter().enumerate() {
-        for (name, addresses) in [
-            ("addresses", &subset.addresses),
-            ("notReadyAddresses", &subset.not_ready_addresses),
-        ] {
-            for (j, address) in addresses.iter().flatten().enumerate() {
-                let field = format!("subsets[{i}].{name}[{j}].ip");
-                validate_endpoint_ip(&address.ip, &field, services)
-                    .into_iter()
-                    .for_each(&mut *sink);
-            }
-        }
-    }
-}
-
 /// Collects what `check` reports.
 fn collected(
-    check: impl FnOnce(&mut dyn FnMut(FieldError)) -> Result<(), DecodeError>,
+    check: impl FnOnce(&mut Findings<'_>) -> Result<(), DecodeError>,
 ) -> Result<Vec<FieldError>, DecodeError> {
-    let mut errs = Vec::new();
-    check(&mut |e| errs.push(e))?;
-    Ok(errs)
+    let mut errs = Findings::all();
+    check(&mut errs)?;
+    Ok(errs.into_vec())
 }
 
 /// Validates the addresses of an Endpoints object given as JSON (an AdmissionReview's `object`);
@@ -329,17 +386,53 @@ pub fn validate_endpoints_raw(
     collected(|sink| validate_endpoints_raw_into(object, services, sink))
 }
 
-/// [`validate_endpoints_raw`] reporting into `sink` as it goes, so a capped sink keeps memory
-/// bounded however many addresses are wrong.
+/// [`validate_endpoints_raw`] reporting into `sink` as it goes, one address at a time, so a
+/// capped sink keeps time and memory bounded however many addresses are wrong.
 pub fn validate_endpoints_raw_into(
     object: &RawValue,
     services: Option<&dyn ServiceIpIndex>,
-    sink: &mut dyn FnMut(FieldError),
+    sink: &mut Findings<'_>,
 ) -> Result<(), DecodeError> {
-    let top: EndpointsRawTop<'_> = serde_json::from_str(object.get()).map_err(decode_error("object"))?;
-    let subsets: Vec<SubsetView<'_>> = raw_list(top.subsets, "subsets")?;
-    subsets_errors(&subsets, services, sink);
-    Ok(())
+    let top: EndpointsRawTop<'_> = json::decode_exact(object).map_err(decode_error("object"))?;
+    check_subsets(top.subsets, services, sink)
+}
+
+/// The addresses of `subsets` (raw, absent or `null`), one at a time.
+fn check_subsets(
+    subsets: Option<&RawValue>,
+    services: Option<&dyn ServiceIpIndex>,
+    sink: &mut Findings<'_>,
+) -> Result<(), DecodeError> {
+    let Some(subsets) = subsets else {
+        return Ok(());
+    };
+    // Each subset's ready addresses come before its not-ready ones, whatever the order of the
+    // two lists in the object: the second list reports into a phase joined after the first.
+    let read = json::try_for_each::<SubsetView<'_>, _>(subsets, |i, subset| {
+        let mut not_ready = sink.fork();
+        for (name, list, phase) in [
+            ("addresses", subset.addresses, &mut *sink),
+            ("notReadyAddresses", subset.not_ready_addresses, &mut not_ready),
+        ] {
+            let Some(list) = list else { continue };
+            json::for_each::<AddressView<'_>, _>(list, |j, address| {
+                let field = || format!("subsets[{i}].{name}[{j}].ip");
+                check_endpoint_ip(&address.ip, field, services, phase);
+            })?;
+        }
+        sink.join(not_ready);
+        Ok(())
+    });
+    match read {
+        Ok(_) => Ok(()),
+        // serde_json phrases the error, reading the subsets in one piece as it always has.
+        Err(e) => Err(
+            serde_json::from_str::<Option<Vec<SubsetWhole<'_>>>>(subsets.get())
+                .err()
+                .unwrap_or(e),
+        )
+        .map_err(decode_error("subsets")),
+    }
 }
 
 /// Validates the addresses of an EndpointSlice given as JSON; only `addressType` and `endpoints`
@@ -365,30 +458,139 @@ pub fn validate_endpoint_slice_raw(
 pub fn validate_endpoint_slice_raw_into(
     object: &RawValue,
     services: Option<&dyn ServiceIpIndex>,
-    sink: &mut dyn FnMut(FieldError),
+    sink: &mut Findings<'_>,
 ) -> Result<(), DecodeError> {
-    let top: SliceRawTop<'_> = serde_json::from_str(object.get()).map_err(decode_error("object"))?;
-    let address_type: Option<Cow<'_, str>> =
-        top.address_type.and_then(|t| serde_json::from_str(t.get()).ok());
-    let address_type = address_type.as_deref();
-    if !matches!(address_type, Some("IPv4" | "IPv6")) {
+    let top: SliceRawTop<'_> = json::decode_exact(object).map_err(decode_error("object"))?;
+    check_slice(top.address_type, top.endpoints, services, sink)
+}
+
+/// The addresses of an EndpointSlice's `endpoints` (raw), one endpoint at a time, if its
+/// `addressType` (raw) says they are addresses.
+fn check_slice(
+    address_type: Option<&RawValue>,
+    endpoints: Option<&RawValue>,
+    services: Option<&dyn ServiceIpIndex>,
+    sink: &mut Findings<'_>,
+) -> Result<(), DecodeError> {
+    let address_type: Option<Cow<'_, str>> = address_type.and_then(|t| json::decode(t).ok());
+    if !matches!(address_type.as_deref(), Some("IPv4" | "IPv6")) {
         return Ok(());
     }
-    let Some(raw) = top.endpoints else { return Ok(()) };
+    let Some(raw) = endpoints else { return Ok(()) };
     // One endpoint at a time: judged as it is read, never all held at once.
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    serde::de::DeserializeSeed::deserialize(EachEndpoint { services, sink }, &mut de)
-        .map_err(decode_error("endpoints"))
+    let read = json::decode_seed(
+        raw,
+        EachEndpoint {
+            services,
+            sink: Some(sink),
+        },
+    );
+    match read {
+        Ok(()) => Ok(()),
+        // serde_json phrases the error, reading the list as it always has.
+        Err(e) => {
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            let exact = serde::de::DeserializeSeed::deserialize(
+                EachEndpoint {
+                    services: None,
+                    sink: None,
+                },
+                &mut de,
+            );
+            Err(exact.err().unwrap_or(e)).map_err(decode_error("endpoints"))
+        }
+    }
+}
+
+/// An Endpoints or EndpointSlice of a review, read in one pass (its 8 MB list is walked once
+/// here, once more when judged, not once per question): the members every review reads, the
+/// metadata a controller's object is recognised by, and the lists the rules judge. It answers
+/// exactly as [`controller_managed_raw`] and [`validate_endpoints_raw_into`] (or
+/// [`validate_endpoint_slice_raw_into`]) do, and leaves to them the objects where a derived
+/// reader would refuse what this pass reads (a repeated member, an undecodable key).
+pub(crate) struct EndpointsObject<'a> {
+    object: &'a RawValue,
+    slice: bool,
+    /// `kind`, `metadata` and the lists (`subsets`, or `addressType` and `endpoints`).
+    members: Option<[Option<&'a RawValue>; 4]>,
+    /// Whether each of those came more than once.
+    repeats: [bool; 4],
+}
+
+impl<'a> EndpointsObject<'a> {
+    /// Reads an Endpoints (`slice` false) or an EndpointSlice.
+    pub(crate) fn read(object: &'a RawValue, slice: bool) -> Self {
+        let read = if slice {
+            json::members_and_repeats(object, ["kind", "metadata", "addressType", "endpoints"])
+        } else {
+            json::members_and_repeats(object, ["kind", "metadata", "subsets"])
+                .map(|([k, m, s], [rk, rm, rs])| ([k, m, s, None], [rk, rm, rs, false]))
+        };
+        let (members, repeats) = match read {
+            Some((members, repeats)) => (Some(members), repeats),
+            None => (None, [false; 4]),
+        };
+        EndpointsObject {
+            object,
+            slice,
+            members,
+            repeats,
+        }
+    }
+
+    /// `kind`, raw.
+    pub(crate) fn kind(&self) -> Option<&'a RawValue> {
+        self.members.and_then(|m| m[0])
+    }
+
+    /// `metadata`, raw.
+    pub(crate) fn metadata(&self) -> Option<&'a RawValue> {
+        self.members.and_then(|m| m[1])
+    }
+
+    /// [`controller_managed_raw`].
+    pub(crate) fn controller_managed(&self, namespace: Option<&str>) -> bool {
+        // A repeated `metadata` is refused by the reader of `metadata`: not a controller's.
+        if self.members.is_none() || self.repeats[1] {
+            return false;
+        }
+        let meta = self
+            .metadata()
+            .and_then(|m| json::decode::<Option<MetaView<'_>>>(m).ok().flatten())
+            .unwrap_or_default();
+        managed(&meta, namespace)
+    }
+
+    /// [`validate_endpoints_raw_into`] or [`validate_endpoint_slice_raw_into`].
+    pub(crate) fn check(
+        &self,
+        services: Option<&dyn ServiceIpIndex>,
+        sink: &mut Findings<'_>,
+    ) -> Result<(), DecodeError> {
+        let (Some(m), [_, _, false, false]) = (self.members, self.repeats) else {
+            // Refused by the object's reader: it phrases why.
+            return if self.slice {
+                validate_endpoint_slice_raw_into(self.object, services, sink)
+            } else {
+                validate_endpoints_raw_into(self.object, services, sink)
+            };
+        };
+        if self.slice {
+            check_slice(m[2], m[3], services, sink)
+        } else {
+            check_subsets(m[2], services, sink)
+        }
+    }
 }
 
 /// Reads an EndpointSlice's `endpoints` (a list, or `null`) and judges each endpoint's addresses
-/// as it comes.
-struct EachEndpoint<'s, 'k> {
+/// as it comes; without a sink, only reads it, each endpoint in one piece (to phrase an error).
+struct EachEndpoint<'s, 'k, 'f> {
     services: Option<&'s dyn ServiceIpIndex>,
-    sink: &'k mut dyn FnMut(FieldError),
+    sink: Option<&'k mut Findings<'f>>,
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for EachEndpoint<'_, '_> {
+impl<'de> serde::de::DeserializeSeed<'de> for EachEndpoint<'_, '_, '_> {
     type Value = ();
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -396,7 +598,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for EachEndpoint<'_, '_> {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for EachEndpoint<'_, '_> {
+impl<'de> serde::de::Visitor<'de> for EachEndpoint<'_, '_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -408,14 +610,17 @@ impl<'de> serde::de::Visitor<'de> for EachEndpoint<'_, '_> {
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Some(sink) = self.sink else {
+            while seq.next_element::<EndpointWhole<'de>>()?.is_some() {}
+            return Ok(());
+        };
         let mut i = 0;
         while let Some(endpoint) = seq.next_element::<EndpointView<'de>>()? {
-            for (j, address) in endpoint.addresses.iter().enumerate() {
-                let field = format!("endpoints[{i}].addresses[{j}]");
-                validate_endpoint_ip(address, &field, self.services)
-                    .into_iter()
-                    .for_each(&mut *self.sink);
-            }
+            json::for_each_strict::<Text<'_>, _>(endpoint.addresses, |j, address| {
+                let field = || format!("endpoints[{i}].addresses[{j}]");
+                check_endpoint_ip(&address, field, self.services, sink);
+            })
+            .map_err(serde::de::Error::custom)?;
             i += 1;
         }
         Ok(())
@@ -614,6 +819,13 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn ipv4_reads_as_the_allocators_read_it(s in "[0-9.]{0,20}|[0-9]{1,4}(\\.[0-9]{1,4}){3}|[0-9a-f:.x ]{0,12}|\\PC{0,8}") {
+            proptest::prop_assert_eq!(parse_ipv4(&s), portico_allocators::parse_ipv4_sloppy(&s), "{:?}", s);
+        }
+    }
+
     #[test]
     fn without_an_index_only_upstream_rules_apply() {
         assert!(validate_endpoint_ip("10.96.0.1", "f", None).is_empty());
@@ -732,6 +944,209 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// The reading of Endpoints before addresses were read one at a time: every subset decoded
+    /// at once by serde_json, then judged. The oracle of `reads_endpoints_as_before`.
+    fn endpoints_as_before(
+        object: &str,
+        services: Option<&dyn ServiceIpIndex>,
+    ) -> Result<Vec<String>, String> {
+        let top: EndpointsRawTop<'_> = serde_json::from_str(object).map_err(|e| format!("object: {e}"))?;
+        let subsets: Vec<SubsetWhole<'_>> = match top.subsets {
+            None => Vec::new(),
+            Some(raw) => serde_json::from_str::<Option<Vec<SubsetWhole<'_>>>>(raw.get())
+                .map_err(|e| format!("subsets: {e}"))?
+                .unwrap_or_default(),
+        };
+        let mut out = Vec::new();
+        for (i, subset) in subsets.iter().enumerate() {
+            for (name, list) in [
+                ("addresses", &subset.addresses),
+                ("notReadyAddresses", &subset.not_ready_addresses),
+            ] {
+                for (j, a) in list.iter().flatten().enumerate() {
+                    let field = format!("subsets[{i}].{name}[{j}].ip");
+                    out.extend(
+                        validate_endpoint_ip(&a.ip, &field, services)
+                            .iter()
+                            .map(ToString::to_string),
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn endpoints_now(object: &str, services: Option<&dyn ServiceIpIndex>) -> Result<Vec<String>, String> {
+        let raw: &RawValue = serde_json::from_str(object).unwrap();
+        validate_endpoints_raw(raw, services)
+            .map(|errs| errs.iter().map(ToString::to_string).collect())
+            .map_err(|e| format!("{}: {}", e.path, e.source))
+    }
+
+    #[test]
+    fn reads_endpoints_as_before() {
+        let s = svcs();
+        let objects = [
+            r#"{"subsets": [{"notReadyAddresses": [{"ip": "::1"}], "addresses": [{"ip": "127.0.0.1"}, {"ip": "10.96.0.1"}]}, {"addresses": null}]}"#,
+            r#"{"subsets": [{"addresses": [{"ip": "0.0.0.0", "x": [1]}], "ports": [{"port": 1}]}, {}, {"notReadyAddresses": []}]}"#,
+            r#"{"subsets": [[[{"ip": "127.0.0.1"}], [{"ip": "169.254.0.1"}]]]}"#,
+            r#"{"subsets": [{"addresses": [{"ip": "127.0.0.1"}, {"ip": 7}]}]}"#,
+            r#"{"subsets": [{"addresses": [{"ip": "127.0.0.1"}]}, {"addresses": [{}]}]}"#,
+            r#"{"subsets": [{"addresses": [{"ip": "127.0.0.1"}], "addresses": []}]}"#,
+            r#"{"subsets": [{"addresses": {"ip": "127.0.0.1"}}]}"#,
+            r#"{"subsets": [{"addresses": [{"ip": "127.0.0.1"}]}, 7]}"#,
+            r#"{"subsets": [{"notReadyAddresses": [{"ip": "\ud800"}]}]}"#,
+            r#"{"subsets": [{"addresses": [{"ip": "127.0.0.\u0031"}]}]}"#,
+            r#"{"subsets": {"a": 1}}"#,
+            r#"{"subsets": "x", "subsets": null}"#,
+            r#"{"subsets": null}"#,
+            r#"[{"addresses": []}]"#,
+            "7",
+            "{}",
+        ];
+        for object in objects {
+            assert_eq!(
+                endpoints_now(object, Some(&s)),
+                endpoints_as_before(object, Some(&s)),
+                "{object}"
+            );
+            assert_eq!(
+                endpoints_now(object, None),
+                endpoints_as_before(object, None),
+                "{object}"
+            );
+        }
+        // A thousand errors, kept in order, with the capped sink counting the rest.
+        let many = format!(
+            r#"{{"subsets": [{{"notReadyAddresses": [{{"ip": "::"}}], "addresses": [{}]}}]}}"#,
+            vec![r#"{"ip": "127.0.0.1"}"#; 1000].join(",")
+        );
+        assert_eq!(endpoints_now(&many, None), endpoints_as_before(&many, None));
+        let raw: &RawValue = serde_json::from_str(&many).unwrap();
+        let mut capped = Findings::capped(3);
+        validate_endpoints_raw_into(raw, None, &mut capped).unwrap();
+        assert_eq!(capped.kept()[2].field, "subsets[0].addresses[2].ip");
+        assert_eq!(capped.more(), 998);
+    }
+
+    /// The reading of EndpointSlices before addresses were read one at a time: each endpoint
+    /// decoded whole by serde_json. The oracle of `reads_slices_as_before`.
+    fn slice_as_before(object: &str, services: Option<&dyn ServiceIpIndex>) -> Result<Vec<String>, String> {
+        let top: SliceRawTop<'_> = serde_json::from_str(object).map_err(|e| format!("object: {e}"))?;
+        let t: Option<Cow<'_, str>> = top.address_type.and_then(|t| serde_json::from_str(t.get()).ok());
+        let (Some("IPv4" | "IPv6"), Some(raw)) = (t.as_deref(), top.endpoints) else {
+            return Ok(Vec::new());
+        };
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        serde::de::DeserializeSeed::deserialize(
+            EachEndpoint {
+                services: None,
+                sink: None,
+            },
+            &mut de,
+        )
+        .map_err(|e| format!("endpoints: {e}"))?;
+        let endpoints: Vec<EndpointWhole<'_>> = serde_json::from_str::<Option<_>>(raw.get())
+            .unwrap()
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for (i, e) in endpoints.iter().enumerate() {
+            for (j, a) in e.addresses.iter().enumerate() {
+                let field = format!("endpoints[{i}].addresses[{j}]");
+                out.extend(
+                    validate_endpoint_ip(a, &field, services)
+                        .iter()
+                        .map(ToString::to_string),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn reads_slices_as_before() {
+        let s = svcs();
+        for object in [
+            r#"{"addressType": "IPv4", "endpoints": [{"addresses": ["127.0.0.1", "10.96.0.1"]}, {"addresses": []}, {"addresses": ["0.0.0.0"], "x": 1}]}"#,
+            r#"{"addressType": "IPv6", "endpoints": [{"addresses": ["::1", "fe80::1"]}, {"addresses": ["ff02::1"]}]}"#,
+            r#"{"addressType": "IPv4", "endpoints": [{"addresses": ["127.0.0.1"]}, {"addresses": null}]}"#,
+            r#"{"addressType": "IPv4", "endpoints": [{"addresses": ["127.0.0.1"]}, {}]}"#,
+            r#"{"addressType": "IPv4", "endpoints": [{"addresses": ["127.0.0.1", 7]}]}"#,
+            r#"{"addressType": "IPv4", "endpoints": [{"addresses": ["127.0.0.1"], "addresses": []}]}"#,
+            r#"{"addressType": "IPv4", "endpoints": [[["127.0.0.1"]]]}"#,
+            r#"{"addressType": "IPv4", "endpoints": [{"addresses": "127.0.0.1"}]}"#,
+            r#"{"addressType": "IPv4", "endpoints": [{"addresses": ["127.0.0.\u0031"]}, 7]}"#,
+            r#"{"addressType": "IPv4", "endpoints": {"a": 1}}"#,
+            r#"{"addressType": "IPv4", "endpoints": null}"#,
+            r#"{"addressType": "FQDN", "endpoints": [{"addresses": 7}]}"#,
+        ] {
+            let raw: &RawValue = serde_json::from_str(object).unwrap();
+            let now = validate_endpoint_slice_raw(raw, Some(&s))
+                .map(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())
+                .map_err(|e| format!("{}: {}", e.path, e.source));
+            assert_eq!(now, slice_as_before(object, Some(&s)), "{object}");
+        }
+    }
+
+    #[test]
+    fn one_pass_reads_as_the_separate_readers() {
+        let s = svcs();
+        let objects = [
+            r#"{"kind": "Endpoints", "metadata": {"name": "db"}, "subsets": [{"addresses": [{"ip": "127.0.0.1"}]}]}"#,
+            r#"{"metadata": {"name": "kubernetes", "namespace": "default"}, "subsets": [{"addresses": [{"ip": "::1"}]}]}"#,
+            r#"{"metadata": {"name": "kubernetes"}, "metadata": {"name": "kubernetes"}, "subsets": []}"#,
+            r#"{"metadata": {"labels": {"endpoints.kubernetes.io/managed-by": "x"}}, "subsets": 7}"#,
+            r#"{"metadata": {"labels": 7}, "subsets": [{"addresses": [{"ip": "0.0.0.0"}]}]}"#,
+            r#"{"metadata": null, "subsets": null}"#,
+            r#"{"metadata": ["kubernetes", "default"], "subsets": []}"#,
+            r#"{"subsets": [], "subsets": [{"addresses": [{"ip": "127.0.0.1"}]}]}"#,
+            r#"{"subsets": [{"addresses": [{"ip": 7}]}]}"#,
+            r#"{"\ud800": 1, "subsets": []}"#,
+            r#"{"kind": 7, "kind": "Endpoints"}"#,
+            r#"{"addressType": "IPv4", "endpoints": [{"addresses": ["127.0.0.1", "10.96.0.20"]}]}"#,
+            r#"{"addressType": "IPv6", "endpoints": [{"addresses": ["::1"]}], "addressType": "IPv6"}"#,
+            r#"{"addressType": "FQDN", "endpoints": 7}"#,
+            r#"{"addressType": "IPv4", "endpoints": [{"addresses": null}]}"#,
+            r#"{"addressType": "IPv4", "endpoints": [{}], "endpoints": []}"#,
+            r#"{"metadata": {"name": "kubernetes", "namespace": "default"}, "addressType": 4}"#,
+        ];
+        for object in objects {
+            let raw: &RawValue = serde_json::from_str(object).unwrap();
+            for slice in [false, true] {
+                let read = EndpointsObject::read(raw, slice);
+                for ns in [None, Some("default"), Some("app")] {
+                    assert_eq!(
+                        read.controller_managed(ns),
+                        controller_managed_raw(raw, ns),
+                        "{object} {ns:?}"
+                    );
+                }
+                let by_one_pass = collected(|sink| read.check(Some(&s), sink));
+                let separately = if slice {
+                    validate_endpoint_slice_raw(raw, Some(&s))
+                } else {
+                    validate_endpoints_raw(raw, Some(&s))
+                };
+                let show = |r: Result<Vec<FieldError>, DecodeError>| {
+                    r.map(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())
+                        .map_err(|e| format!("{}: {}", e.path, e.source))
+                };
+                assert_eq!(show(by_one_pass), show(separately), "{object} {slice}");
+                let head = json::members(raw, ["kind", "metadata"]).unwrap_or_default();
+                assert_eq!(
+                    read.kind().map(RawValue::get),
+                    head[0].map(RawValue::get),
+                    "{object}"
+                );
+                assert_eq!(
+                    read.metadata().map(RawValue::get),
+                    head[1].map(RawValue::get),
+                    "{object}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! [`Findings::except`] drops every new error found there.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, RandomState};
+use std::fmt::Write as _;
+use std::hash::{BuildHasher, Hasher, RandomState};
 
 use portico_allocators::field::{BadValue, FieldError, go_quote};
 
@@ -59,8 +60,20 @@ impl Default for Known {
 }
 
 impl Known {
+    /// The hash of an error's rendered form, rendered straight into the hasher (no string is
+    /// built: an UPDATE may compare a million errors).
     fn key(&self, e: &FieldError) -> u64 {
-        self.state.hash_one(e.to_string())
+        struct Hashing<H>(H);
+        impl<H: Hasher> std::fmt::Write for Hashing<H> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                self.0.write(s.as_bytes());
+                Ok(())
+            }
+        }
+        let mut hashing = Hashing(self.state.build_hasher());
+        // Writing into a hasher cannot fail.
+        let _ = write!(hashing, "{e}");
+        hashing.0.finish()
     }
 
     fn insert(&mut self, e: &FieldError) {
@@ -200,6 +213,15 @@ impl<'k> Findings<'k> {
                     self.more += 1;
                 }
             }
+            // Nothing known (the old object had no error): every error is new, and one beyond
+            // the cap is counted without being built, as in `Keep`.
+            Mode::Except(known) if known.is_empty() => {
+                if self.kept.len() < self.cap {
+                    self.kept.push(make());
+                } else {
+                    self.more += 1;
+                }
+            }
             Mode::Except(known) => {
                 let e = make();
                 if !known.contains(&e) {
@@ -324,6 +346,20 @@ mod tests {
         a.join(b);
         assert_eq!(a.kept(), &[err(0), err(1), err(10)]);
         assert_eq!(a.more(), 1);
+    }
+
+    #[test]
+    fn with_nothing_known_nothing_beyond_the_cap_is_built() {
+        let known = Findings::record().into_known();
+        let mut f = Findings::except(2, &known);
+        let mut built = 0;
+        for i in 0..5 {
+            f.report(|| {
+                built += 1;
+                err(i)
+            });
+        }
+        assert_eq!((built, f.kept().len(), f.more()), (2, 2, 3));
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! what they need from it with small structs that borrow their strings from the body ([`Text`],
 //! [`IntOrStr`]) and skip every other field without building it (serde's `IgnoredAny`), and they
 //! walk long lists element by element ([`for_each`]), so an 8 MB array costs a parse, not a copy.
+//!
+//! The body was parsed, and so checked, once in full when the review was decoded; every read
+//! here goes through [`decode`] and its kin, which read a `RawValue` without checking it again
+//! (see [`trusted`]): the second and later walks over an 8 MB object find where values end and
+//! decode what the rules read, nothing more.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -12,6 +17,30 @@ use std::ops::Deref;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
+
+use trusted::Trusted;
+
+mod trusted;
+
+/// Decodes the value `raw` holds as `T`, as serde_json would, without checking the JSON again
+/// (see [`trusted`]).
+pub fn decode<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Result<T, serde_json::Error> {
+    T::deserialize(&mut Trusted::new(raw))
+}
+
+/// [`decode`], leaving a failure to serde_json: its very error, with the position it gives,
+/// which some messages show.
+pub fn decode_exact<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Result<T, serde_json::Error> {
+    decode(raw).or_else(|_| serde_json::from_str(raw.get()))
+}
+
+/// [`decode`] with a seed.
+pub(crate) fn decode_seed<'a, S: DeserializeSeed<'a>>(
+    raw: &'a RawValue,
+    seed: S,
+) -> Result<S::Value, serde_json::Error> {
+    seed.deserialize(&mut Trusted::new(raw))
+}
 
 /// A JSON string, borrowed from the body unless it had escapes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,25 +127,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for IntOrStr<'a> {
     }
 }
 
-/// The kind of object a decoder reads, as k8s-openapi names it in type errors (`ServicePort`).
-pub trait Named {
-    /// The name.
-    const NAME: &'static str;
-}
-
-/// Implements [`Named`].
-macro_rules! named {
-    ($($t:ident => $name:literal),* $(,)?) => {
-        $(impl crate::validation::json::Named for $t<'_> {
-            const NAME: &'static str = $name;
-        })*
-    };
-}
-pub(crate) use named;
-
 /// A JSON object decoded as `T` (a derived struct): a JSON array is a type error
 /// (`invalid type: sequence, expected ServicePort`), as with k8s-openapi's decoders, where a
-/// derived struct alone would read it as a tuple.
+/// derived struct alone would read it as a tuple. `T` names itself in that message with
+/// `#[serde(expecting = "ServicePort")]`, as k8s-openapi names the type.
 #[derive(Debug, Default)]
 pub struct Obj<T>(pub T);
 
@@ -127,19 +141,78 @@ impl<T> Deref for Obj<T> {
     }
 }
 
-impl<'de, T: Deserialize<'de> + Named> Deserialize<'de> for Obj<T> {
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(std::marker::PhantomData<fn() -> T>);
-        impl<'de, T: Deserialize<'de> + Named> Visitor<'de> for V<T> {
-            type Value = Obj<T>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(T::NAME)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
-                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Obj)
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
+        // `T`'s own visitor, asked for a map rather than a struct: nothing in between (a list
+        // of a million `{}` pays for every layer a million times).
+        T::deserialize(MapOnly(d)).map(Obj)
+    }
+}
+
+/// A deserializer that reads structs as maps only: `deserialize_struct` is `deserialize_map`,
+/// everything else is `D`'s.
+struct MapOnly<D>(D);
+
+/// Methods of [`MapOnly`] that are `D`'s.
+macro_rules! forward {
+    ($($method:ident($($arg:ident: $ty:ty),*);)*) => {
+        $(fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, D::Error> {
+            self.0.$method($($arg,)* visitor)
+        })*
+    };
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for MapOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(visitor)
+    }
+
+    forward! {
+        deserialize_any(); deserialize_bool(); deserialize_i8(); deserialize_i16(); deserialize_i32();
+        deserialize_i64(); deserialize_i128(); deserialize_u8(); deserialize_u16(); deserialize_u32();
+        deserialize_u64(); deserialize_u128(); deserialize_f32(); deserialize_f64(); deserialize_char();
+        deserialize_str(); deserialize_string(); deserialize_bytes(); deserialize_byte_buf();
+        deserialize_option(); deserialize_unit(); deserialize_seq(); deserialize_map();
+        deserialize_identifier(); deserialize_ignored_any();
+        deserialize_unit_struct(name: &'static str);
+        deserialize_newtype_struct(name: &'static str);
+        deserialize_tuple(len: usize);
+        deserialize_tuple_struct(name: &'static str, len: usize);
+        deserialize_enum(name: &'static str, variants: &'static [&'static str]);
+    }
+}
+
+/// A value decoded as `T` where it stands, so that its errors come in document order as if
+/// the field were a `T`, but kept raw: a document whose members are rarely present (a
+/// container's probes) stays small, and [`get`](Checked::get) decodes one again where it is
+/// used.
+pub struct Checked<'a, T> {
+    raw: &'a RawValue,
+    marker: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<'a, T: Deserialize<'a>> Checked<'a, T> {
+    /// The value (it decoded once: it decodes again).
+    pub fn get(&self) -> Option<T> {
+        decode(self.raw).ok()
+    }
+}
+
+impl<'de: 'a, 'a, T: Deserialize<'a>> Deserialize<'de> for Checked<'a, T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw: &'a RawValue = <&'de RawValue>::deserialize(d)?;
+        decode::<T>(raw).map_err(|e| de::Error::custom(message(&e)))?;
+        Ok(Checked {
+            raw,
+            marker: std::marker::PhantomData,
+        })
     }
 }
 
@@ -167,10 +240,19 @@ pub fn first_byte(raw: &RawValue) -> u8 {
 /// object decoder keeps it), raw; every other member is skipped without being built. `None`
 /// when `raw` is not an object.
 pub fn members<'a, const N: usize>(raw: &'a RawValue, keys: [&str; N]) -> Option<[Option<&'a RawValue>; N]> {
+    members_and_repeats(raw, keys).map(|(values, _)| values)
+}
+
+/// [`members`], and for each key whether it came more than once: where a derived struct
+/// would refuse the object (`duplicate field`), a reader that takes its place must too.
+pub fn members_and_repeats<'a, const N: usize>(
+    raw: &'a RawValue,
+    keys: [&str; N],
+) -> Option<([Option<&'a RawValue>; N], [bool; N])> {
     if first_byte(raw) != b'{' {
         return None;
     }
-    MembersSeed { keys }.deserialize(raw).ok()
+    decode_seed(raw, MembersSeed { keys }).ok()
 }
 
 struct MembersSeed<'k, const N: usize> {
@@ -178,28 +260,31 @@ struct MembersSeed<'k, const N: usize> {
 }
 
 impl<'de, const N: usize> DeserializeSeed<'de> for MembersSeed<'_, N> {
-    type Value = [Option<&'de RawValue>; N];
+    type Value = ([Option<&'de RawValue>; N], [bool; N]);
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
 impl<'de, const N: usize> Visitor<'de> for MembersSeed<'_, N> {
-    type Value = [Option<&'de RawValue>; N];
+    type Value = ([Option<&'de RawValue>; N], [bool; N]);
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a map")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = [None; N];
+        let (mut values, mut repeats) = ([None; N], [false; N]);
         while let Some(key) = map.next_key::<Text<'de>>()? {
             match self.keys.iter().position(|k| *k == &*key) {
-                Some(i) => out[i] = Some(map.next_value::<&'de RawValue>()?),
+                Some(i) => {
+                    repeats[i] |= values[i].is_some();
+                    values[i] = Some(map.next_value::<&'de RawValue>()?);
+                }
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok(out)
+        Ok((values, repeats))
     }
 }
 
@@ -208,7 +293,7 @@ pub fn as_text(raw: &RawValue) -> Option<Text<'_>> {
     if first_byte(raw) != b'"' {
         return None;
     }
-    Text::deserialize(raw).ok()
+    decode(raw).ok()
 }
 
 /// Calls `each` for every element of a JSON array, decoded as `T`, in order; nothing but the
@@ -221,11 +306,28 @@ where
     if is_null(raw) {
         return Ok(0);
     }
-    ForEach {
-        each,
-        marker: std::marker::PhantomData,
-    }
-    .deserialize(raw)
+    decode_seed(
+        raw,
+        ForEach {
+            each,
+            marker: std::marker::PhantomData,
+        },
+    )
+}
+
+/// [`for_each`] where `null` is not a list, as for a `Vec` field.
+pub fn for_each_strict<'a, T, F>(raw: &'a RawValue, each: F) -> Result<usize, serde_json::Error>
+where
+    T: Deserialize<'a>,
+    F: FnMut(usize, T),
+{
+    decode_seed(
+        raw,
+        ForEach {
+            each,
+            marker: std::marker::PhantomData,
+        },
+    )
 }
 
 /// [`for_each`] whose callback may fail (e.g. a nested list that does not decode).
@@ -237,11 +339,13 @@ where
     if is_null(raw) {
         return Ok(0);
     }
-    TryForEach {
-        each,
-        marker: std::marker::PhantomData,
-    }
-    .deserialize(raw)
+    decode_seed(
+        raw,
+        TryForEach {
+            each,
+            marker: std::marker::PhantomData,
+        },
+    )
 }
 
 struct ForEach<T, F> {
@@ -306,6 +410,32 @@ where
     }
 }
 
+/// A document read with [`Obj`] whose members are all optional (derived with
+/// `#[serde(default)]`): the empty object `{}` decodes to its `Default`.
+pub trait Document: Default {}
+
+/// [`try_for_each`] over a list of [`Document`]s: an element `{}` is given as the default
+/// document, which is what it decodes to, without decoding it (a list of a million `{}` costs
+/// a scan, not a million decodes).
+pub fn try_for_each_document<'a, T, F>(raw: &'a RawValue, mut each: F) -> Result<usize, serde_json::Error>
+where
+    T: Deserialize<'a> + Document,
+    F: FnMut(usize, Obj<T>) -> Result<(), serde_json::Error>,
+{
+    if first_byte(raw) != b'[' {
+        // `null`, or an error phrased by the reader of any list.
+        return try_for_each(raw, each);
+    }
+    Trusted::new(raw).elements(|i, element| {
+        let doc = if element.empty_object() {
+            Obj(T::default())
+        } else {
+            Obj::<T>::deserialize(element)?
+        };
+        each(i, doc).map_err(de::Error::custom)
+    })
+}
+
 /// The number of members of a JSON object (nothing built), `None` if it is not an object.
 pub fn count_members(raw: &RawValue) -> Option<usize> {
     struct V;
@@ -325,7 +455,7 @@ pub fn count_members(raw: &RawValue) -> Option<usize> {
     if first_byte(raw) != b'{' {
         return None;
     }
-    raw.deserialize_map(V).ok()
+    (&mut Trusted::new(raw)).deserialize_map(V).ok()
 }
 
 /// The number of elements of a JSON array (type-checked as a sequence; elements skipped).
@@ -400,13 +530,12 @@ mod tests {
     }
 
     #[derive(Deserialize, Default, Debug)]
-    #[serde(default)]
+    #[serde(default, expecting = "Probe")]
     struct Probe<'a> {
         #[serde(borrow)]
         name: Option<Text<'a>>,
         port: Option<i32>,
     }
-    named!(Probe => "Probe");
 
     #[test]
     fn objects_are_maps_never_tuples() {
@@ -418,6 +547,39 @@ mod tests {
         assert_eq!(message(&e), "invalid type: integer `7`, expected Probe");
         let n: Option<Obj<Probe<'_>>> = serde_json::from_str("null").unwrap();
         assert!(n.is_none());
+    }
+
+    impl Document for Probe<'_> {}
+
+    #[test]
+    fn documents_read_as_any_list() {
+        for list in [
+            r#"[{}, { }, {"name": "a"}, {"port": 2}, {}]"#,
+            r#"[{}, {"name": 7}]"#,
+            r#"[{}, [], {}]"#,
+            r#"[{}, null]"#,
+            r#"[ {} , {}, {"x": {}} ]"#,
+            "[]",
+            "null",
+            r#"{"a": {}}"#,
+            "7",
+        ] {
+            let raw = raw(list);
+            let read = |documents: bool| {
+                let mut seen = Vec::new();
+                let each = |i, Obj(p): Obj<Probe<'_>>| {
+                    seen.push(format!("{i}: {:?} {:?}", p.name.as_deref(), p.port));
+                    Ok(())
+                };
+                let n = if documents {
+                    try_for_each_document(raw, each)
+                } else {
+                    try_for_each(raw, each)
+                };
+                (n.map_err(|e| message(&e)), seen)
+            };
+            assert_eq!(read(true), read(false), "{list}");
+        }
     }
 
     #[test]

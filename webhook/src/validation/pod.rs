@@ -31,8 +31,11 @@ use serde_json::value::RawValue;
 
 use super::Options;
 use super::findings::{Findings, bad_str};
-use super::json::{self, IntOrStr, Named, Obj, Text, named};
-use super::names::{PORT_NUM_RANGE, PortRef, check_port_num_or_name, is_valid_port_name, port_num_ok};
+use super::hashed::NameTable;
+use super::json::{self, Checked, IntOrStr, Obj, Text};
+use super::names::{
+    PORT_NAME_MAX_LEN, PORT_NUM_RANGE, PortRef, check_port_num_or_name, is_valid_port_name, port_num_ok,
+};
 use super::service::check_protocol;
 use super::workload::DecodeError;
 
@@ -191,12 +194,15 @@ struct PodRules<'a, 'o, 'k> {
     opts: &'o Options,
     path: &'o str,
     host_network: bool,
-    names: HashMap<PortName, Declared>,
+    /// The valid port names declared so far (read from `text`).
+    names: NameTable<'a, Declared>,
     first_declarers: HashMap<Slot, Cow<'a, str>>,
     host_ports: HashSet<(Cow<'a, str>, Cow<'a, str>, i32)>,
     current: Slot,
     current_name: Cow<'a, str>,
     current_path: ContainerPath<'o>,
+    /// Whether the current container declared a name first (it is then in `first_declarers`).
+    current_declares: bool,
     containers: Findings<'k>,
     container_conflicts: Findings<'k>,
     init: Findings<'k>,
@@ -207,16 +213,18 @@ struct PodRules<'a, 'o, 'k> {
 }
 
 impl<'a, 'o, 'k> PodRules<'a, 'o, 'k> {
-    fn new(path: &'o str, host_network: bool, opts: &'o Options, sink: &Findings<'k>) -> Self {
+    /// The rules of a pod spec at `path` whose port names are read from `text`.
+    fn new(path: &'o str, host_network: bool, opts: &'o Options, sink: &Findings<'k>, text: &'a str) -> Self {
         PodRules {
             opts,
             path,
             host_network,
-            names: HashMap::new(),
+            names: NameTable::new(text),
             first_declarers: HashMap::new(),
             host_ports: HashSet::new(),
             current: Slot::new(false, 0),
             current_name: Cow::Borrowed(""),
+            current_declares: false,
             current_path: ContainerPath {
                 spec: path,
                 slot: Slot::new(false, 0),
@@ -234,6 +242,7 @@ impl<'a, 'o, 'k> PodRules<'a, 'o, 'k> {
     fn begin_container(&mut self, init: bool, index: usize, name: Cow<'a, str>) {
         self.current = Slot::new(init, index);
         self.current_name = name;
+        self.current_declares = false;
         self.current_path = ContainerPath {
             spec: self.path,
             slot: self.current,
@@ -259,27 +268,27 @@ impl<'a, 'o, 'k> PodRules<'a, 'o, 'k> {
                 for msg in msgs {
                     sink.report(|| FieldError::invalid(format!("{}.name", ppath()), bad_str(name), msg));
                 }
-            } else if let Some(key) = PortName::new(name) {
-                match self.names.get_mut(&key) {
-                    None => {
-                        self.names.insert(
-                            key,
-                            Declared {
-                                first: slot,
-                                first_port: u32::try_from(j).unwrap_or(u32::MAX),
-                                last: slot,
-                            },
-                        );
-                        self.first_declarers
-                            .entry(slot)
-                            .or_insert_with(|| self.current_name.clone());
+            } else if name.len() <= PORT_NAME_MAX_LEN {
+                let declared = || Declared {
+                    first: slot,
+                    first_port: u32::try_from(j).unwrap_or(u32::MAX),
+                    last: slot,
+                };
+                match self.names.get_or_insert_with(name, declared) {
+                    (_, true) => {
+                        if !self.current_declares {
+                            self.current_declares = true;
+                            self.first_declarers
+                                .entry(slot)
+                                .or_insert_with(|| self.current_name.clone());
+                        }
                     }
                     // Upstream: duplicates within one container (only valid names are compared).
-                    Some(d) if d.last == slot => {
+                    (d, false) if d.last == slot => {
                         sink.report(|| FieldError::duplicate(format!("{}.name", ppath()), bad_str(name)));
                     }
                     // Portico: duplicates across containers.
-                    Some(d) => {
+                    (d, false) => {
                         d.last = slot;
                         let (first, first_port) = (d.first, d.first_port);
                         let path = self.path;
@@ -440,7 +449,7 @@ impl<'a, 'o, 'k> PodRules<'a, 'o, 'k> {
         }
         let PortRef::Str(name) = port else { return };
         let Some(key) = PortName::new(name) else { return };
-        if self.names.get(&key).is_some_and(|d| d.last == slot) {
+        if self.names.get(name).is_some_and(|d| d.last == slot) {
             return;
         }
         let container = self.current_name.clone();
@@ -576,7 +585,7 @@ fn quote(s: &str) -> String {
 /// `initContainers`, then `ephemeralContainers`, then the `hostNetwork` check, as upstream orders them.
 pub fn validate_pod_spec_ports(spec: &PodSpec, path: &str, opts: &Options) -> Vec<FieldError> {
     let mut sink = Findings::all();
-    let mut rules = PodRules::new(path, spec.host_network == Some(true), opts, &sink);
+    let mut rules = PodRules::new(path, spec.host_network == Some(true), opts, &sink, "");
     let init: &[Container] = spec.init_containers.as_deref().unwrap_or_default();
     let lists = [(false, spec.containers.as_slice()), (true, init)];
     for (is_init, list) in lists {
@@ -648,16 +657,19 @@ struct ContainerDoc<'a> {
     name: Option<Text<'a>>,
     #[serde(borrow)]
     ports: Option<&'a RawValue>,
-    // Boxed: a container rarely has them, and the element is moved a few times on its way.
+    // Checked where they stand, decoded where used: a container rarely has them, and a list
+    // of a million containers moves each one a few times on its way.
     #[serde(borrow)]
-    lifecycle: Option<Box<Obj<LifecycleDoc<'a>>>>,
+    lifecycle: Option<Checked<'a, Obj<LifecycleDoc<'a>>>>,
     #[serde(rename = "livenessProbe", borrow)]
-    liveness_probe: Option<Box<Obj<HandlerDoc<'a>>>>,
+    liveness_probe: Option<Checked<'a, Obj<HandlerDoc<'a>>>>,
     #[serde(rename = "readinessProbe", borrow)]
-    readiness_probe: Option<Box<Obj<HandlerDoc<'a>>>>,
+    readiness_probe: Option<Checked<'a, Obj<HandlerDoc<'a>>>>,
     #[serde(rename = "startupProbe", borrow)]
-    startup_probe: Option<Box<Obj<HandlerDoc<'a>>>>,
+    startup_probe: Option<Checked<'a, Obj<HandlerDoc<'a>>>>,
 }
+
+impl json::Document for ContainerDoc<'_> {}
 
 #[derive(Deserialize, Default)]
 #[serde(default, expecting = "Lifecycle")]
@@ -724,7 +736,7 @@ struct EphemeralDoc<'a> {
 
 /// The names a resolution pass reads of a container.
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, expecting = "Container")]
 struct NamesDoc<'a> {
     #[serde(borrow)]
     name: Option<Text<'a>>,
@@ -733,26 +745,10 @@ struct NamesDoc<'a> {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, expecting = "ContainerPort")]
 struct PortNameDoc<'a> {
     #[serde(borrow)]
     name: Option<Text<'a>>,
-}
-
-named!(
-    PodSpecDoc => "PodSpec",
-    ContainerDoc => "Container",
-    LifecycleDoc => "Lifecycle",
-    HandlerDoc => "Probe",
-    ActionDoc => "HTTPGetAction",
-    ContainerPortDoc => "ContainerPort",
-    EphemeralDoc => "EphemeralContainer",
-    NamesDoc => "Container",
-    PortNameDoc => "ContainerPort",
-);
-
-impl Named for GrpcDoc {
-    const NAME: &'static str = "GRPCAction";
 }
 
 fn handler_view<'p>(h: &'p HandlerDoc<'_>) -> HandlerView<'p> {
@@ -775,13 +771,71 @@ pub(crate) fn check_pod_spec(
     opts: &Options,
     sink: &mut Findings<'_>,
 ) -> Result<(), DecodeError> {
+    let Obj(doc) = json::decode::<Obj<PodSpecDoc<'_>>>(spec).map_err(|e| DecodeError::new(path, &e))?;
+    check_pod_spec_doc(&doc, spec.get(), path, opts, sink)
+}
+
+/// A Pod of a review, read in one pass: `kind` and `metadata` raw, `spec` decoded (its lists
+/// left raw), where reading the members one by one and then the spec would walk the spec
+/// twice. A Pod this pass refuses (a repeated member, an undecodable spec) is read member by
+/// member, as any workload ([`super::workload::check_workload_spec`]), which says why.
+#[derive(Deserialize, Default)]
+#[serde(default, expecting = "Pod")]
+pub(crate) struct PodObject<'a> {
+    /// `kind`, raw.
+    #[serde(borrow)]
+    pub kind: Option<&'a RawValue>,
+    /// `metadata`, raw.
+    #[serde(borrow)]
+    pub metadata: Option<&'a RawValue>,
+    #[serde(borrow)]
+    spec: Option<Obj<PodSpecDoc<'a>>>,
+    /// The object's text.
+    #[serde(skip)]
+    text: &'a str,
+}
+
+impl<'a> PodObject<'a> {
+    /// Reads a Pod (`None`: see the type's docs).
+    pub(crate) fn read(object: &'a RawValue) -> Option<Self> {
+        let Obj(pod) = json::decode::<Obj<PodObject<'a>>>(object).ok()?;
+        Some(PodObject {
+            text: object.get(),
+            ..pod
+        })
+    }
+
+    /// The errors of its pod spec ([`check_pod_spec`] at `spec`).
+    pub(crate) fn check(&self, opts: &Options, sink: &mut Findings<'_>) -> Result<(), DecodeError> {
+        match &self.spec {
+            Some(spec) => check_pod_spec_doc(spec, self.text, "spec", opts, sink),
+            None => Ok(()),
+        }
+    }
+}
+
+/// [`check_pod_spec`] of a decoded spec, read from `text`.
+fn check_pod_spec_doc<'a>(
+    doc: &PodSpecDoc<'a>,
+    text: &'a str,
+    path: &str,
+    opts: &Options,
+    sink: &mut Findings<'_>,
+) -> Result<(), DecodeError> {
     let fail = |e: serde_json::Error| DecodeError::new(path, &e);
-    let Obj(doc) = Obj::<PodSpecDoc<'_>>::deserialize(spec).map_err(fail)?;
-    let mut rules = PodRules::new(path, doc.host_network == Some(true), opts, sink);
+    let mut rules = PodRules::new(path, doc.host_network == Some(true), opts, sink, text);
     let lists = [(false, doc.containers), (true, doc.init_containers)];
     for (is_init, list) in lists {
         let Some(list) = list else { continue };
-        json::try_for_each::<Obj<ContainerDoc<'_>>, _>(list, |i, Obj(c)| {
+        json::try_for_each_document::<ContainerDoc<'_>, _>(list, |i, Obj(c)| {
+            // A container with neither ports nor handlers has nothing to check, not even a
+            // place to remember (a list of a million `{}` is a million of them).
+            let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
+            if c.ports.is_none() && c.lifecycle.is_none() && probes.iter().all(|p| p.is_none()) {
+                return Ok(());
+            }
+            let lifecycle = c.lifecycle.as_ref().and_then(Checked::get);
+            let probes = probes.map(|p| p.as_ref().and_then(Checked::get));
             rules.begin_container(is_init, i, c.name.map(|n| n.0).unwrap_or_default());
             if let Some(ports) = c.ports {
                 json::for_each::<Obj<ContainerPortDoc<'_>>, _>(ports, |j, Obj(p)| {
@@ -797,7 +851,7 @@ pub(crate) fn check_pod_spec(
                     );
                 })?;
             }
-            let (post_start, pre_stop) = match &c.lifecycle {
+            let (post_start, pre_stop) = match &lifecycle {
                 Some(l) => (
                     l.post_start.as_ref().map(|h| HandlerView {
                         grpc: None,
@@ -810,12 +864,13 @@ pub(crate) fn check_pod_spec(
                 ),
                 None => (None, None),
             };
+            let [liveness, readiness, startup] = &probes;
             rules.handlers(&HandlersView {
                 post_start,
                 pre_stop,
-                liveness: c.liveness_probe.as_ref().map(|h| handler_view(h)),
-                readiness: c.readiness_probe.as_ref().map(|h| handler_view(h)),
-                startup: c.startup_probe.as_ref().map(|h| handler_view(h)),
+                liveness: liveness.as_ref().map(|h| handler_view(h)),
+                readiness: readiness.as_ref().map(|h| handler_view(h)),
+                startup: startup.as_ref().map(|h| handler_view(h)),
             });
             Ok(())
         })
@@ -917,6 +972,153 @@ mod tests {
 
     const CHARSET: &str = "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)";
     const LETTER: &str = "must contain at least one letter or number (a-z, 0-9)";
+
+    /// A container as it was read before its handlers were kept raw: the oracle of
+    /// `handlers_fail_where_they_stand`.
+    #[derive(Deserialize, Default)]
+    #[serde(default, expecting = "Container")]
+    #[allow(dead_code)]
+    struct ContainerBoxed<'a> {
+        #[serde(borrow)]
+        name: Option<Text<'a>>,
+        #[serde(borrow)]
+        ports: Option<&'a RawValue>,
+        #[serde(borrow)]
+        lifecycle: Option<Box<Obj<LifecycleDoc<'a>>>>,
+        #[serde(rename = "livenessProbe", borrow)]
+        liveness_probe: Option<Box<Obj<HandlerDoc<'a>>>>,
+        #[serde(rename = "readinessProbe", borrow)]
+        readiness_probe: Option<Box<Obj<HandlerDoc<'a>>>>,
+        #[serde(rename = "startupProbe", borrow)]
+        startup_probe: Option<Box<Obj<HandlerDoc<'a>>>>,
+    }
+
+    #[test]
+    fn handlers_fail_where_they_stand() {
+        for c in [
+            r#"{"livenessProbe": {"httpGet": {"port": 1.5}}, "name": 7}"#,
+            r#"{"name": 7, "livenessProbe": {"httpGet": {"port": 1.5}}}"#,
+            r#"{"readinessProbe": {"grpc": {"port": "x"}}, "startupProbe": [1]}"#,
+            r#"{"startupProbe": [1], "readinessProbe": {"grpc": {"port": "x"}}}"#,
+            r#"{"lifecycle": {"preStop": {"tcpSocket": {"port": 4294967296}}}, "livenessProbe": 7}"#,
+            r#"{"lifecycle": {"postStart": {}, "postStart": {}}}"#,
+            r#"{"livenessProbe": null, "lifecycle": null, "ports": null}"#,
+            r#"{"livenessProbe": {"httpGet": {"port": "http"}}, "livenessProbe": {}}"#,
+            r#"{"lifecycle": {"preStop": {"httpGet": {"port": "\ud800"}}}}"#,
+        ] {
+            let raw: &RawValue = serde_json::from_str(c).unwrap();
+            let now = json::decode::<Obj<ContainerDoc<'_>>>(raw)
+                .map(|_| ())
+                .map_err(|e| json::message(&e));
+            let before = json::decode::<Obj<ContainerBoxed<'_>>>(raw)
+                .map(|_| ())
+                .map_err(|e| json::message(&e));
+            assert_eq!(now, before, "{c}");
+        }
+    }
+
+    #[test]
+    fn a_pod_read_in_one_pass_reads_as_member_by_member() {
+        let opts = Options::default();
+        for object in [
+            r#"{"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "ports": [{"containerPort": 0}]}]}}"#,
+            r#"{"spec": {"containers": [{}, {"ports": [{"name": "x", "containerPort": 1}, {"name": "x", "containerPort": 2}]}]}}"#,
+            r#"{"spec": null, "kind": "Pod"}"#,
+            r#"{"spec": {"containers": 7}}"#,
+            r#"{"spec": {"hostNetwork": "yes", "containers": [{"ports": [{"containerPort": 0}]}]}}"#,
+            r#"{"spec": {"containers": []}, "spec": {"containers": [{"ports": [{"containerPort": 0}]}]}}"#,
+            r#"{"kind": "Pod", "kind": "Pod", "spec": {}}"#,
+            r#"{"metadata": 7, "spec": []}"#,
+            r#"{"\ud800": 1, "spec": {}}"#,
+            r#"{"spec": {"initContainers": [{"ports": [{"hostPort": 1, "containerPort": 1}]}], "containers": [{"ports": [{"hostPort": 1, "containerPort": 2}]}], "hostNetwork": true}}"#,
+        ] {
+            let raw: &RawValue = serde_json::from_str(object).unwrap();
+            let show = |r: Result<(), DecodeError>, sink: Findings<'_>| {
+                r.map(|()| {
+                    sink.into_vec()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .map_err(|e| format!("{}: {}", e.path, e.source))
+            };
+            let mut by_members = Findings::all();
+            let spec = json::members(raw, ["spec"]).and_then(|[spec]| spec);
+            let by_members = show(
+                super::super::workload::check_workload_spec(
+                    super::super::WorkloadKind::Pod,
+                    spec,
+                    &opts,
+                    &mut by_members,
+                ),
+                by_members,
+            );
+            if let Some(pod) = PodObject::read(raw) {
+                let mut sink = Findings::all();
+                assert_eq!(show(pod.check(&opts, &mut sink), sink), by_members, "{object}");
+                let head = json::members(raw, ["kind", "metadata"]).unwrap();
+                assert_eq!(pod.kind.map(RawValue::get), head[0].map(RawValue::get));
+                assert_eq!(pod.metadata.map(RawValue::get), head[1].map(RawValue::get));
+            }
+        }
+    }
+
+    #[test]
+    fn names_written_with_escapes_are_the_same_names() {
+        let raw: &RawValue = serde_json::from_str(
+            r#"{"containers": [{"name": "a", "ports": [{"name": "h\u0074tp", "containerPort": 1}]},
+                               {"name": "b", "ports": [{"name": "http", "containerPort": 2}, {"name": "ht\u0074p", "containerPort": 3}]}],
+                "initContainers": [{"name": "i", "ports": [{"name": "http", "containerPort": 4}]}]}"#,
+        )
+        .unwrap();
+        let mut sink = Findings::all();
+        check_pod_spec(raw, "spec", &Options::default(), &mut sink).unwrap();
+        let got: Vec<String> = sink.into_vec().iter().map(ToString::to_string).collect();
+        let across = |at: &str| {
+            format!(
+                r#"{at}.name: Invalid value: "http": must be unique within the pod: already declared by container "a" at spec.containers[0].ports[0]"#
+            )
+        };
+        assert_eq!(
+            got,
+            [
+                across("spec.containers[1].ports[0]"),
+                r#"spec.containers[1].ports[1].name: Duplicate value: "http""#.to_owned(),
+                across("spec.initContainers[0].ports[0]"),
+            ]
+        );
+    }
+
+    /// Each document names the Kubernetes type in its errors, as k8s-openapi's decoders do.
+    #[test]
+    fn documents_name_their_type() {
+        fn named<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> String {
+            match json::decode::<Obj<T>>(raw) {
+                Ok(_) => "decoded".into(),
+                Err(e) => json::message(&e),
+            }
+        }
+        let list: &RawValue = serde_json::from_str("[1]").unwrap();
+        let number: &RawValue = serde_json::from_str("7").unwrap();
+        for (got, want) in [
+            (named::<PodSpecDoc<'_>>(list), "PodSpec"),
+            (named::<ContainerDoc<'_>>(list), "Container"),
+            (named::<LifecycleDoc<'_>>(list), "Lifecycle"),
+            (named::<HandlerDoc<'_>>(list), "Probe"),
+            (named::<ActionDoc<'_>>(list), "HTTPGetAction"),
+            (named::<GrpcDoc>(list), "GRPCAction"),
+            (named::<ContainerPortDoc<'_>>(list), "ContainerPort"),
+            (named::<EphemeralDoc<'_>>(list), "EphemeralContainer"),
+            (named::<NamesDoc<'_>>(list), "Container"),
+            (named::<PortNameDoc<'_>>(list), "ContainerPort"),
+        ] {
+            assert_eq!(got, format!("invalid type: sequence, expected {want}"));
+        }
+        assert_eq!(
+            named::<ContainerDoc<'_>>(number),
+            "invalid type: integer `7`, expected Container"
+        );
+    }
 
     #[test]
     fn valid_pods() {

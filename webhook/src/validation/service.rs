@@ -17,7 +17,8 @@ use serde_json::value::RawValue;
 
 use super::Options;
 use super::findings::{Findings, bad_str};
-use super::json::{self, IntOrStr, Obj, Text, named};
+use super::hashed::NameSet;
+use super::json::{self, IntOrStr, Obj, Text};
 use super::names::{
     PORT_NUM_RANGE, PortRef, check_port_num_or_name, is_dns1123_label, is_qualified_name, port_num_ok,
 };
@@ -135,8 +136,6 @@ pub(crate) struct PortDoc<'a> {
     pub node_port: Option<i32>,
 }
 
-named!(PortDoc => "ServicePort", SpecDoc => "ServiceSpec");
-
 /// The first element of a list of strings (the others are type-checked and dropped).
 #[derive(Default)]
 pub(crate) struct FirstText<'a>(pub Option<Text<'a>>);
@@ -193,7 +192,8 @@ struct ServiceRules<'a, 'o, 'k> {
     opts: &'o Options,
     load_balancer: bool,
     cluster_ip: bool,
-    names: HashSet<Cow<'a, str>>,
+    /// Port names seen (upstream compares every non-empty name, valid or not).
+    names: NameSet<'a>,
     node_ports: PortKeys<'a>,
     ports: PortKeys<'a>,
     kubelet: Findings<'k>,
@@ -204,12 +204,13 @@ struct ServiceRules<'a, 'o, 'k> {
 }
 
 impl<'a, 'o, 'k> ServiceRules<'a, 'o, 'k> {
-    fn new(service_type: &str, opts: &'o Options, sink: &Findings<'k>) -> Self {
+    /// The rules of a Service of this type whose port names are read from `text`.
+    fn new(service_type: &str, opts: &'o Options, sink: &Findings<'k>, text: &'a str) -> Self {
         ServiceRules {
             opts,
             load_balancer: service_type == "LoadBalancer",
             cluster_ip: service_type == "ClusterIP",
-            names: HashSet::new(),
+            names: NameSet::new(text),
             node_ports: PortKeys::default(),
             ports: PortKeys::default(),
             kubelet: sink.fork(),
@@ -232,7 +233,12 @@ impl<'a, 'o, 'k> ServiceRules<'a, 'o, 'k> {
                 )
             });
         }
-        self.own_rules(&p, &path, require_name);
+        // Upstream compares every non-empty name, valid or not.
+        let repeated = p
+            .name
+            .as_ref()
+            .is_some_and(|n| !n.is_empty() && !self.names.insert(n));
+        self.own_rules(&p, &path, require_name, repeated);
         if self.cluster_ip && p.node_port != 0 {
             self.forbidden.report(|| {
                 FieldError::forbidden(
@@ -254,15 +260,16 @@ impl<'a, 'o, 'k> ServiceRules<'a, 'o, 'k> {
             self.duplicate_ports
                 .report(|| FieldError::duplicate(path(), go_service_port(&p)));
         }
-        if let Some(name) = p.name.filter(|n| !n.is_empty())
-            && !self.names.contains(name.as_ref())
-        {
-            self.names.insert(name);
-        }
     }
 
-    /// One port's own rules, in upstream's order.
-    fn own_rules(&mut self, p: &PortView<'a, '_>, path: &dyn Fn() -> String, require_name: bool) {
+    /// One port's own rules, in upstream's order; `repeated` if an earlier port has its name.
+    fn own_rules(
+        &mut self,
+        p: &PortView<'a, '_>,
+        path: &dyn Fn() -> String,
+        require_name: bool,
+        repeated: bool,
+    ) {
         let sink = &mut self.own;
         match p.name.as_deref() {
             None | Some("") => {
@@ -276,7 +283,7 @@ impl<'a, 'o, 'k> ServiceRules<'a, 'o, 'k> {
                 }
                 // Upstream checks duplicates even when the name was invalid: two `HTTP` ports
                 // give two Invalid errors and a Duplicate.
-                if self.names.contains(name) {
+                if repeated {
                     sink.report(|| FieldError::duplicate(format!("{}.name", path()), bad_str(name)));
                 }
             }
@@ -334,7 +341,7 @@ pub fn validate_service_ports(spec: &ServiceSpec, opts: &Options) -> Vec<FieldEr
     let ports: &[ServicePort] = spec.ports.as_deref().unwrap_or_default();
     // Absent type is defaulted to ClusterIP by the apiserver.
     let service_type = spec.type_.as_deref().unwrap_or("ClusterIP");
-    let mut rules = ServiceRules::new(service_type, opts, &sink);
+    let mut rules = ServiceRules::new(service_type, opts, &sink, "");
     for (i, port) in ports.iter().enumerate() {
         rules.port(i, PortView::of(port), ports.len() > 1);
     }
@@ -349,7 +356,7 @@ pub fn validate_service_ports(spec: &ServiceSpec, opts: &Options) -> Vec<FieldEr
 /// A Service object of a review, read in one pass: `kind` and `metadata` raw, `spec` decoded
 /// (its ports left raw, read one by one by [`check_spec_doc`]).
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, expecting = "Service")]
 pub(crate) struct ServiceObject<'a> {
     #[serde(borrow)]
     pub kind: Option<&'a RawValue>,
@@ -359,12 +366,10 @@ pub(crate) struct ServiceObject<'a> {
     pub spec: Option<Obj<SpecDoc<'a>>>,
 }
 
-named!(ServiceObject => "Service");
-
 /// Reads a Service object of a review (see [`ServiceObject`]); a `spec` that does not decode is a
 /// [`DecodeError`] at `spec`.
 pub(crate) fn read_service(object: &RawValue) -> Result<ServiceObject<'_>, DecodeError> {
-    Obj::<ServiceObject<'_>>::deserialize(object)
+    json::decode::<Obj<ServiceObject<'_>>>(object)
         .map(|o| o.0)
         .map_err(|e| DecodeError::new("spec", &e))
 }
@@ -378,7 +383,7 @@ pub(crate) fn check_service_spec<'a>(
 ) -> Result<SpecDoc<'a>, DecodeError> {
     let doc = match spec {
         Some(raw) if !json::is_null(raw) => {
-            Obj::<SpecDoc<'a>>::deserialize(raw)
+            json::decode::<Obj<SpecDoc<'a>>>(raw)
                 .map_err(|e| DecodeError::new("spec", &e))?
                 .0
         }
@@ -395,7 +400,7 @@ pub(crate) fn check_spec_doc<'a>(
     sink: &mut Findings<'_>,
 ) -> Result<(), DecodeError> {
     let service_type = doc.service_type();
-    let mut rules = ServiceRules::new(service_type, opts, sink);
+    let mut rules = ServiceRules::new(service_type, opts, sink, doc.ports.map_or("", RawValue::get));
     // The first port needs a name only if a second one comes: it waits for it.
     let mut first: Option<PortDoc<'a>> = None;
     let count = match doc.ports {
@@ -623,6 +628,34 @@ mod tests {
                 "a".repeat(64)
             )]
         );
+    }
+
+    #[test]
+    fn names_written_with_escapes_are_the_same_names() {
+        let errors = |ports: &str| -> Vec<String> {
+            let text = format!(r#"{{"spec": {{"ports": {ports}}}}}"#);
+            let raw: &RawValue = serde_json::from_str(&text).unwrap();
+            let spec = json::members(raw, ["spec"]).and_then(|[spec]| spec);
+            let mut sink = Findings::all();
+            check_service_spec(spec, &Options::default(), &mut sink).unwrap();
+            sink.into_vec().iter().map(ToString::to_string).collect()
+        };
+        let dup = |i: usize| format!(r#"spec.ports[{i}].name: Duplicate value: "a""#);
+        assert_eq!(
+            errors(r#"[{"name": "a", "port": 1}, {"name": "\u0061", "port": 2}]"#),
+            [dup(1)]
+        );
+        assert_eq!(
+            errors(r#"[{"name": "\u0061", "port": 1}, {"name": "a", "port": 2}]"#),
+            [dup(1)]
+        );
+        assert_eq!(
+            errors(
+                r#"[{"name": "\u0061", "port": 1}, {"name": "\u0061", "port": 2}, {"name": "a", "port": 3}]"#
+            ),
+            [dup(1), dup(2)]
+        );
+        assert!(errors(r#"[{"name": "a", "port": 1}, {"name": "\u0062", "port": 2}]"#).is_empty());
     }
 
     #[test]

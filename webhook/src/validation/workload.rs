@@ -8,7 +8,6 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use portico_allocators::field::FieldError;
-use serde::Deserialize;
 
 use serde_json::value::RawValue;
 
@@ -228,7 +227,7 @@ pub(crate) fn check_workload(
         return Ok(());
     }
     let Some([spec]) = json::members(object, ["spec"]) else {
-        let source = std::collections::HashMap::<json::Text<'_>, serde::de::IgnoredAny>::deserialize(object)
+        let source = json::decode::<std::collections::HashMap<json::Text<'_>, serde::de::IgnoredAny>>(object)
             .err()
             .unwrap_or_else(|| serde::de::Error::custom("expected a map"));
         return Err(DecodeError::new("object", &source));
@@ -256,7 +255,7 @@ pub(crate) fn check_workload_spec(
             // Let serde phrase the type error ("invalid type: integer `7`, expected a map").
             // (`current` is not an object here, so nothing is built.)
             let source =
-                std::collections::HashMap::<json::Text<'_>, serde::de::IgnoredAny>::deserialize(current)
+                json::decode::<std::collections::HashMap<json::Text<'_>, serde::de::IgnoredAny>>(current)
                     .err()
                     .unwrap_or_else(|| serde::de::Error::custom("expected a map"));
             return Err(DecodeError::new(&walked, &source));
