@@ -344,16 +344,21 @@ async fn review(
     (status, [(header::CONTENT_TYPE, answer.content_type)], answer.body).into_response()
 }
 
-/// Reads a whole body into one buffer of `capacity` bytes (the announced length): each frame
-/// is copied as it comes and dropped, so that hyper reuses its read buffer, and an 8 MB review
-/// costs one 8 MB buffer rather than 8 MB of frames and then a copy of them all.
+/// Reads a whole body into one buffer of `capacity` bytes (the announced length, already
+/// capped at the body limit): each frame is copied as it comes and dropped, so that hyper
+/// reuses its read buffer, and an 8 MB review costs one 8 MB buffer rather than 8 MB of frames
+/// and then a copy of them all. The buffer is taken when the first bytes arrive, so a client
+/// that announces a length and sends nothing holds no memory.
 async fn read_body(
     mut body: http_body_util::Limited<Body>,
     capacity: usize,
 ) -> Result<Vec<u8>, axum::BoxError> {
-    let mut out = Vec::with_capacity(capacity);
+    let mut out = Vec::new();
     while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
         if let Ok(data) = frame?.into_data() {
+            if out.capacity() == 0 {
+                out.reserve(capacity.max(data.len()));
+            }
             out.extend_from_slice(&data);
         }
     }

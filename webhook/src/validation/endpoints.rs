@@ -407,20 +407,18 @@ fn check_subsets(
         return Ok(());
     };
     // Each subset's ready addresses come before its not-ready ones, whatever the order of the
-    // two lists in the object: the second list reports into a phase joined after the first.
+    // two lists in the object: both are held raw, and read in that order.
     let read = json::try_for_each::<SubsetView<'_>, _>(subsets, |i, subset| {
-        let mut not_ready = sink.fork();
-        for (name, list, phase) in [
-            ("addresses", subset.addresses, &mut *sink),
-            ("notReadyAddresses", subset.not_ready_addresses, &mut not_ready),
+        for (name, list) in [
+            ("addresses", subset.addresses),
+            ("notReadyAddresses", subset.not_ready_addresses),
         ] {
             let Some(list) = list else { continue };
             json::for_each::<AddressView<'_>, _>(list, |j, address| {
                 let field = || format!("subsets[{i}].{name}[{j}].ip");
-                check_endpoint_ip(&address.ip, field, services, phase);
+                check_endpoint_ip(&address.ip, field, services, sink);
             })?;
         }
-        sink.join(not_ready);
         Ok(())
     });
     match read {

@@ -47,6 +47,10 @@ pub struct Known {
     hashes: HashSet<u64>,
     state: RandomState,
     overflowed: bool,
+    /// The hashes in the order they were first reported, kept by a phase's sink
+    /// ([`Findings::fork`]): joined, its hashes count against [`KNOWN_LIMIT`] in report order,
+    /// so the same errors are remembered as when they are reported into one sink.
+    order: Option<Vec<u64>>,
 }
 
 impl Default for Known {
@@ -55,6 +59,7 @@ impl Default for Known {
             hashes: HashSet::new(),
             state: RandomState::new(),
             overflowed: false,
+            order: None,
         }
     }
 }
@@ -82,7 +87,15 @@ impl Known {
             return;
         }
         let key = self.key(e);
-        self.hashes.insert(key);
+        self.remember(key);
+    }
+
+    fn remember(&mut self, key: u64) {
+        if self.hashes.insert(key)
+            && let Some(order) = &mut self.order
+        {
+            order.push(key);
+        }
     }
 
     /// Whether an error with this rendered form is known.
@@ -173,6 +186,7 @@ impl<'k> Findings<'k> {
                 hashes: HashSet::new(),
                 state: k.state.clone(),
                 overflowed: false,
+                order: Some(Vec::new()),
             }),
         };
         Findings {
@@ -187,12 +201,13 @@ impl<'k> Findings<'k> {
     pub fn join(&mut self, other: Findings<'k>) {
         if let (Mode::Record(mine), Mode::Record(theirs)) = (&mut self.mode, other.mode) {
             mine.overflowed |= theirs.overflowed;
-            for h in theirs.hashes {
+            // A fork always keeps the order; `join` takes no other sink.
+            for h in theirs.order.unwrap_or_default() {
                 if mine.hashes.len() >= KNOWN_LIMIT {
                     mine.overflowed = true;
                     break;
                 }
-                mine.hashes.insert(h);
+                mine.remember(h);
             }
             return;
         }
@@ -360,6 +375,32 @@ mod tests {
             });
         }
         assert_eq!((built, f.kept().len(), f.more()), (2, 2, 3));
+    }
+
+    #[test]
+    fn a_joined_phase_is_remembered_in_report_order() {
+        // The old object's errors fill the limit inside a later phase: the errors remembered
+        // are the phase's first ones, as when everything is reported into one sink.
+        let mut one = Findings::record();
+        let mut old = Findings::record();
+        for i in 0..KNOWN_LIMIT - 2 {
+            one.push(err(i));
+            old.push(err(i));
+        }
+        let mut phase = old.fork();
+        for i in 0..100 {
+            let e = err(1_000_000 + i);
+            one.push(e.clone());
+            phase.push(e);
+        }
+        old.join(phase);
+        let (one, old) = (one.into_known(), old.into_known());
+        assert!(one.overflowed() && old.overflowed());
+        for i in 0..100 {
+            let e = err(1_000_000 + i);
+            assert_eq!(old.contains(&e), one.contains(&e), "error {i}");
+            assert_eq!(old.contains(&e), i < 2, "error {i}");
+        }
     }
 
     #[test]

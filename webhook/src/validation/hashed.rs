@@ -37,6 +37,9 @@ impl Hasher for StoredHash {
 }
 
 /// The bit of a place that says it is an index into the copies, not an offset in the text.
+/// A name at a larger offset is copied; indices stay below it, since each copy is a name of at
+/// least one byte from a review body (8 MiB by default, [`crate::WebhookConfig`]'s
+/// `max_body_bytes`).
 const COPY: u32 = 1 << 31;
 
 /// A table of names and a value for each (see the module docs).

@@ -9,14 +9,19 @@
 //! visitor itself, as serde_json would (`visit_borrowed_str`, `visit_u64`, `visit_i64`). Every
 //! other value (an escaped string, a float, a number of more than 18 digits, `-0`, a value of
 //! a type the visitor did not ask for) is given to serde_json, so a visitor receives what it
-//! would receive from serde_json and reports the same errors. The one difference: errors carry
-//! no position (or one inside the value serde_json was given), which
-//! [`message`](super::message) removes from serde_json's errors anyway.
+//! would receive from serde_json and reports the same errors. The differences, none of which
+//! the rules can see:
+//! * errors carry no position (or one inside the value serde_json was given), which
+//!   [`message`](super::message) removes from serde_json's errors anyway;
+//! * map keys are always handed over as strings, where serde_json parses a key as a number for
+//!   a numeric key type: no type the rules read has one;
+//! * a value handed to serde_json whole (an enum, a 128-bit integer, bytes: none of which the
+//!   rules read) starts serde_json's nesting limit afresh.
 //!
 //! A `&RawValue` member is handed out as serde_json's own `&RawValue` deserializer does it (the
 //! newtype [`RAW_VALUE_TOKEN`]), so capturing a member costs finding its end, not checking it.
 
-use serde::de::value::BorrowedStrDeserializer;
+use serde::de::value::{BorrowedStrDeserializer, StringDeserializer};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Error;
 use serde_json::value::RawValue;
@@ -437,11 +442,16 @@ impl<'de> MapAccess<'de> for Members<'_, 'de> {
             _ => {}
         }
         self.first = false;
-        // Keys are strings; serde_json's key deserializer gives every string-like visitor
-        // the string, as this one does.
+        // Keys are strings, handed to the visitor as strings. serde_json decodes every key, even
+        // one the visitor ignores, so an escaped key is decoded here too (a lone surrogate is
+        // an error, as there). Unlike serde_json, a key is never parsed as a number: no type
+        // the rules read has keys of another type than strings.
         match self.de.plain_str() {
             Some(key) => seed.deserialize(BorrowedStrDeserializer::new(key)).map(Some),
-            None => seed.deserialize(&mut self.de.serde_json()).map(Some),
+            None => {
+                let key: String = serde_json::from_str(self.de.take_value())?;
+                seed.deserialize(StringDeserializer::<Error>::new(key)).map(Some)
+            }
         }
     }
 
@@ -924,6 +934,92 @@ mod tests {
                 serde_json::to_string(&v).unwrap()
             };
             all_types(&text);
+        }
+    }
+
+    /// Review: every string over `a`, `\\`, `"`, `]` up to seven characters, inside lists and
+    /// objects, at every alignment, is skipped whole and read as serde_json reads it.
+    #[test]
+    fn every_short_string_is_skipped_and_read_as_serde_json_does() {
+        let alphabet = ['a', '\\', '"', ']', '{'];
+        let mut strings = vec![String::new()];
+        let mut all = vec![String::new()];
+        for _ in 0..7 {
+            let mut next = Vec::new();
+            for s in &strings {
+                for c in alphabet {
+                    let mut t = s.clone();
+                    t.push(c);
+                    next.push(t);
+                }
+            }
+            all.extend(next.iter().cloned());
+            strings = next;
+        }
+        for s in &all {
+            let quoted = serde_json::to_string(s).unwrap();
+            let texts = [
+                quoted.clone(),
+                format!("[{quoted},{quoted}]"),
+                format!(r#"{{"k":{quoted},"name":{quoted}}}"#),
+                format!("[[{quoted}],[[1]],{{}}]"),
+            ];
+            for text in &texts {
+                for pad in 0..9 {
+                    let padded = format!("{}{text},]}} \"]x", " ".repeat(pad));
+                    assert_eq!(skip_value(padded.as_bytes(), pad), pad + text.len(), "{padded}");
+                }
+            }
+            let raw: Box<RawValue> = serde_json::from_str(&texts[2]).unwrap();
+            same::<Doc<'_>>(&raw);
+            same::<BTreeMap<String, String>>(&raw);
+        }
+    }
+
+    /// Review: random valid nests of lists and objects (depth up to 40, no strings but keys),
+    /// skipped whole at every alignment.
+    #[test]
+    fn random_deep_nests_are_skipped_and_read_as_serde_json_does() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        fn value(rand: &mut dyn FnMut(u64) -> u64, depth: u32, out: &mut String) {
+            let pick = if depth >= 40 { 0 } else { rand(5) };
+            match pick {
+                0 => out.push_str(["1", "-2", "[]", "{}", "null", "3.5e1"][rand(6) as usize]),
+                1 | 2 => {
+                    out.push('[');
+                    for i in 0..rand(4) {
+                        if i > 0 {
+                            out.push_str([",", ", ", " ,"][rand(3) as usize]);
+                        }
+                        value(rand, depth + 1, out);
+                    }
+                    out.push(']');
+                }
+                _ => {
+                    out.push('{');
+                    for i in 0..rand(3) {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(r#""k":"#);
+                        value(rand, depth + 1, out);
+                    }
+                    out.push('}');
+                }
+            }
+        }
+        for _ in 0..3000 {
+            let mut text = String::new();
+            text.push('[');
+            value(&mut rand, 0, &mut text);
+            text.push(']');
+            skips(&text);
         }
     }
 }
