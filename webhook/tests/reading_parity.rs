@@ -89,7 +89,7 @@ async fn answers_are_the_recorded_ones() {
 #[tokio::test]
 async fn the_ratchet_remembers_the_first_errors_in_document_order() {
     let addresses = vec![r#"{"ip":"::"}"#; (1 << 18) - 4].join(",");
-    let not_ready = vec![r#"{"ip":"::"}"#; 10].join(",");
+    let not_ready = [r#"{"ip":"::"}"#; 10].join(",");
     let object = format!(
         r#"{{"kind":"Endpoints","metadata":{{"name":"n"}},"subsets":[{{"addresses":[{addresses}],"notReadyAddresses":[{not_ready}]}}]}}"#
     );
