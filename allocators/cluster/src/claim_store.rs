@@ -703,13 +703,16 @@ impl<P: Pool> Writer<P> {
     async fn process(&mut self, batch: &mut [Queued<P>]) -> Result<(), StoreFailure> {
         self.state.expire(Timestamp::now());
         // The claims before this batch: a retry starts again from them (then from whatever the
-        // object holds), so a job that claims a next-free value never claims twice.
-        let baseline = self.state.stored_claims();
+        // object holds), so a job that claims a next-free value never claims twice. A snapshot
+        // copies nothing until a job changes a claim: most batches hand out reserved values,
+        // change none and are not written.
+        let baseline = self.state.snapshot_claims();
         let reserve = self.state.save_reservations();
         let mut refresh = self.rv.is_none() || batch.iter().any(|(_, m, _)| *m == Mode::DryRun);
         for attempt in 1..=self.max_attempts {
             if attempt > 1 {
-                self.state.replace_claims(baseline.clone(), Timestamp::now());
+                self.state
+                    .replace_claims(baseline.stored_claims(), Timestamp::now());
                 self.state.restore_reservations(reserve.clone());
             }
             if refresh {
@@ -759,7 +762,8 @@ impl<P: Pool> Writer<P> {
                 Err(e) => {
                     // The write may or may not have happened: forget this batch's claims and
                     // re-read before the next write.
-                    self.state.replace_claims(baseline, Timestamp::now());
+                    self.state
+                        .replace_claims(baseline.stored_claims(), Timestamp::now());
                     self.state.restore_reservations(reserve);
                     self.state.clear_dirty();
                     self.rv = None;
@@ -767,7 +771,8 @@ impl<P: Pool> Writer<P> {
                 }
             }
         }
-        self.state.replace_claims(baseline, Timestamp::now());
+        self.state
+            .replace_claims(baseline.stored_claims(), Timestamp::now());
         self.state.restore_reservations(reserve);
         self.state.clear_dirty();
         self.rv = None;

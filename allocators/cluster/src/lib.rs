@@ -83,7 +83,7 @@ pub use ip_pool::{IpPool, OutsideError};
 pub use plan::{
     Assignment, IpClaim, IpFamily, Operation, PortClaim, ServicePlan, Value, Want, apply_patch, plan_service,
 };
-pub use range_state::{Holder, Pending, Pool, RangeKind, RangeState, ServiceRef};
+pub use range_state::{ClaimsSnapshot, Holder, Pending, Pool, RangeKind, RangeState, ServiceRef};
 pub use repair::{Repair, RepairConfig, RepairReport};
 pub use service_allocator::{Decision, Denial, ServiceAllocator};
 pub use service_cidrs::Narrowing;

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::hash::Hash;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::crd::RepairSummary;
@@ -276,8 +277,11 @@ struct Reservations<V> {
 pub struct RangeState<P: Pool> {
     pool: P,
     holders: HashMap<P::Value, Vec<Holder>>,
-    claims: BTreeMap<P::Value, Pending>,
-    fulfilled: BTreeMap<P::Value, Fulfilled>,
+    /// Claims and fulfilled claims are shared with [`ClaimsSnapshot`]s (copied on the first
+    /// change while one lives): the writer takes one before every batch of jobs and uses it only
+    /// when the write fails, which a batch that hands out reserved values never does.
+    claims: Arc<BTreeMap<P::Value, Pending>>,
+    fulfilled: Arc<BTreeMap<P::Value, Fulfilled>>,
     /// This replica's reservations, when it makes them.
     reservations: Option<Reservations<P::Value>>,
     /// A fulfilled claim stopped being stored (see [`RangeState::take_linger_ended`]).
@@ -299,8 +303,8 @@ impl<P: Pool> RangeState<P> {
         RangeState {
             pool,
             holders: HashMap::new(),
-            claims: BTreeMap::new(),
-            fulfilled: BTreeMap::new(),
+            claims: Arc::default(),
+            fulfilled: Arc::default(),
             reservations: None,
             linger_ended: false,
             lapsed: std::collections::VecDeque::new(),
@@ -438,9 +442,9 @@ impl<P: Pool> RangeState<P> {
             list.push(holder.clone());
         }
         if self.claims.get(&v).is_some_and(|c| fulfils(&c.owner, &holder))
-            && let Some(claim) = self.claims.remove(&v)
+            && let Some(claim) = Arc::make_mut(&mut self.claims).remove(&v)
         {
-            self.fulfilled.insert(
+            Arc::make_mut(&mut self.fulfilled).insert(
                 v,
                 Fulfilled {
                     claim,
@@ -499,8 +503,8 @@ impl<P: Pool> RangeState<P> {
         {
             return Ok(Claimed::Renewed);
         }
-        if let Some(p) = self.claims.get_mut(&v)
-            && p.owner == *owner
+        if self.claims.get(&v).is_some_and(|p| p.owner == *owner)
+            && let Some(p) = Arc::make_mut(&mut self.claims).get_mut(&v)
         {
             if p.expires < expires {
                 p.expires = expires;
@@ -533,8 +537,10 @@ impl<P: Pool> RangeState<P> {
 
     /// Records a claim on a value just marked (a change to write).
     fn insert_claim(&mut self, v: P::Value, owner: &ServiceRef, expires: Timestamp) {
-        self.fulfilled.remove(&v);
-        self.claims.insert(
+        if self.fulfilled.contains_key(&v) {
+            Arc::make_mut(&mut self.fulfilled).remove(&v);
+        }
+        Arc::make_mut(&mut self.claims).insert(
             v,
             Pending {
                 owner: owner.clone(),
@@ -576,8 +582,10 @@ impl<P: Pool> RangeState<P> {
             }
         }
         for v in &reserved {
-            self.fulfilled.remove(v);
-            self.claims.insert(
+            if self.fulfilled.contains_key(v) {
+                Arc::make_mut(&mut self.fulfilled).remove(v);
+            }
+            Arc::make_mut(&mut self.claims).insert(
                 *v,
                 Pending {
                     owner: r.owner.clone(),
@@ -603,7 +611,7 @@ impl<P: Pool> RangeState<P> {
         }
         match self.claims.get(&v) {
             Some(p) if p.owner == *owner => {
-                self.claims.remove(&v);
+                Arc::make_mut(&mut self.claims).remove(&v);
                 self.sync_bit(v);
                 self.dirty = true;
                 true
@@ -626,7 +634,7 @@ impl<P: Pool> RangeState<P> {
             .collect();
         let mut out = Vec::with_capacity(lapsed.len());
         for v in lapsed {
-            if let Some(mut p) = self.claims.remove(&v) {
+            if let Some(mut p) = Arc::make_mut(&mut self.claims).remove(&v) {
                 // An unused reservation lapsing is no leak; a reserved value handed out to a
                 // Service that never appeared is, and is reported under that Service.
                 let handed = self.reservations.as_mut().and_then(|r| r.handed.remove(&v));
@@ -650,13 +658,24 @@ impl<P: Pool> RangeState<P> {
             r.available.retain(|v| claims.contains_key(v));
         }
         let linger = SignedDuration::try_from(FULFILLED_LINGER).unwrap_or_default();
-        self.fulfilled.retain(|_, f| f.claim.expires > now);
-        for f in self.fulfilled.values_mut() {
-            let stored = f.at.checked_add(linger).is_ok_and(|t| t > now);
-            // The linger ended: the object should stop carrying the claim, or a replica that
-            // reads it only after the Service is gone would keep the value until the TTL.
-            self.linger_ended |= f.stored && !stored;
-            f.stored = stored;
+        let stored_now = |f: &Fulfilled| f.at.checked_add(linger).is_ok_and(|t| t > now);
+        // Most calls change nothing here: the map is only written (and, while a snapshot
+        // shares it, copied) when a fulfilled claim ends or stops being stored.
+        let changes = self
+            .fulfilled
+            .values()
+            .any(|f| f.claim.expires <= now || f.stored != stored_now(f));
+        if changes {
+            let fulfilled = Arc::make_mut(&mut self.fulfilled);
+            fulfilled.retain(|_, f| f.claim.expires > now);
+            for f in fulfilled.values_mut() {
+                let stored = stored_now(f);
+                // The linger ended: the object should stop carrying the claim, or a replica
+                // that reads it only after the Service is gone would keep the value until the
+                // TTL.
+                self.linger_ended |= f.stored && !stored;
+                f.stored = stored;
+            }
         }
         out
     }
@@ -669,7 +688,7 @@ impl<P: Pool> RangeState<P> {
     pub fn replace_claims(&mut self, stored: BTreeMap<P::Value, Pending>, now: Timestamp) {
         self.expire(now);
         let before: Vec<P::Value> = self.claims.keys().copied().collect();
-        self.claims.clear();
+        self.claims = Arc::default();
         for (v, claim) in stored {
             if claim.expires <= now {
                 continue;
@@ -682,7 +701,7 @@ impl<P: Pool> RangeState<P> {
                 .get(&v)
                 .is_some_and(|hs| hs.iter().any(|h| fulfils(&claim.owner, h)));
             if fulfilled {
-                self.fulfilled.insert(
+                Arc::make_mut(&mut self.fulfilled).insert(
                     v,
                     Fulfilled {
                         claim,
@@ -692,7 +711,7 @@ impl<P: Pool> RangeState<P> {
                 );
                 continue;
             }
-            self.claims.insert(v, claim);
+            Arc::make_mut(&mut self.claims).insert(v, claim);
             self.sync_bit(v);
         }
         for v in before {
@@ -731,12 +750,43 @@ impl<P: Pool> RangeState<P> {
     /// The claims to store: the live ones plus those fulfilled less than [`FULFILLED_LINGER`]
     /// ago (another replica's watch may not have seen their Service yet).
     pub fn stored_claims(&self) -> BTreeMap<P::Value, Pending> {
-        let mut out = self.claims.clone();
-        for (v, f) in self.fulfilled.iter().filter(|(_, f)| f.stored) {
-            out.entry(*v).or_insert_with(|| f.claim.clone());
-        }
-        out
+        stored_claims(&self.claims, &self.fulfilled)
     }
+
+    /// The claims as they are now, for [`ClaimsSnapshot::stored_claims`] later: taking it
+    /// copies nothing (the maps are shared until the next change).
+    pub fn snapshot_claims(&self) -> ClaimsSnapshot<P::Value> {
+        ClaimsSnapshot {
+            claims: Arc::clone(&self.claims),
+            fulfilled: Arc::clone(&self.fulfilled),
+        }
+    }
+}
+
+/// The claims of a [`RangeState`] at one moment ([`RangeState::snapshot_claims`]).
+#[derive(Debug, Clone)]
+pub struct ClaimsSnapshot<V> {
+    claims: Arc<BTreeMap<V, Pending>>,
+    fulfilled: Arc<BTreeMap<V, Fulfilled>>,
+}
+
+impl<V: Ord + Copy> ClaimsSnapshot<V> {
+    /// What [`RangeState::stored_claims`] answered when the snapshot was taken.
+    pub fn stored_claims(&self) -> BTreeMap<V, Pending> {
+        stored_claims(&self.claims, &self.fulfilled)
+    }
+}
+
+/// The live claims plus those fulfilled less than [`FULFILLED_LINGER`] ago.
+fn stored_claims<V: Ord + Copy>(
+    claims: &BTreeMap<V, Pending>,
+    fulfilled: &BTreeMap<V, Fulfilled>,
+) -> BTreeMap<V, Pending> {
+    let mut out = claims.clone();
+    for (v, f) in fulfilled.iter().filter(|(_, f)| f.stored) {
+        out.entry(*v).or_insert_with(|| f.claim.clone());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -778,6 +828,35 @@ mod tests {
                 "provided port is not in the valid range. The range of valid ports is 30000-30009".to_owned()
             )
         );
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_claims_of_its_moment() {
+        let mut s = state(30000, 30009).with_reservations("r1", 4, Duration::from_secs(30));
+        let a = ServiceRef::new("ns", "a");
+        assert_eq!(s.claim(30001, &a, ts(30)), Ok(Claimed::New));
+        s.hold(30001, svc("a"), ts(1));
+        let first = s
+            .claim_next(&ServiceRef::new("ns", "b"), ts(30))
+            .expect("a value");
+        let before = s.stored_claims();
+        let snapshot = s.snapshot_claims();
+        // Every kind of change after it: a new claim, a reserved value handed out, a claim
+        // fulfilled, an undone claim, claims and lingers expiring.
+        assert_eq!(
+            s.claim(30008, &ServiceRef::new("ns", "c"), ts(30)),
+            Ok(Claimed::New)
+        );
+        let second = s
+            .claim_next(&ServiceRef::new("ns", "d"), ts(30))
+            .expect("a value");
+        s.hold(second, svc("d"), ts(2));
+        assert!(s.unclaim(first, &ServiceRef::new("ns", "b")));
+        s.expire(ts(1 + FULFILLED_LINGER.as_secs() as i64 + 1));
+        assert_ne!(s.stored_claims(), before);
+        assert_eq!(snapshot.stored_claims(), before);
+        s.expire(ts(31));
+        assert_eq!(snapshot.stored_claims(), before);
     }
 
     #[test]
