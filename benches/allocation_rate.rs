@@ -271,9 +271,12 @@ async fn wait_until_served(api: &Api<Service>) {
 }
 
 async fn run(mode: Mode, creates: usize, clients: usize) -> Outcome {
-    let cp = ControlPlane::start(ControlPlaneConfig::default())
-        .await
-        .expect("control plane");
+    let mut config = ControlPlaneConfig::default();
+    if std::env::var_os("PORTICO_BENCH_PPROF").is_some() {
+        // The test control planes run without profiling; the later flag wins.
+        config.extra_apiserver_args.push("--profiling=true".to_owned());
+    }
+    let cp = ControlPlane::start(config).await.expect("control plane");
     let client = cp.client().await.expect("client");
     portico_testenv::fixtures::namespace(&client, NS)
         .await
