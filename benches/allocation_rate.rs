@@ -1,5 +1,5 @@
 //! Create rate of NodePort Services: kube-apiserver alone, then with Portico's allocation webhook
-//! (one replica, then two behind a round-robin TCP balancer), each on a fresh control plane, in
+//! (one replica, then two, reached through a Service), each on a fresh control plane, in
 //! one run.
 //!
 //! ```text
@@ -16,7 +16,7 @@
 //! more of the apiserver-alone rate, p99 at most 1.5 times it, no failure, delete-then-recreate
 //! under 1 s.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, PostParams};
 use portico_testenv::{ControlPlane, ControlPlaneConfig};
 use portico_webhook::{
@@ -159,22 +160,76 @@ async fn balancer(backends: Vec<SocketAddr>) -> SocketAddr {
 /// How the apiserver reaches the replicas.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Reach {
-    /// The one replica directly, or every replica through the round-robin balancer.
-    Each,
-    /// Through the balancer even when there is one replica.
+    /// Through a Service whose EndpointSlices list the first `n` replicas: the apiserver, with
+    /// `--enable-aggregator-routing`, picks an endpoint per request, as it does in a cluster
+    /// whose webhooks are reached by Service (no proxy in the path, as kube-proxy's NAT is
+    /// none). Needs a local address that is not loopback (EndpointSlices may not hold one);
+    /// without one, the balancer below is used.
+    Service(usize),
+    /// Through a round-robin TCP balancer in this process (per connection).
     Balanced,
-    /// The first replica only.
-    First,
 }
 
-async fn start_portico(
-    cp: &ControlPlane,
-    replicas: usize,
-    allocation: bool,
-    reach: Reach,
-) -> (Replicas, SocketAddr) {
+/// The Service the apiserver calls the replicas through ([`Reach::Service`]).
+const WEBHOOK_NS: &str = "portico-bench";
+const WEBHOOK_SERVICE: &str = "portico-bench";
+
+/// An IPv4 address of this machine that is not loopback or link-local: the source address of
+/// a route out (a UDP "connect" sends nothing).
+fn local_ipv4() -> Option<Ipv4Addr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    match socket.local_addr().ok()?.ip() {
+        IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_link_local() && !ip.is_unspecified() => Some(ip),
+        _ => None,
+    }
+}
+
+/// The webhook Service (no selector, so nothing but this bench writes its slices) and one
+/// EndpointSlice per replica it serves: each replica listens on its own port.
+async fn webhook_service(client: &kube::Client, ip: Ipv4Addr, ports: &[u16]) {
+    portico_testenv::fixtures::namespace(client, WEBHOOK_NS)
+        .await
+        .expect("namespace");
+    let services: Api<Service> = Api::namespaced(client.clone(), WEBHOOK_NS);
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": WEBHOOK_SERVICE},
+        "spec": {"ports": [{"name": "https", "port": 443}]},
+    }))
+    .expect("service");
+    services
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("webhook Service");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), WEBHOOK_NS);
+    for (i, port) in ports.iter().enumerate() {
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {
+                "name": format!("{WEBHOOK_SERVICE}-{i}"),
+                "labels": {"kubernetes.io/service-name": WEBHOOK_SERVICE},
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        }))
+        .expect("slice");
+        slices
+            .create(&PostParams::default(), &slice)
+            .await
+            .expect("webhook EndpointSlice");
+    }
+}
+
+async fn start_portico(cp: &ControlPlane, replicas: usize, allocation: bool, reach: Reach) -> Replicas {
     let dir = cp.dir().join("bench-webhook");
-    let certs = write_dev_certs(&dir, &["127.0.0.1", "localhost"]).expect("certificates");
+    let ip = local_ipv4().filter(|_| matches!(reach, Reach::Service(_)));
+    let listen = ip.unwrap_or(Ipv4Addr::LOCALHOST);
+    let server_name = format!("{WEBHOOK_SERVICE}.{WEBHOOK_NS}.svc");
+    let listen_text = listen.to_string();
+    let certs =
+        write_dev_certs(&dir, &["127.0.0.1", "localhost", &listen_text, &server_name]).expect("certificates");
     let mut children = Vec::new();
     let mut addrs = Vec::new();
     let mut metrics = Vec::new();
@@ -194,7 +249,7 @@ async fn start_portico(
             ])
             .arg(format!("--allocation={allocation}"))
             .arg(format!("--metrics-bind-address=127.0.0.1:{metrics_port}"))
-            .arg(format!("--webhook-bind-address=127.0.0.1:{port}"))
+            .arg(format!("--webhook-bind-address={listen}:{port}"))
             .arg(format!("--tls-cert-file={}", certs.cert_file.display()))
             .arg(format!("--tls-private-key-file={}", certs.key_file.display()))
             .env("KUBECONFIG", cp.kubeconfig_path())
@@ -207,13 +262,8 @@ async fn start_portico(
             .spawn()
             .expect("start portico");
         children.push(child);
-        addrs.push(SocketAddr::from(([127, 0, 0, 1], port)));
+        addrs.push(SocketAddr::from((listen, port)));
     }
-    let url_addr = match reach {
-        Reach::First => addrs[0],
-        Reach::Each if replicas == 1 => addrs[0],
-        Reach::Each | Reach::Balanced => balancer(addrs.clone()).await,
-    };
     // Registered only once every replica listens: with `Fail`, a create before would fail.
     for addr in &addrs {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -226,15 +276,33 @@ async fn start_portico(
         }
     }
     let client = cp.client().await.expect("client");
-    let mut reg =
-        Registration::with_endpoint(WebhookEndpoint::Url(format!("https://{url_addr}")), certs.ca_pem);
+    let endpoint = match (reach, ip) {
+        (Reach::Service(served), Some(ip)) => {
+            let ports: Vec<u16> = addrs.iter().take(served).map(SocketAddr::port).collect();
+            webhook_service(&client, ip, &ports).await;
+            WebhookEndpoint::Service {
+                namespace: WEBHOOK_NS.into(),
+                name: WEBHOOK_SERVICE.into(),
+                port: Some(443),
+            }
+        }
+        (Reach::Service(served), None) => {
+            eprintln!(
+                "no local address but loopback: the apiserver reaches the replicas through the balancer"
+            );
+            let served: Vec<SocketAddr> = addrs.iter().take(served).copied().collect();
+            WebhookEndpoint::Url(format!("https://{}", balancer(served).await))
+        }
+        (Reach::Balanced, _) => WebhookEndpoint::Url(format!("https://{}", balancer(addrs.clone()).await)),
+    };
+    let mut reg = Registration::with_endpoint(endpoint, certs.ca_pem);
     reg.name = "portico-bench".into();
     reg.failure_policy = FailurePolicy::Fail;
     reg.namespaces = Namespaces::Only(vec![NS.into()]);
     register_mutating(&client, &reg)
         .await
         .expect("register the mutating webhook");
-    (Replicas { children, metrics }, url_addr)
+    Replicas { children, metrics }
 }
 
 fn node_port_service(name: &str) -> Service {
@@ -272,6 +340,11 @@ async fn wait_until_served(api: &Api<Service>) {
 
 async fn run(mode: Mode, creates: usize, clients: usize) -> Outcome {
     let mut config = ControlPlaneConfig::default();
+    // Webhooks reached by Service are called at one of its endpoints, picked per request
+    // (every mode runs with it, so the apiserver is configured alike).
+    config
+        .extra_apiserver_args
+        .push("--enable-aggregator-routing=true".to_owned());
     if std::env::var_os("PORTICO_BENCH_PPROF").is_some() {
         // The test control planes run without profiling; the later flag wins.
         config.extra_apiserver_args.push("--profiling=true".to_owned());
@@ -283,17 +356,17 @@ async fn run(mode: Mode, creates: usize, clients: usize) -> Outcome {
         .expect("namespace");
     let _replicas = match mode {
         Mode::Alone => None,
-        Mode::NoOpWebhook => Some(start_portico(&cp, 1, false, Reach::Each).await),
-        Mode::Portico(n) => Some(start_portico(&cp, n, true, Reach::Each).await),
+        Mode::NoOpWebhook => Some(start_portico(&cp, 1, false, Reach::Service(1)).await),
+        Mode::Portico(n) => Some(start_portico(&cp, n, true, Reach::Service(n)).await),
         Mode::BalancedOne => Some(start_portico(&cp, 1, true, Reach::Balanced).await),
-        Mode::SecondIdle => Some(start_portico(&cp, 2, true, Reach::First).await),
+        Mode::SecondIdle => Some(start_portico(&cp, 2, true, Reach::Service(1)).await),
     };
     let api: Api<Service> = Api::namespaced(client.clone(), NS);
     wait_until_served(&api).await;
     let [etcd_pid, apiserver_pid] = cp.pids();
     let portico_pids: Vec<u32> = _replicas
         .as_ref()
-        .map(|(r, _)| r.children.iter().map(Child::id).collect())
+        .map(|r| r.children.iter().map(Child::id).collect())
         .unwrap_or_default();
     let cpu_now = || {
         (
@@ -352,30 +425,28 @@ async fn run(mode: Mode, creates: usize, clients: usize) -> Outcome {
     let requests_after = portico_testenv::fixtures::apiserver_requests(&client)
         .await
         .unwrap_or_default();
-    let mut requests: Vec<(String, u64)> = requests_after
-        .iter()
-        .map(|a| {
-            let before = requests_before
-                .iter()
-                .find(|b| {
-                    (&b.resource, &b.subresource, &b.verb, &b.code)
-                        == (&a.resource, &a.subresource, &a.verb, &a.code)
-                })
-                .map_or(0, |b| b.count);
-            (
-                format!(
-                    "{} {}{} {}",
-                    a.verb,
-                    a.resource,
-                    if a.subresource.is_empty() {
-                        String::new()
-                    } else {
-                        format!("/{}", a.subresource)
-                    },
-                    a.code
-                ),
-                a.count - before,
-            )
+    // Summed per verb, resource and code: the apiserver's counter has other labels too (a
+    // dry-run create is a series of its own).
+    let by_key = |list: &[portico_testenv::fixtures::RequestCount]| {
+        let mut sums: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        for a in list {
+            let sub = if a.subresource.is_empty() {
+                String::new()
+            } else {
+                format!("/{}", a.subresource)
+            };
+            *sums
+                .entry(format!("{} {}{} {}", a.verb, a.resource, sub, a.code))
+                .or_default() += a.count;
+        }
+        sums
+    };
+    let before = by_key(&requests_before);
+    let mut requests: Vec<(String, u64)> = by_key(&requests_after)
+        .into_iter()
+        .map(|(k, n)| {
+            let was = before.get(&k).copied().unwrap_or(0);
+            (k, n.saturating_sub(was))
         })
         .filter(|(_, n)| *n > 0)
         .collect();
@@ -400,7 +471,7 @@ async fn run(mode: Mode, creates: usize, clients: usize) -> Outcome {
         }
     }
     let mut webhook = None;
-    if let Some((replicas, _)) = &_replicas {
+    if let Some(replicas) = &_replicas {
         let (mut count, mut sum) = (0.0, 0.0);
         for addr in &replicas.metrics {
             let text = scrape(*addr).await;
