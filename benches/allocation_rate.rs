@@ -161,10 +161,11 @@ async fn balancer(backends: Vec<SocketAddr>) -> SocketAddr {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Reach {
     /// Through a Service whose EndpointSlices list the first `n` replicas: the apiserver, with
-    /// `--enable-aggregator-routing`, picks an endpoint per request, as it does in a cluster
-    /// whose webhooks are reached by Service (no proxy in the path, as kube-proxy's NAT is
-    /// none). Needs a local address that is not loopback (EndpointSlices may not hold one);
-    /// without one, the balancer below is used.
+    /// `--enable-aggregator-routing`, resolves it to one of them (per request on 1.37, gate
+    /// `WebhookRoundTripLoadBalancing`; per connection before), with no proxy in the path.
+    /// Needs a local address that is not loopback (EndpointSlices may not hold one) and an
+    /// apiserver that resolves through EndpointSlices (1.33+); otherwise the balancer below
+    /// is used.
     Service(usize),
     /// Through a round-robin TCP balancer in this process (per connection).
     Balanced,
@@ -222,9 +223,24 @@ async fn webhook_service(client: &kube::Client, ip: Ipv4Addr, ports: &[u16]) {
     }
 }
 
+/// The apiserver's minor version, from `kube-apiserver --version` ("Kubernetes v1.37.2").
+fn apiserver_minor() -> Option<u32> {
+    let assets = portico_testenv::Assets::discover().ok()?;
+    let out = Command::new(assets.kube_apiserver)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split('.').nth(1)?.parse().ok()
+}
+
 async fn start_portico(cp: &ControlPlane, replicas: usize, allocation: bool, reach: Reach) -> Replicas {
     let dir = cp.dir().join("bench-webhook");
-    let ip = local_ipv4().filter(|_| matches!(reach, Reach::Service(_)));
+    // Before 1.33 the apiserver resolves a Service through Endpoints, which this bench does
+    // not write.
+    let ip = local_ipv4()
+        .filter(|_| matches!(reach, Reach::Service(_)))
+        .filter(|_| apiserver_minor().is_some_and(|m| m >= 33));
     let listen = ip.unwrap_or(Ipv4Addr::LOCALHOST);
     let server_name = format!("{WEBHOOK_SERVICE}.{WEBHOOK_NS}.svc");
     let listen_text = listen.to_string();
@@ -288,7 +304,7 @@ async fn start_portico(cp: &ControlPlane, replicas: usize, allocation: bool, rea
         }
         (Reach::Service(served), None) => {
             eprintln!(
-                "no local address but loopback: the apiserver reaches the replicas through the balancer"
+                "no local address but loopback, or an apiserver before 1.33: the apiserver reaches the replicas through the balancer"
             );
             let served: Vec<SocketAddr> = addrs.iter().take(served).copied().collect();
             WebhookEndpoint::Url(format!("https://{}", balancer(served).await))

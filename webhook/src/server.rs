@@ -356,6 +356,9 @@ async fn read_body(
     let mut out = Vec::new();
     while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
         if let Ok(data) = frame?.into_data() {
+            if data.is_empty() {
+                continue;
+            }
             if out.capacity() == 0 {
                 out.reserve(capacity.max(data.len()));
             }
