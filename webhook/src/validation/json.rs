@@ -306,13 +306,7 @@ where
     if is_null(raw) {
         return Ok(0);
     }
-    decode_seed(
-        raw,
-        ForEach {
-            each,
-            marker: std::marker::PhantomData,
-        },
-    )
+    for_each_strict(raw, each)
 }
 
 /// [`for_each`] where `null` is not a list, as for a `Vec` field.

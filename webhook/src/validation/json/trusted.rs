@@ -915,29 +915,27 @@ mod tests {
         }
     }
 
+    fn text_of(v: &Value, pretty: bool) -> String {
+        if pretty {
+            serde_json::to_string_pretty(v).unwrap()
+        } else {
+            serde_json::to_string(v).unwrap()
+        }
+    }
+
     proptest! {
         #[test]
         fn arbitrary_json_is_skipped_whole(v in json_value(), pretty in any::<bool>()) {
-            let text = if pretty {
-                serde_json::to_string_pretty(&v).unwrap()
-            } else {
-                serde_json::to_string(&v).unwrap()
-            };
-            skips(&text);
+            skips(&text_of(&v, pretty));
         }
 
         #[test]
         fn arbitrary_json_reads_as_serde_json_does(v in json_value(), pretty in any::<bool>()) {
-            let text = if pretty {
-                serde_json::to_string_pretty(&v).unwrap()
-            } else {
-                serde_json::to_string(&v).unwrap()
-            };
-            all_types(&text);
+            all_types(&text_of(&v, pretty));
         }
     }
 
-    /// Review: every string over `a`, `\\`, `"`, `]` up to seven characters, inside lists and
+    /// Every string over `a`, `\\`, `"`, `]` up to seven characters, inside lists and
     /// objects, at every alignment, is skipped whole and read as serde_json reads it.
     #[test]
     fn every_short_string_is_skipped_and_read_as_serde_json_does() {
@@ -976,7 +974,7 @@ mod tests {
         }
     }
 
-    /// Review: random valid nests of lists and objects (depth up to 40, no strings but keys),
+    /// Random valid nests of lists and objects (depth up to 40, no strings but keys),
     /// skipped whole at every alignment.
     #[test]
     fn random_deep_nests_are_skipped_and_read_as_serde_json_does() {
