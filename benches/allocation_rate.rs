@@ -79,8 +79,9 @@ struct Outcome {
     latencies: Vec<Duration>,
     failures: Vec<String>,
     recreate: Result<Duration, String>,
-    /// Portico's own view: mutating reviews answered and their mean duration.
-    webhook: Option<(f64, Duration)>,
+    /// Portico's own view: mutating reviews answered, their mean duration, and how many took
+    /// over 10 ms and over 25 ms (from its latency histogram).
+    webhook: Option<(f64, Duration, f64, f64)>,
     /// CPU seconds during the creates: kube-apiserver, etcd, Portico (all replicas), and this
     /// process (the clients, and the balancer when there is one).
     cpu: (f64, f64, f64, f64),
@@ -488,14 +489,30 @@ async fn run(mode: Mode, creates: usize, clients: usize) -> Outcome {
     }
     let mut webhook = None;
     if let Some(replicas) = &_replicas {
-        let (mut count, mut sum) = (0.0, 0.0);
+        let (mut count, mut sum, mut within_10, mut within_25) = (0.0, 0.0, 0.0, 0.0);
+        let bucket = |text: &str, le: &str| -> f64 {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("portico_webhook_request_duration_seconds_bucket{")
+                        && l.contains(&format!("le=\"{le}\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
         for addr in &replicas.metrics {
             let text = scrape(*addr).await;
             count += sample_sum(&text, "portico_webhook_request_duration_seconds_count");
             sum += sample_sum(&text, "portico_webhook_request_duration_seconds_sum");
+            within_10 += bucket(&text, "0.01");
+            within_25 += bucket(&text, "0.025");
         }
         if count > 0.0 {
-            webhook = Some((count, Duration::from_secs_f64(sum / count)));
+            webhook = Some((
+                count,
+                Duration::from_secs_f64(sum / count),
+                count - within_10,
+                count - within_25,
+            ));
         }
     }
     let recreate = delete_then_recreate(&api, created.first()).await;
@@ -613,9 +630,9 @@ async fn main() {
             );
             let top: Vec<String> = o.requests.iter().map(|(k, n)| format!("{k}: {n}")).collect();
             println!("    API requests: {}", top.join(", "));
-            if let Some((n, mean)) = o.webhook {
+            if let Some((n, mean, over_10, over_25)) = o.webhook {
                 println!(
-                    "    Portico's view: {n:.0} reviews answered, mean {:.1} ms in the webhook",
+                    "    Portico's view: {n:.0} reviews answered, mean {:.1} ms in the webhook, {over_10:.0} over 10 ms, {over_25:.0} over 25 ms",
                     mean.as_secs_f64() * 1000.0
                 );
             }
