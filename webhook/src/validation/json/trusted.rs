@@ -497,14 +497,7 @@ impl<'de> Deserializer<'de> for &mut Trusted<'de> {
                 self.skip_literal("null");
                 visitor.visit_unit()
             }
-            b't' => {
-                self.skip_literal("true");
-                visitor.visit_bool(true)
-            }
-            b'f' => {
-                self.skip_literal("false");
-                visitor.visit_bool(false)
-            }
+            b't' | b'f' => self.deserialize_bool(visitor),
             _ => self.number(visitor, |de, v| de.deserialize_any(v)),
         }
     }
