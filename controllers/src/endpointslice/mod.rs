@@ -138,15 +138,7 @@ impl Config {
 
     /// Whether a slice is ours to manage: its managed-by label is our name or the adopted one.
     pub fn manages(&self, slice: &EndpointSlice) -> bool {
-        let Some(m) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_MANAGED_BY))
-        else {
-            return false;
-        };
-        *m == self.managed_by || self.adopt_from.as_ref() == Some(m)
+        managed_by_either(slice, &self.managed_by, self.adopt_from.as_ref())
     }
 
     /// A label selector string selecting the slices of `service_name` that we manage or adopt,
@@ -163,6 +155,21 @@ impl Config {
             ),
         }
     }
+}
+
+/// Whether `slice`'s managed-by label is `managed_by` or `adopt_from`: the one test of
+/// ownership for both slice controllers (no configuration is built per call).
+pub(crate) fn managed_by_either(
+    slice: &EndpointSlice,
+    managed_by: &str,
+    adopt_from: Option<&String>,
+) -> bool {
+    slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_MANAGED_BY))
+        .is_some_and(|m| m == managed_by || adopt_from == Some(m))
 }
 
 fn is_label_value(v: &str) -> bool {

@@ -104,7 +104,7 @@ pub(super) fn endpoint_id(ep: &Endpoint) -> EndpointId {
 
 /// Endpoints of the same identity that agree on everything else a slice shows: the EndpointSlice
 /// controller's rule, shared.
-pub(super) use crate::endpointslice::equal_beyond_key as equal_beyond_id;
+pub(super) use crate::endpointslice::equal_beyond_key;
 
 /// The endpoints wanted in one slice, in the order they were added.
 #[derive(Debug, Default)]
@@ -273,19 +273,19 @@ mod tests {
         });
         let mut no_rv = rv.clone();
         no_rv.target_ref.as_mut().unwrap().resource_version = None;
-        assert!(equal_beyond_id(&rv, &no_rv), "targetRef resourceVersion ignored");
+        assert!(equal_beyond_key(&rv, &no_rv), "targetRef resourceVersion ignored");
         let mut serving = base.clone();
         serving.conditions.as_mut().unwrap().serving = Some(true);
         assert!(
-            !equal_beyond_id(&base, &serving),
+            !equal_beyond_key(&base, &serving),
             "an extra condition is a change"
         );
         let mut hinted = base.clone();
         hinted.hints = Some(Default::default());
-        assert!(equal_beyond_id(&base, &hinted), "hints are not compared");
+        assert!(equal_beyond_key(&base, &hinted), "hints are not compared");
         let mut zoned = base.clone();
         zoned.zone = Some("z".into());
-        assert!(!equal_beyond_id(&base, &zoned));
+        assert!(!equal_beyond_key(&base, &zoned));
         let mut other_host = base.clone();
         other_host.hostname = Some("h".into());
         assert_ne!(

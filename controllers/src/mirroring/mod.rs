@@ -46,10 +46,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::endpointslice;
-use crate::keys::{
-    ANNOTATION_LEADER, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, LABEL_SKIP_MIRROR,
-    UPSTREAM_ENDPOINTSLICE_MANAGER,
-};
+use crate::keys::{ANNOTATION_LEADER, LABEL_SERVICE_NAME, LABEL_SKIP_MIRROR, UPSTREAM_ENDPOINTSLICE_MANAGER};
 use crate::reconcile_error::ReconcileError;
 use crate::service_predicates::ServiceKey;
 
@@ -133,13 +130,7 @@ impl MirrorConfig {
 
     /// Whether a slice is ours to manage: its managed-by label is our name or the adopted one.
     pub fn manages(&self, slice: &EndpointSlice) -> bool {
-        // Called for every slice of a namespace on every sync: no Config is built here.
-        let label = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_MANAGED_BY));
-        label.is_some_and(|m| *m == self.managed_by || self.adopt_from.as_ref() == Some(m))
+        endpointslice::managed_by_either(slice, &self.managed_by, self.adopt_from.as_ref())
     }
 
     /// A label selector for the slices mirrored from the Endpoints `endpoints_name` (ours and

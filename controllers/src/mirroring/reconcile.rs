@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 
-use super::desired::{Group, SliceKey, desired, endpoint_id, equal_beyond_id, slice_key};
+use super::desired::{Group, SliceKey, desired, endpoint_id, equal_beyond_key, slice_key};
 use super::metadata::{Template, set_replaced};
 use super::{
     MirrorConfig, MirrorError, MirrorEvent, MirrorPlan, REASON_INVALID_IP_ADDRESS, REASON_TOO_MANY_ADDRESSES,
@@ -143,7 +143,7 @@ fn diff(existing: &[Endpoint], desired: &[Endpoint]) -> Diff {
         let id = endpoint_id(e);
         match wanted.get(&id) {
             Some(w) if !matched.contains(&id) => {
-                if !equal_beyond_id(w, e) {
+                if !equal_beyond_key(w, e) {
                     d.updated += 1;
                 }
                 matched.insert(id);

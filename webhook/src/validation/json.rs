@@ -310,15 +310,18 @@ where
 }
 
 /// [`for_each`] where `null` is not a list, as for a `Vec` field.
-pub fn for_each_strict<'a, T, F>(raw: &'a RawValue, each: F) -> Result<usize, serde_json::Error>
+pub fn for_each_strict<'a, T, F>(raw: &'a RawValue, mut each: F) -> Result<usize, serde_json::Error>
 where
     T: Deserialize<'a>,
     F: FnMut(usize, T),
 {
     decode_seed(
         raw,
-        ForEach {
-            each,
+        TryForEach {
+            each: move |i, item| {
+                each(i, item);
+                Ok(())
+            },
             marker: std::marker::PhantomData,
         },
     )
@@ -340,33 +343,6 @@ where
             marker: std::marker::PhantomData,
         },
     )
-}
-
-struct ForEach<T, F> {
-    each: F,
-    marker: std::marker::PhantomData<fn() -> T>,
-}
-
-impl<'de, T: Deserialize<'de>, F: FnMut(usize, T)> DeserializeSeed<'de> for ForEach<T, F> {
-    type Value = usize;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de, T: Deserialize<'de>, F: FnMut(usize, T)> Visitor<'de> for ForEach<T, F> {
-    type Value = usize;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a sequence")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<usize, A::Error> {
-        let mut i = 0;
-        while let Some(item) = seq.next_element::<T>()? {
-            (self.each)(i, item);
-            i += 1;
-        }
-        Ok(i)
-    }
 }
 
 struct TryForEach<T, F> {
