@@ -229,9 +229,6 @@ impl Validator {
         {
             return Verdict::allow();
         }
-        if let Read::Service(Err(e)) = &read {
-            return Verdict::deny(status::bad_request(decode_message(e)));
-        }
         let mut findings = Findings::capped(MAX_CAUSES);
         if let Err(e) = self.errors(&read, &head, &mut findings) {
             return Verdict::deny(status::bad_request(decode_message(&e)));
@@ -290,9 +287,6 @@ impl Validator {
             return Known::default();
         };
         let read = Read::of(target, old);
-        if let Read::Service(Err(_)) = read {
-            return Known::default();
-        }
         let head = read.head(old);
         let mut sink = Findings::record();
         match self.errors(&read, &head, &mut sink) {
